@@ -1,0 +1,36 @@
+"""The `autarky` command: one Typer app; each stage registers its thin commands from its own package."""
+
+import typer
+
+from autarky.data.commands import register as register_data
+from autarky.demo import register as register_demo
+from autarky.evals.commands import register as register_eval
+from autarky.gateway.commands import register as register_gateway
+from autarky.model.commands import register as register_model
+from autarky.plan.commands import register as register_plan
+from autarky.serve.commands import register as register_serve
+from autarky.train.commands import register as register_train
+
+app = typer.Typer(
+    name="autarky",
+    help="Plan, train, export, serve, evaluate and route your own models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for register in (
+    register_plan,
+    register_data,
+    register_model,
+    register_train,
+    register_serve,
+    register_eval,
+    register_gateway,
+    register_demo,
+):
+    register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,48 @@
+"""`autarky model info`: a preset's shape, parameters and training FLOPs per token."""
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autarky.model.llama import flops_per_token, parameter_count
+from autarky.model.sizes import build_on_meta, preset
+
+
+def model_info(name: str) -> dict:
+    cfg = preset(name)
+    model = build_on_meta(cfg)
+    counted = sum(p.numel() for p in model.parameters())  # shared (tied) tensors are yielded once
+    assert counted == parameter_count(cfg), "shape formula and built model disagree"
+    return {
+        "preset": name,
+        **cfg.to_dict(),
+        "head_dim": cfg.head_dim,
+        "parameters": counted,
+        "non_embedding_parameters": parameter_count(cfg, include_embedding=False),
+        "train_flops_per_token": flops_per_token(cfg),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(help="Model presets (the Llama architecture, nano … 405b).", no_args_is_help=True)
+    app.add_typer(model_app, name="model")
+
+    @model_app.command("info")
+    def info(
+        name: str = typer.Argument(..., help="preset: nano, micro, small, 1b, 8b, 70b, 405b"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON for programs"),
+    ) -> None:
+        """Layers, width, heads, parameters and training FLOPs per token (built on the meta device)."""
+        info = model_info(name)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+            return
+        table = Table(title=f"preset {name}", show_header=False)
+        for key, value in info.items():
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+            if key == "train_flops_per_token":
+                shown = f"{value:.3e}"
+            table.add_row(key, shown)
+        Console().print(table)

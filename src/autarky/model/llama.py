@@ -1,0 +1,226 @@
+"""The Llama architecture in plain PyTorch: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+One file, no parallelism, no logging: FSDP2, tensor parallel, compile and checkpointing are applied from
+outside (autarky.train.parallelize). Weight names and the rotary convention (rotate-half) match Hugging Face's
+LlamaForCausalLM, so export is a rename and logits agree to float precision.
+
+Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), D = dim, H = query heads,
+K = key/value heads, E = head dim, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    max_seq_len: int
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache(Protocol):
+    """What attention needs from a cache; the serving engine and `sample` provide implementations."""
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store this step's keys/values (B, T, K, E); return all keys/values (B, S, K, E) and the attention
+        mask (B, 1, T, S) as bool (True = attend), or None for plain causal attention over S == T."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 as HF does, so bf16 runs and exports agree.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (max_seq_len, E), in the rotate-half layout used by Hugging Face."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (E/2,)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (max_T, E/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (max_T, E)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, heads, E); cos/sin (B, T, E) for each token's own position."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos.unsqueeze(2) + rotated * sin.unsqueeze(2)).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head_dim = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        # Head counts are inferred (-1) so tensor parallel, which shards heads, needs no change here.
+        q = self.wq(x).view(B, T, -1, self.head_dim)  # (B, T, H, E)
+        k = self.wk(x).view(B, T, -1, self.head_dim)  # (B, T, K, E)
+        v = self.wv(x).view(B, T, -1, self.head_dim)  # (B, T, K, E)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
+        if cache is not None:
+            k, v, mask = cache.update(self.layer, k, v)  # (B, S, K, E), mask (B, 1, T, S)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T|S, E)
+        if k.shape[1] != q.shape[1]:
+            repeat = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # (B, H, T, E)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
+        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # A ModuleDict keyed by layer index keeps names stable when pipeline stages drop layers.
+        self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.n_layers)})
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (max_T, E)
+        self.register_buffer("rope_sin", sin, persistent=False)  # (max_T, E)
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every parameter and buffer; also used after building on the meta device."""
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        with torch.no_grad():
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+            std = 0.02
+            # Residual projections are scaled down with depth (GPT-2 / torchtitan practice).
+            residual_std = std / math.sqrt(2 * self.config.n_layers)
+            for name, param in self.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.fill_(1.0)
+                elif name.endswith(("wo.weight", "w2.weight")):
+                    _normal(param, residual_std, generator)
+                else:
+                    _normal(param, std, generator)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, T) token ids
+        positions: torch.Tensor | None = None,  # (B, T) or (T,); default 0..T-1
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V)."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device)
+        if positions.dim() == 1:
+            positions = positions.unsqueeze(0).expand(B, T)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, E)
+        h = self.tok_embeddings(tokens)  # (B, T, D)
+        for block in self.layers.values():
+            h = block(h, cos, sin, cache)
+        return self.output(self.norm(h))  # (B, T, V)
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy; targets (B, T), -100 ignored."""
+        logits = self(tokens)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def _normal(param: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    if generator is None or param.device.type != "cpu":
+        nn.init.normal_(param, mean=0.0, std=std)
+    else:
+        param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * std)
+
+
+def parameter_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
+    """Exact parameter count from the shape alone (tied embeddings counted once)."""
+    kv = cfg.n_kv_heads * cfg.head_dim
+    attention = cfg.dim * cfg.dim * 2 + cfg.dim * kv * 2
+    block = attention + 3 * cfg.dim * cfg.ffn_dim + 2 * cfg.dim
+    embedding = cfg.vocab_size * cfg.dim
+    output = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
+    total = cfg.n_layers * block + cfg.dim + output
+    return total + embedding if include_embedding else total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training model FLOPs per token (PaLM App. B): 6N + 12·L·H·E·T, N excluding the input embedding
+    (a lookup, not a matmul). This is the numerator of MFU everywhere in autarky."""
+    seq_len = seq_len or cfg.max_seq_len
+    matmul_params = parameter_count(cfg, include_embedding=False)
+    if cfg.tie_embeddings:
+        matmul_params += cfg.vocab_size * cfg.dim  # the tied output projection is still a matmul
+    return 6 * matmul_params + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
