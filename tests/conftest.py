@@ -7,4 +7,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures.data", "fixtures.models", "fixtures.servers"]
+pytest_plugins = ["fixtures.data", "fixtures.models", "fixtures.train", "fixtures.servers"]
