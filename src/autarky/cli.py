@@ -16,6 +16,8 @@ app = typer.Typer(
     help="Plan, train, export, serve, evaluate and route your own models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click output: a UserError prints as one `Error: ...` line (see autarky.errors), not a Rich box.
+    rich_markup_mode=None,
     add_completion=False,
 )
 

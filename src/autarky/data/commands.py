@@ -1,7 +1,71 @@
-"""CLI commands of this stage: thin shells over the package API."""
+"""`autarky data build` and `autarky data verify`: thin shells over autarky.data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _summary(manifest: dict, out: Path) -> Table:
+    table = Table(title=f"data dir {out}", show_header=False)
+    prov = manifest.get("provenance", {})
+    table.add_row("source", f"{prov.get('source_kind', '?')}: {prov.get('source_root', '?')}")
+    for split, info in manifest["splits"].items():
+        table.add_row(
+            split, f"{info['documents']:,} documents, {info['text_bytes']:,} bytes, {info['tokens']:,} tokens"
+        )
+    table.add_row("vocab", f"{manifest['vocab_size']:,} ({manifest['dtype']})")
+    if prov.get("duplicates_removed"):
+        table.add_row("duplicates removed", str(prov["duplicates_removed"]))
+    if prov.get("skipped_not_utf8"):
+        table.add_row("skipped (not UTF-8)", str(len(prov["skipped_not_utf8"])))
+    return table
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the `autarky` app."""
+    data_app = typer.Typer(help="Corpora → tokenizer + token shards + manifest.", no_args_is_help=True)
+    app.add_typer(data_app, name="data")
+
+    @data_app.command("build")
+    def build(
+        out: Path = typer.Option(..., "--out", help="the data dir to create (or reuse when up to date)"),
+        corpus: str = typer.Option(
+            "stdlib", "--corpus", help="'stdlib', a folder, or a .jsonl file with 'text'"
+        ),
+        glob: str = typer.Option("**/*.py", "--glob", help="files to take from a folder corpus"),
+        vocab_size: int = typer.Option(4096, "--vocab-size", help="BPE vocabulary size, specials included"),
+        val_fraction: float = typer.Option(
+            0.05, "--val-fraction", help="share of documents held out, in (0, 1)"
+        ),
+        max_mb: float | None = typer.Option(
+            None, "--max-mb", help="take a deterministic subset of ~this many MB"
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+        as_json: bool = typer.Option(False, "--json", help="print the manifest (without documents) as JSON"),
+    ) -> None:
+        """Build a data dir: byte-level BPE tokenizer, train.bin/val.bin token shards and manifest.json."""
+        from autarky.data import DataConfig, build_dataset
+
+        cfg = DataConfig.create(
+            out=out, corpus=corpus, glob=glob, vocab_size=vocab_size, val_fraction=val_fraction, max_mb=max_mb
+        )
+        manifest = build_dataset(cfg, progress=not quiet and not as_json)
+        if as_json:
+            typer.echo(json.dumps({k: v for k, v in manifest.items() if k != "documents"}, indent=2))
+            return
+        if manifest["reused"]:
+            typer.echo(f"{out} is up to date (same config and documents); nothing rebuilt")
+        Console().print(_summary(manifest, out))
+
+    @data_app.command("verify")
+    def verify(data_dir: Path = typer.Argument(..., help="a data dir built by `autarky data build`")) -> None:
+        """Check every file of a data dir against the sizes and sha256 hashes in its manifest."""
+        from autarky.data import verify_data_dir
+
+        manifest = verify_data_dir(data_dir)
+        typer.echo(f"{data_dir}: all {len(manifest['files'])} files match the manifest")

@@ -1,7 +1,64 @@
 """CLI commands of this stage: thin shells over the package API."""
 
+from __future__ import annotations
+
+import logging
+
 import typer
+
+from autarky.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the `autarky` app."""
+
+    @app.command()
+    def serve(
+        models: list[str] = typer.Argument(
+            ..., metavar="MODEL...",
+            help="HF folder, .gguf file, run dir or `smollm2`; several models as NAME=MODEL each.",
+        ),
+        name: str | None = typer.Option(None, help="Name to serve a single MODEL under (default: its folder name)."),
+        host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+        port: int = typer.Option(8000, help="Port (0 = any free port; the URL is printed when ready)."),
+        max_batch: int = typer.Option(32, min=1, help="Sequences decoded together per model."),
+        max_queue: int = typer.Option(256, min=1, help="Waiting requests per model before answering 429."),
+        max_model_len: int | None = typer.Option(None, min=2, help="Context limit (default: the model's)."),
+        dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+        quantize: str | None = typer.Option(None, help="int8 = weight-only int8 (fast CPU decode)."),
+        device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+        threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
+        log_level: str = typer.Option("info", help="debug | info | warning | error."),
+    ) -> None:
+        """Serve models behind an OpenAI-compatible API (/v1/completions, /v1/chat/completions, ...)."""
+        import torch
+
+        from autarky.serve.registry import ModelRegistry, ModelSpec
+        from autarky.serve.server import Server
+
+        if name and len(models) > 1:
+            raise UserError("--name names a single model; for several, write each as NAME=MODEL")
+        if threads:
+            torch.set_num_threads(threads)
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        options = dict(dtype=dtype, quantize=quantize, max_batch=max_batch, max_queue=max_queue,
+                       max_model_len=max_model_len, device=device)
+        specs = [ModelSpec.parse(m, **options) for m in models]
+        if name:
+            specs = [ModelSpec(**{**specs[0].__dict__, "name": name})]
+        registry = ModelRegistry(specs)
+        server: Server | None = None
+
+        def announce() -> None:
+            assert server is not None
+            names = ", ".join(registry.models)
+            typer.echo(f"autarky serve: ready at {server.url}/v1 (models: {names})", err=False)
+
+        try:
+            server = Server(registry, host, port, on_ready=lambda: announce(), log_level=log_level,
+                            exit_on_load_failure=True)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc}); pick another --port") from None
+        server.run()
+        if registry.error:
+            raise UserError(f"loading failed: {registry.error}")

@@ -1,0 +1,170 @@
+"""Calls to any OpenAI-compatible endpoint (our server, the gateway, a partner) with httpx: retries with
+backoff on transport errors, 429 and 5xx; other 4xx are final for that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from autarky.errors import UserError
+
+Mode = Literal["chat", "completions"]
+
+
+class EndpointError(Exception):
+    """A request failed. `final` means retrying the same request will not help (e.g. a 400)."""
+
+    def __init__(self, message: str, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    name: str  # the label results are stored under (and, by default, the model name sent)
+    base_url: str  # ends in /v1 for most servers
+    api_key: str = ""
+    mode: Mode = "chat"
+    remote_model: str = ""  # the `model` field sent; filled in by `check` when empty
+
+    @property
+    def model_field(self) -> str:
+        return self.remote_model or self.name
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    name, sep, url = spec.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://")):
+        raise UserError(f"bad --model {spec!r}; write NAME=URL, e.g. smollm2=http://127.0.0.1:8000/v1")
+    return name.strip(), url.strip().rstrip("/")
+
+
+class Client:
+    """One pooled httpx client shared by every request of a run."""
+
+    def __init__(self, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=httpx.Limits(max_connections=64))
+        self.requests_sent = 0
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _headers(self, endpoint: Endpoint) -> dict[str, str]:
+        return {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+
+    async def check(self, endpoint: Endpoint) -> None:
+        """Fail fast with a clear error when the endpoint is unreachable; learn the served model's name."""
+        url = f"{endpoint.base_url}/models"
+        try:
+            response = await self.http.get(url, headers=self._headers(endpoint), timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise UserError(
+                f"endpoint {endpoint.name!r} at {endpoint.base_url} is unreachable ({type(exc).__name__}: {exc}); "
+                "start the server or fix the URL (it usually ends in /v1)"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise UserError(f"endpoint {endpoint.name!r} refused the API key (HTTP {response.status_code}); pass --api-key-env VAR")
+        if response.status_code != 200:
+            return  # some servers lack /models; requests will tell
+        try:
+            ids = [m["id"] for m in response.json().get("data", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if not endpoint.remote_model and endpoint.name not in ids and len(ids) == 1:
+            endpoint.remote_model = ids[0]
+
+    async def _post(self, endpoint: Endpoint, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        url = f"{endpoint.base_url}{path}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            start = time.perf_counter()
+            self.requests_sent += 1
+            try:
+                response = await self.http.post(url, json=body, headers=self._headers(endpoint))
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            latency_ms = (time.perf_counter() - start) * 1000
+            if response.status_code == 200:
+                return response.json(), latency_ms
+            last = f"HTTP {response.status_code} from {url}: {response.text[:300]}"
+            if response.status_code != 429 and response.status_code < 500:
+                raise EndpointError(last, final=True)
+        raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}", final=False)
+
+    async def generate(
+        self, endpoint: Endpoint, prompt: str, *, system: str = "", max_tokens: int = 256,
+        temperature: float = 0.0, stop: list[str] | None = None, mode: Mode | None = None,
+    ) -> Reply:
+        mode = mode or endpoint.mode
+        body: dict[str, Any] = {"model": endpoint.model_field, "max_tokens": max_tokens, "temperature": temperature}
+        if stop:
+            body["stop"] = stop
+        if mode == "chat":
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            data, latency = await self._post(endpoint, "/chat/completions", {**body, "messages": messages})
+            text = data["choices"][0]["message"].get("content") or ""
+        else:
+            full = f"{system}\n\n{prompt}" if system else prompt
+            data, latency = await self._post(endpoint, "/completions", {**body, "prompt": full})
+            text = data["choices"][0].get("text") or ""
+        usage = data.get("usage") or {}
+        return Reply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), latency)
+
+    async def continuation_logprob(self, endpoint: Endpoint, context: str, continuation: str) -> Reply:
+        """log P(continuation | context) via `/completions` with echo; extras hold the sum and bits per byte."""
+        full = context + continuation
+        body = {"model": endpoint.model_field, "prompt": full, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+        data, latency = await self._post(endpoint, "/completions", body)
+        logprobs = data["choices"][0].get("logprobs") or {}
+        total, first_char = continuation_logprob_from(logprobs, len(context), len(full))
+        covered = full[first_char:].encode("utf-8")
+        usage = data.get("usage") or {}
+        extras = {"logprob": total, "bits_per_byte": -total / max(1, len(covered)) / 0.6931471805599453}
+        return Reply("", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), latency, extras)
+
+
+def continuation_logprob_from(logprobs: dict[str, Any], context_chars: int, total_chars: int) -> tuple[float, int]:
+    """Sum the echoed logprobs of tokens overlapping [context_chars, total_chars); also return where they start.
+
+    A token that straddles the boundary (code tokenizers merge a newline with the next indentation) is
+    counted, and the bytes it covers are counted with it, so bits per byte stays an honest ratio.
+    """
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    offsets = logprobs.get("text_offset")
+    if not values:
+        raise EndpointError("the endpoint returned no token_logprobs for an echo request; it cannot score likelihoods", final=True)
+    if not offsets or len(offsets) != len(values):
+        offsets, position = [], 0
+        for token in tokens:
+            offsets.append(position)
+            position += len(token)
+    ends = list(offsets[1:]) + [10**12]
+    total, first = 0.0, total_chars
+    for start, end, value in zip(offsets, ends, values, strict=False):
+        if start >= total_chars or end <= context_chars:
+            continue  # the context, or the one generated token after the echo
+        if value is None:
+            continue  # the first token has no logprob
+        total += float(value)
+        first = min(first, start)
+    return total, min(first, context_chars)

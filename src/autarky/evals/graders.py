@@ -1,0 +1,242 @@
+"""Graders: turn one model output for one item into a score in [0, 1] (plus secondary metrics).
+
+Each grader names the suite kinds it can grade and the item fields it needs; suites are checked against
+that on load. A grader may raise on strange output; the runner records that as the item's failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autarky.errors import UserError
+from autarky.evals.sandbox import run_python
+
+
+@dataclass
+class Grade:
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Grader:
+    name: str
+    kinds: tuple[str, ...]
+    required_fields: tuple[str, ...]
+    grade: Callable[[dict[str, Any], str, dict[str, float]], Grade]
+
+
+_FENCE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def strip_fences(text: str) -> str:
+    """The first fenced block if there is one, else the text itself."""
+    match = _FENCE.search(text)
+    return (match.group(1) if match else text).strip()
+
+
+# --- chat-qa: normalized exact match ---------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation.replace(".", "").replace("-", ""))
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation, keeping decimal points and minus signs so that numbers survive."""
+    text = text.strip().lower().translate(_PUNCT)
+    text = text.rstrip(".").replace(",", "")
+    text = _ARTICLES.sub(" ", text)
+    text = " ".join(text.split())
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def grade_exact(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    answers = item["answers"] if isinstance(item["answers"], list) else [item["answers"]]
+    got = normalize_answer(output.strip().splitlines()[0] if output.strip() else "")
+    ok = any(got == normalize_answer(str(a)) for a in answers)
+    return Grade(float(ok), detail=f"normalized {got!r}")
+
+
+# --- python-functions: unit tests in the sandbox ---------------------------------------------------------
+
+def grade_python_tests(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    code = strip_fences(output)
+    marker = f"AUTARKY-TESTS-PASSED-{secrets.token_hex(8)}"  # unguessable, so code cannot fake a pass
+    program = f"{code}\n\n\n{item['tests']}\n\nprint({marker!r})\n"
+    result = run_python(program, timeout_s=float(item.get("timeout_s", 5.0)))
+    passed = result.ok and marker in result.stdout
+    why = "timed out" if result.timed_out else (result.stderr.strip().splitlines() or ["exit 0"])[-1]
+    return Grade(float(passed), detail="passed" if passed else why[:500])
+
+
+# --- spreadsheet: evaluate the formula with the `formulas` engine ---------------------------------------
+
+_CELL = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+)$")
+
+
+def _column_index(letters: str) -> int:
+    index = 0
+    for ch in letters:
+        index = index * 26 + (ord(ch) - 64)
+    return index - 1
+
+
+def _range_values(ref: str, sheet: list[list[Any]]) -> Any:
+    import numpy as np
+
+    ref = ref.split("!")[-1].upper()
+    corners = ref.split(":")
+    cells = []
+    for corner in corners:
+        match = _CELL.match(corner)
+        if match is None:
+            raise ValueError(f"unsupported reference {ref!r}; use A1-style cells or ranges like B2:B11")
+        cells.append((int(match.group(2)) - 1, _column_index(match.group(1))))
+    (r0, c0), (r1, c1) = cells[0], cells[-1]
+    block = [
+        [sheet[r][c] if r < len(sheet) and c < len(sheet[r]) and sheet[r][c] is not None else "" for c in range(c0, c1 + 1)]
+        for r in range(r0, r1 + 1)
+    ]
+    if len(corners) == 1:
+        return block[0][0]
+    return np.array(block, dtype=object)
+
+
+def evaluate_formula(formula: str, sheet: list[list[Any]]) -> Any:
+    """The value of `formula` over `sheet` (row 1 first, column A first), as a Python scalar."""
+    import formulas
+    import numpy as np
+
+    formula = formula.strip()
+    if not formula.startswith("="):
+        formula = "=" + formula
+    func = formulas.Parser().ast(formula)[1].compile()
+    value = func(*[_range_values(name, sheet) for name in func.inputs])
+    while isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else ""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+_FORMULA_LINE = re.compile(r"^\s*`*(=.+?)`*\s*$")
+
+
+def extract_formula(output: str) -> str:
+    """The formula in a model's answer: a line starting with '=' (inside or outside a code fence)."""
+    for line in strip_fences(output).splitlines() + output.splitlines():
+        match = _FORMULA_LINE.match(line)
+        if match:
+            return match.group(1).strip()
+    raise ValueError("no line starting with '=' in the answer")
+
+
+def values_equal(got: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return str(got).upper() == str(expected).upper()
+    if isinstance(expected, (int, float)):
+        try:
+            return math.isclose(float(got), float(expected), rel_tol=1e-6, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return str(got).strip() == str(expected).strip()
+
+
+def grade_formula(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    formula = extract_formula(output)
+    value = evaluate_formula(formula, item["sheet"])
+    ok = values_equal(value, item["expected"])
+    return Grade(float(ok), detail=f"{formula} -> {value!r}")
+
+
+# --- slides: structure of a JSON outline -----------------------------------------------------------------
+
+MAX_TITLE_CHARS = 60
+MAX_BULLET_CHARS = 120
+BULLETS_PER_SLIDE = (2, 6)
+
+
+def parse_json_answer(output: str) -> Any:
+    text = strip_fences(output)
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        raise ValueError("no JSON object in the answer")
+    return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+def grade_slides(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    try:
+        deck = parse_json_answer(output)
+    except (ValueError, json.JSONDecodeError) as exc:
+        return Grade(0.0, {"valid_json": 0.0}, detail=f"invalid JSON: {exc}")
+    slides = deck.get("slides") if isinstance(deck, dict) else None
+    if not isinstance(slides, list) or not all(isinstance(s, dict) for s in slides):
+        return Grade(0.0, {"valid_json": 1.0}, detail='expected {"slides": [{"title": ..., "bullets": [...]}]}')
+    titles = [s.get("title") for s in slides]
+    bullets = [s.get("bullets") for s in slides]
+    low, high = BULLETS_PER_SLIDE
+    checks = {
+        "valid_json": 1.0,
+        "slide_count": float(len(slides) == int(item["slides"])),
+        "titles": float(bool(slides) and all(isinstance(t, str) and 0 < len(t) <= MAX_TITLE_CHARS for t in titles)),
+        "bullets": float(
+            bool(slides)
+            and all(
+                isinstance(b, list) and low <= len(b) <= high
+                and all(isinstance(x, str) and 0 < len(x) <= MAX_BULLET_CHARS for x in b)
+                for b in bullets
+            )
+        ),
+    }
+    text = json.dumps(deck).lower()
+    terms = [str(t).lower() for t in item.get("required_terms", [])]
+    checks["required_terms"] = sum(t in text for t in terms) / len(terms) if terms else 1.0
+    failed = [name for name, value in checks.items() if value < 1.0]
+    return Grade(sum(checks.values()) / len(checks), checks, detail="all checks passed" if not failed else f"failed: {', '.join(failed)}")
+
+
+# --- code-completion: next-line exact match; bits per byte comes from the runner's logprob call ---------
+
+def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    want = item["next_line"].strip()
+    got = (output.splitlines() or [""])[0].strip() if output.strip() else ""
+    if not got and output.strip():  # the model may start with the newline that ends the docstring
+        got = output.strip().splitlines()[0].strip()
+    metrics = {k: v for k, v in extras.items() if k == "bits_per_byte"}
+    return Grade(float(got == want), metrics, detail=f"next line {got!r}")
+
+
+def grade_none(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    return Grade(0.0, detail="pairwise suite: outputs are compared by `autarky arena --judge`")
+
+
+GRADERS: dict[str, Grader] = {
+    g.name: g
+    for g in (
+        Grader("exact-match", ("generate",), ("answers",), grade_exact),
+        Grader("python-tests", ("generate",), ("tests",), grade_python_tests),
+        Grader("formula", ("generate",), ("sheet", "expected"), grade_formula),
+        Grader("slides-structure", ("generate",), ("slides",), grade_slides),
+        Grader("code-completion", ("loglikelihood",), ("body", "next_line"), grade_code_completion),
+        Grader("none", ("pairwise",), (), grade_none),
+    )
+}
+
+
+def get_grader(name: str) -> Grader:
+    try:
+        return GRADERS[name]
+    except KeyError:
+        raise UserError(f"unknown grader {name!r}; choose one of {', '.join(sorted(GRADERS))}") from None

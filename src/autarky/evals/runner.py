@@ -1,0 +1,163 @@
+"""`eval run`: every item of every suite against every model endpoint, with bounded concurrency, retries and
+resume. Each finished item is written to the store as soon as it is graded, so an interrupted run loses at most
+the requests in flight; the next run skips items already stored with status "ok".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import Engine, and_, delete, select
+
+from autarky.evals.client import Client, Endpoint, EndpointError, Reply
+from autarky.evals.graders import Grade, get_grader
+from autarky.evals.suite import Suite
+from autarky.store.database import open_store
+from autarky.store.eval_tables import eval_models, eval_results, eval_suites
+
+
+@dataclass
+class ModelSpec:
+    endpoint: Endpoint
+    usd_in_per_1m: float = 0.0
+    usd_out_per_1m: float = 0.0
+    in_house: bool = False
+    provider: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+
+@dataclass
+class RunOptions:
+    concurrency: int = 4
+    limit: int | None = None  # first N items of each suite (for demos)
+    retries: int = 3
+    timeout_s: float = 120.0
+    fresh: bool = False  # forget stored results of these (model, suite) pairs first
+    progress: bool = True
+
+
+@dataclass
+class RunSummary:
+    done: int = 0  # items graded in this run
+    skipped: int = 0  # items already finished in the store
+    errors: int = 0  # items whose requests failed after retries (retried by the next run)
+    grader_failures: int = 0
+    requests_sent: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def run_eval(suites: list[Suite], models: list[ModelSpec], store_url: str | None = None,
+             options: RunOptions | None = None) -> RunSummary:
+    """Run every suite against every model; returns counts. Raises UserError for unreachable endpoints."""
+    engine = open_store(store_url)
+    return asyncio.run(_run(engine, suites, models, options or RunOptions()))
+
+
+async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], options: RunOptions) -> RunSummary:
+    client = Client(timeout_s=options.timeout_s, retries=options.retries)
+    summary = RunSummary()
+    try:
+        for spec in models:
+            await client.check(spec.endpoint)
+        _record_setup(engine, suites, models)
+        semaphore = asyncio.Semaphore(max(1, options.concurrency))
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            disable=not options.progress, transient=False,
+        ) as progress:
+            jobs = []
+            for spec in models:
+                for suite in suites:
+                    if options.fresh:
+                        with engine.begin() as conn:
+                            conn.execute(delete(eval_results).where(
+                                and_(eval_results.c.model == spec.name, eval_results.c.suite == suite.name)))
+                    finished = _finished_ids(engine, spec.name, suite.name)
+                    items = [it for it in suite.limited(options.limit) if it["id"] not in finished]
+                    summary.skipped += len(suite.limited(options.limit)) - len(items)
+                    bar = progress.add_task(f"{spec.name} · {suite.name}", total=len(items))
+                    for item in items:
+                        jobs.append(_one(engine, client, semaphore, spec, suite, item, summary, progress, bar))
+            await asyncio.gather(*jobs)
+    finally:
+        summary.requests_sent = client.requests_sent
+        await client.aclose()
+    return summary
+
+
+async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spec: ModelSpec, suite: Suite,
+               item: dict[str, Any], summary: RunSummary, progress: Progress, bar: Any) -> None:
+    async with semaphore:
+        status, error, grade = "ok", "", Grade(0.0)
+        try:
+            reply = await _ask(client, spec.endpoint, suite, item)
+        except EndpointError as exc:
+            reply = Reply("")
+            error = str(exc)
+            status = "ok" if exc.final else "error"  # a 400 for this item is final; a dead server is retried
+            summary.errors += status == "error"
+        else:
+            grader = get_grader(suite.config.grader)
+            try:
+                grade = await asyncio.to_thread(grader.grade, item, reply.text, reply.extras)
+            except Exception as exc:  # noqa: BLE001 - a grader crash is this item's failure, never the run's
+                error = f"grader {suite.config.grader!r} failed: {type(exc).__name__}: {exc}"
+                summary.grader_failures += 1
+        cost = (reply.prompt_tokens * spec.usd_in_per_1m + reply.completion_tokens * spec.usd_out_per_1m) / 1e6
+        row = {
+            "model": spec.name, "suite": suite.name, "item_id": item["id"], "status": status,
+            "score": float(grade.score), "metrics": json.dumps(grade.metrics),
+            "prompt": str(item["prompt"]), "output": reply.text, "detail": grade.detail, "error": error,
+            "latency_ms": reply.latency_ms, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens, "cost_usd": cost, "created_at": datetime.now(UTC),
+        }
+        with engine.begin() as conn:
+            conn.execute(delete(eval_results).where(and_(
+                eval_results.c.model == spec.name, eval_results.c.suite == suite.name,
+                eval_results.c.item_id == item["id"])))
+            conn.execute(eval_results.insert().values(**row))
+        summary.done += status == "ok"
+        progress.advance(bar)
+
+
+async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str, Any]) -> Reply:
+    cfg = suite.config
+    if cfg.kind != "loglikelihood":
+        return await client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=cfg.max_tokens,
+                                     temperature=cfg.temperature, stop=cfg.stop or None)
+    # Likelihood of the reference continuation, then the greedy next line: both need /completions.
+    scored = await client.continuation_logprob(endpoint, item["prompt"], item["body"])
+    line = await client.generate(endpoint, item["prompt"], max_tokens=cfg.max_tokens, temperature=0.0,
+                                 stop=["\n"], mode="completions")
+    return Reply(line.text, scored.prompt_tokens + line.prompt_tokens, scored.completion_tokens + line.completion_tokens,
+                 scored.latency_ms + line.latency_ms, scored.extras)
+
+
+def _finished_ids(engine: Engine, model: str, suite: str) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(eval_results.c.item_id).where(and_(
+            eval_results.c.model == model, eval_results.c.suite == suite, eval_results.c.status == "ok")))
+        return {r[0] for r in rows}
+
+
+def _record_setup(engine: Engine, suites: list[Suite], models: list[ModelSpec]) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for suite in suites:
+            c = suite.config
+            conn.execute(delete(eval_suites).where(eval_suites.c.name == c.name))
+            conn.execute(eval_suites.insert().values(name=c.name, task=c.task, kind=c.kind, grader=c.grader,
+                                                     metric=c.metric, source=suite.source))
+        for spec in models:
+            conn.execute(delete(eval_models).where(eval_models.c.name == spec.name))
+            conn.execute(eval_models.insert().values(
+                name=spec.name, base_url=spec.endpoint.base_url, provider=spec.provider, in_house=spec.in_house,
+                usd_in_per_1m=spec.usd_in_per_1m, usd_out_per_1m=spec.usd_out_per_1m, updated_at=now))

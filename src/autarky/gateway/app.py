@@ -1,0 +1,311 @@
+"""The gateway: a plain Starlette app (few layers on the hot path) over router, dispatcher, limits and ledger.
+
+Hot path per request: one orjson parse, a cached key lookup, a cached routing decision, the upstream call
+on one shared pooled httpx client, one orjson dump, and an append to the ledger queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from autarky.gateway import admin
+from autarky.gateway.auth import KeyCache, KeyRecord, Limiter
+from autarky.gateway.breaker import Breaker
+from autarky.gateway.config import DATA_CLASSES, GatewayConfig
+from autarky.gateway.dispatch import Dispatcher, Outcome
+from autarky.gateway.errors import GatewayError, bad_request, unauthorized
+from autarky.gateway.ledger import Ledger, Usage
+from autarky.gateway.metrics import Metrics
+from autarky.gateway.providers import KINDS
+from autarky.gateway.router import Plan, Router
+from autarky.gateway.routes import RoutesWatcher
+from autarky.gateway.streaming import stream_response
+from autarky.gateway.translate import anthropic_request_to_openai, openai_response_to_anthropic
+from autarky.store.database import open_store
+
+log = logging.getLogger("autarky.gateway")
+ANONYMOUS = KeyRecord(id="", team="default", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
+ADMIN = KeyRecord(id="", team="admin", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
+
+
+def json_response(data: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.engine = open_store(config.store)
+        self.metrics = Metrics()
+        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared_windows=config.shared_limits())
+        self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
+        self.router = Router(config, self.routes)
+        self.keys = KeyCache(self.engine, config.key_cache_ttl_s)
+        self.limiter = Limiter(self.engine, shared=config.shared_limits())
+        self.breakers = {name: Breaker(config.breaker.failure_threshold, config.breaker.cooldown_s)
+                         for name in config.providers}
+        self.client: httpx.AsyncClient | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.master_key = config.master_key()
+        self.app = Starlette(routes=self._routes(), lifespan=self._lifespan)
+        self.app.state.gateway = self
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette):  # noqa: ANN202
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        # One pooled client for every upstream: connection reuse is most of the latency we can save.
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+                                        timeout=httpx.Timeout(60.0, connect=2.0))
+        providers = {kind: cls(self.client, self.config.default_max_tokens) for kind, cls in KINDS.items()}
+        self.dispatcher = Dispatcher(providers, self.breakers, self.config.retry, self.metrics)
+        self.ledger.start()
+
+    async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        await asyncio.to_thread(self.ledger.close)
+        self.engine.dispose()
+
+    def _on_reload(self, generation: int, error: str | None) -> None:
+        detail = {"path": self.config.routes, "generation": generation}
+        self.ledger.audit("gateway", "routes.reload_failed" if error else "routes.reload",
+                          {**detail, "error": error} if error else detail)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            *admin.routes(self),
+        ]
+
+    # ---- small endpoints --------------------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by": m.provider}
+                for name, m in self.config.models.items()]
+        tasks = set(self.config.tasks) | set(self.routes.current().tasks)
+        data += [{"id": f"task:{t}", "object": "model", "created": now, "owned_by": "autarky"} for t in sorted(tasks)]
+        return json_response({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "routes_generation": self.routes.generation,
+                              "routes_error": self.routes.last_error, "ledger_pending": self.ledger.pending})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        body = self.metrics.render(self.breakers, self.ledger.pending)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    # ---- the hot path -----------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self.handle(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.handle(request, "completions")
+
+    async def messages(self, request: Request) -> Response:
+        return await self.handle(request, "messages")
+
+    async def authenticate(self, request: Request) -> KeyRecord:
+        auth = request.headers.get("authorization")
+        key = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
+        if not key:
+            if self.config.require_keys:
+                raise unauthorized()
+            return ANONYMOUS
+        if self.master_key and secrets.compare_digest(key, self.master_key):
+            return ADMIN
+        record = await self.keys.get(key)
+        if record is None or record.revoked:
+            if not self.config.require_keys and record is None:
+                return ANONYMOUS
+            raise unauthorized("invalid or revoked API key")
+        return record
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        started = time.perf_counter()
+        anthropic = endpoint == "messages"
+        usage = Usage(request_id=secrets.token_hex(12), ts=time.time(), endpoint=endpoint, status=0)
+        plan: Plan | None = None
+        try:
+            key = await self.authenticate(request)
+            usage.key_id, usage.team = key.id or None, key.team
+            body = parse_body(await request.body(), endpoint)
+            name = body.get("model")
+            data_class = request.headers.get("x-autarky-data-class")
+            if data_class is not None and data_class not in DATA_CLASSES:
+                raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
+            try:
+                plan = self.router.plan(name, request.headers.get("x-autarky-task"), key.team, key.models, data_class)
+            except GatewayError as exc:
+                if exc.status == 403:
+                    self.ledger.audit("gateway", "policy.deny",
+                                      {"key_id": key.id, "team": key.team, "model": name, "reason": exc.message})
+                raise
+            usage.task = plan.task
+            targets = plan.targets
+            if endpoint == "completions":
+                targets = tuple(t for t in targets if t.provider_config.kind == "openai")
+                if not targets:
+                    raise bad_request(f"{name!r} has no OpenAI-kind provider; /v1/completions needs one")
+            estimate = self._estimate(key, body, targets)
+            try:
+                admission = await self.limiter.admit(key, estimate)
+            except GatewayError as exc:
+                if exc.code == "budget_exceeded":
+                    self.ledger.audit("gateway", "policy.budget_deny", {"key_id": key.id, "team": key.team})
+                raise
+            usage.reserved_usd, usage.window = admission.reserved_usd, admission.window
+            outcome = Outcome()
+            store_content = self._stores_content(key.team)
+            if body.get("stream"):
+                first, rest = await self.dispatcher.open_stream(targets, body, _egress(endpoint), outcome)
+                return stream_response(self, request, plan, outcome, body, first, rest, usage, key, admission,
+                                       started, anthropic, store_content)
+            result = await _until_disconnect(request, self.dispatcher.complete(targets, body, _egress(endpoint),
+                                                                               outcome))
+            target = outcome.target
+            u = result.get("usage") or {}
+            usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
+            usage.completion_tokens = int(u.get("completion_tokens") or 0)
+            self.settle(usage, key, admission, target, outcome)
+            if store_content:
+                usage.content = orjson.dumps({"request": body, "response": result}).decode()
+            result["model"] = target.model
+            payload = openai_response_to_anthropic(result, target.model) if anthropic else result
+            usage.status = 200
+            return json_response(payload, headers=route_headers(plan, outcome, usage.request_id))
+        except GatewayError as exc:
+            usage.status, usage.error = exc.status, exc.message
+            headers = {"x-autarky-request-id": usage.request_id}
+            if plan is not None:
+                headers["x-autarky-route-reason"] = _ascii(plan.reason)
+            return exc.response(anthropic, headers)
+        except ClientGone:
+            usage.status, usage.error = 499, "client disconnected"
+            return Response(status_code=499)
+        finally:
+            if usage.status and not (usage.status == 200 and usage.stream):
+                self.finish(usage, started)
+
+    def settle(self, usage: Usage, key: KeyRecord, admission, target, outcome: Outcome) -> None:  # noqa: ANN001
+        usage.model, usage.provider = target.model, target.provider
+        usage.retries, usage.failovers = outcome.retries, outcome.failovers
+        usage.cost_usd = target.model_config.cost(usage.prompt_tokens, usage.completion_tokens)
+        if key.id:
+            self.limiter.settle_local(key.id, admission, usage.cost_usd, usage.prompt_tokens + usage.completion_tokens)
+
+    def finish(self, usage: Usage, started: float) -> None:
+        """Account for a finished request: ledger row (queued, never awaited) and metrics."""
+        elapsed = time.perf_counter() - started
+        usage.latency_ms = elapsed * 1000
+        self.ledger.record(usage)
+        m = self.metrics
+        m.requests.labels(usage.endpoint, usage.model or "", str(usage.status)).inc()
+        m.latency.labels(usage.endpoint).observe(elapsed)
+        if usage.model:
+            m.tokens.labels(usage.model, "prompt").inc(usage.prompt_tokens)
+            m.tokens.labels(usage.model, "completion").inc(usage.completion_tokens)
+            if usage.cost_usd:
+                m.cost.labels(usage.model).inc(usage.cost_usd)
+
+    def _estimate(self, key: KeyRecord, body: dict, targets) -> float:  # noqa: ANN001
+        """A spend reservation: the most this request can cost on any allowed target."""
+        if key.budget_usd is None:
+            return 0.0
+        prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+        max_out = int(body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens)
+        return max(t.model_config.cost(prompt, max_out) for t in targets)
+
+    def _stores_content(self, team: str) -> bool:
+        t = self.config.teams.get(team)
+        return bool(t and t.store_prompts)
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _until_disconnect(request: Request, coro):  # noqa: ANN001, ANN202
+    """Run the upstream call, cancelling it if the client disconnects first."""
+    call = asyncio.ensure_future(coro)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait((call, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if call.done():
+        return call.result()
+    call.cancel()
+    with contextlib.suppress(BaseException):
+        await call
+    raise ClientGone
+
+
+def _egress(endpoint: str) -> str:
+    return "completions" if endpoint == "completions" else "chat"
+
+
+def _ascii(value: str) -> str:
+    return value.encode("ascii", "replace").decode()
+
+
+def route_headers(plan: Plan, outcome: Outcome, request_id: str) -> dict[str, str]:
+    target = outcome.target
+    reason = plan.reason if not outcome.notes else plan.reason + "; " + "; ".join(outcome.notes)
+    return {"x-autarky-model": target.model, "x-autarky-provider": target.provider,
+            "x-autarky-route-reason": _ascii(reason), "x-autarky-request-id": request_id,
+            "x-autarky-failovers": str(outcome.failovers)}
+
+
+def parse_body(raw: bytes, endpoint: str) -> dict:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    if endpoint == "messages":
+        model = body.get("model")
+        body = anthropic_request_to_openai(body)
+        body["model"] = model
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise bad_request("model: a model name or `task:NAME` is required", param="model")
+    if endpoint == "completions":
+        if body.get("prompt") is None:
+            raise bad_request("prompt: required", param="prompt")
+    elif not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise bad_request("messages: a non-empty list is required", param="messages")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise bad_request("max_tokens: must be a positive integer", param="max_tokens")
+    return body

@@ -1,0 +1,149 @@
+"""gateway.toml as pydantic models: providers, their models, product tasks, teams and the policy.
+
+Defaults live here; examples/gateway.toml documents every field. A bad file raises UserError naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autarky.errors import UserError
+from autarky.paths import default_store_url
+
+# Ordered from least to most sensitive: a provider cleared for a class is cleared for every class before it.
+DATA_CLASSES = ("public", "internal", "confidential", "restricted")
+DataClass = Literal["public", "internal", "confidential", "restricted"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    kind: Literal["openai", "anthropic"] = "openai"
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 (OpenAI kind) or https://api.anthropic.com (Anthropic kind)
+    api_key_env: str | None = None
+    region: str = "local"
+    retains_data: bool = False
+    in_house: bool = False
+    max_data_class: DataClass = "public"
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    stream_usage: bool = True  # ask OpenAI-kind upstreams for a usage chunk (Azure rejects stream_options)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def cleared_for(self, data_class: str) -> bool:
+        ceiling = "public" if self.retains_data else self.max_data_class
+        return DATA_CLASSES.index(data_class) <= DATA_CLASSES.index(ceiling)
+
+
+class ModelConfig(_Strict):
+    provider: str
+    upstream_id: str | None = None  # the id the provider knows it by; defaults to the gateway name
+    usd_per_1m_input: float = Field(0.0, ge=0)
+    usd_per_1m_output: float = Field(0.0, ge=0)
+    context_window: int = Field(8192, gt=0)
+
+    def usd_per_1k(self) -> float:
+        return (self.usd_per_1m_input + self.usd_per_1m_output) / 2 / 1000
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.usd_per_1m_input + completion_tokens * self.usd_per_1m_output) / 1e6
+
+
+class TaskConfig(_Strict):
+    candidates: list[str] = []  # rank order, used when the routing table has no entry for the task
+    data_class: DataClass = "internal"
+
+
+class TeamConfig(_Strict):
+    models: list[str] | None = None  # None = every model
+    regions: list[str] | None = None
+    data_class: DataClass = "internal"  # the least sensitive class this team's traffic is treated as
+    self_sufficient: bool | None = None  # overrides the global policy when set
+    max_usd_per_1k_tokens: float | None = None
+    store_prompts: bool = False  # prompts and completions are never stored unless a team opts in
+
+
+class PolicyConfig(_Strict):
+    self_sufficient: bool = False
+    allowed_regions: list[str] | None = None
+    max_usd_per_1k_tokens: float | None = None
+    latency_target_ms: float | None = None  # candidates slower than this go after those within it
+    default_data_class: DataClass = "internal"
+
+
+class RetryConfig(_Strict):
+    max_retries: int = Field(2, ge=0)  # per candidate, after the first attempt
+    backoff_base_s: float = Field(0.05, ge=0)
+    backoff_max_s: float = Field(2.0, ge=0)
+    max_retry_after_s: float = Field(5.0, ge=0)  # a longer Retry-After fails over instead of waiting
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(5, ge=1)
+    cooldown_s: float = Field(10.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    store: str = Field(default_factory=default_store_url)
+    routes: str | None = None  # routing-table TOML (from `autarky eval routes`); hot-reloaded
+    master_key_env: str = "AUTARKY_MASTER_KEY"
+    require_keys: bool = True
+    limits: Literal["auto", "local", "shared"] = "auto"  # shared = counters in the store (PostgreSQL replicas)
+    key_cache_ttl_s: float = Field(5.0, ge=0)
+    ledger_flush_s: float = Field(0.2, gt=0)
+    default_max_tokens: int = Field(1024, gt=0)  # Anthropic egress requires max_tokens
+    policy: PolicyConfig = PolicyConfig()
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    tasks: dict[str, TaskConfig] = {}
+    teams: dict[str, TeamConfig] = {}
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(f"models.{name}.provider: unknown provider {model.provider!r}")
+        for name, task in self.tasks.items():
+            for model in task.candidates:
+                if model not in self.models:
+                    raise ValueError(f"tasks.{name}.candidates: unknown model {model!r}")
+        return self
+
+    def master_key(self) -> str | None:
+        return os.environ.get(self.master_key_env)
+
+    def shared_limits(self) -> bool:
+        return self.limits == "shared" or (self.limits == "auto" and not self.store.startswith("sqlite"))
+
+
+def parse_config(data: dict, source: str = "gateway config") -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise UserError(f"{source}: field {where}: {err['msg']}; see examples/gateway.toml") from exc
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"gateway config {path} not found; start from examples/gateway.toml") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"gateway config {path} is not valid TOML: {exc}") from exc
+    if data.get("routes") and not Path(data["routes"]).is_absolute():
+        data["routes"] = str(path.parent / data["routes"])  # relative to the config file, not the cwd
+    return parse_config(data, str(path))

@@ -1,0 +1,221 @@
+"""A small real model server for tests, the benchmark and drills: speaks the OpenAI and Anthropic wire
+formats and misbehaves on demand. It stands in for paid partner APIs only; it generates no text of value.
+
+Faults are scripted per model (`faults.script("m", "500", "429:1", "ok")`) or set as a default
+(`faults.default["m"] = "latency:0.05"`):
+  ok | latency:S | 500 | 503 | 429:S (Retry-After S) | 400 | reset (drop the connection mid-body) |
+  malformed (invalid JSON) | stall:S (stream: first chunk, then silence for S) | die:N (stream: N chunks then
+  drop the connection) | inband (stream: an in-band error event after one chunk)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.scripts: dict[str, deque[str]] = defaultdict(deque)
+        self.default: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []  # (path, model) in arrival order
+        self.lock = threading.Lock()
+
+    def script(self, model: str, *faults: str) -> None:
+        with self.lock:
+            self.scripts[model].extend(faults)
+
+    def next(self, path: str, model: str) -> str:
+        with self.lock:
+            self.calls.append((path, model))
+            queue = self.scripts.get(model)
+            if queue:
+                return queue.popleft()
+            return self.default.get(model, self.default.get("*", "ok"))
+
+    def reset(self) -> None:
+        with self.lock:
+            self.scripts.clear()
+            self.default.clear()
+            self.calls.clear()
+
+
+class _Drop(Exception):
+    """Raised mid-response so the server closes the connection without finishing the body."""
+
+
+def _words(value: object) -> int:
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words(v.get("content") if isinstance(v, dict) else v) for v in value)
+    return 0
+
+
+def _reply(model: str, n: int) -> list[str]:
+    return [f"w{i}" for i in range(max(1, n - 2))] + ["from", model] if n > 2 else ["reply", model][:n or 1]
+
+
+def _json(data: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, headers: dict | None = None) -> Response:
+    return _json({"error": {"message": f"injected {status}", "type": "server_error", "param": None,
+                            "code": None}}, status, headers)
+
+
+async def _prelude(fault: str) -> Response | None:
+    """Apply faults that act before a normal answer; a Response means answer with it instead."""
+    kind, _, arg = fault.partition(":")
+    if kind == "latency":
+        await asyncio.sleep(float(arg))
+    elif kind in ("500", "503", "400", "502"):
+        return _error(int(kind))
+    elif kind == "429":
+        return _error(429, {"retry-after": arg or "1"})
+    elif kind == "malformed":
+        return Response(b'{"choices": [', media_type="application/json")
+    return None
+
+
+class _DroppingResponse(Response):
+    """Starts a response that promises more bytes than it sends, then drops the connection."""
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b'{"id": "x", ', "more_body": True})
+        raise _Drop("connection dropped on purpose")
+
+
+def make_app(faults: Faults | None = None, max_words: int = 8) -> Starlette:
+    faults = faults or Faults()
+
+    async def openai(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        model = body.get("model", "")
+        chat = request.url.path.endswith("/chat/completions")
+        fault = faults.next(request.url.path, model)
+        if fault == "reset":
+            return _DroppingResponse()
+        early = await _prelude(fault)
+        if early is not None:
+            return early
+        prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
+        words = _reply(model, min(max_words, int(body.get("max_tokens") or max_words)))
+        cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
+        if not body.get("stream"):
+            if fault.startswith("stall"):
+                await asyncio.sleep(float(fault.partition(":")[2] or 30))
+            text = " ".join(words)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                       "finish_reason": "stop"} if chat else
+                      {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"})
+            return _json({"id": cid, "object": "chat.completion" if chat else "text_completion",
+                          "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: dict | str, finish: str | None = None) -> bytes:
+            choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish} if chat else
+                      {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
+            data = {"id": cid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        async def events():  # noqa: ANN202
+            if chat:
+                yield chunk({"role": "assistant", "content": ""})
+            for i, w in enumerate(words):
+                if fault.startswith("die") and i == int(fault.partition(":")[2] or 1):
+                    raise _Drop("stream dropped on purpose")
+                if fault == "inband" and i == 1:
+                    yield b'data: {"error": {"message": "injected in-band", "type": "server_error"}}\n\n'
+                    yield b"data: [DONE]\n\n"
+                    return
+                piece = (" " if i else "") + w
+                yield chunk({"content": piece} if chat else piece)
+                if fault.startswith("stall") and i == 0:
+                    await asyncio.sleep(float(fault.partition(":")[2] or 30))
+            yield chunk({} if chat else "", "stop")
+            if include_usage:
+                data = {"id": cid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
+                        "usage": usage}
+                yield b"data: " + orjson.dumps(data) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def anthropic(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        model = body.get("model", "")
+        fault = faults.next(request.url.path, model)
+        if fault == "reset":
+            return _DroppingResponse()
+        early = await _prelude(fault)
+        if early is not None:
+            if early.status_code >= 400:
+                kind = "rate_limit_error" if early.status_code == 429 else "api_error"
+                return _json({"type": "error", "error": {"type": kind, "message": f"injected {early.status_code}"}},
+                             early.status_code, dict(early.headers) if early.status_code == 429 else None)
+            return early
+        prompt_tokens = _words(body.get("messages")) + _words(body.get("system") or "")
+        words = _reply(model, min(max_words, int(body.get("max_tokens") or max_words)))
+        mid = "msg_" + uuid.uuid4().hex[:16]
+        if not body.get("stream"):
+            return _json({"id": mid, "type": "message", "role": "assistant", "model": model,
+                          "content": [{"type": "text", "text": " ".join(words)}], "stop_reason": "end_turn",
+                          "stop_sequence": None, "usage": {"input_tokens": prompt_tokens,
+                                                           "output_tokens": len(words)}})
+
+        def event(name: str, data: dict) -> bytes:
+            return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+        async def events():  # noqa: ANN202
+            yield event("message_start", {"type": "message_start", "message": {
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt_tokens,
+                                                                      "output_tokens": 1}}})
+            yield event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
+            for i, w in enumerate(words):
+                if fault.startswith("die") and i == int(fault.partition(":")[2] or 1):
+                    raise _Drop("stream dropped on purpose")
+                if fault == "inband" and i == 1:
+                    yield event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                     "message": "injected in-band"}})
+                    return
+                yield event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": (" " if i else "") + w}})
+                if fault.startswith("stall") and i == 0:
+                    await asyncio.sleep(float(fault.partition(":")[2] or 30))
+            yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                             "stop_sequence": None},
+                                          "usage": {"output_tokens": len(words)}})
+            yield event("message_stop", {"type": "message_stop"})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        return _json({"object": "list", "data": []})
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", openai, methods=["POST"]),
+        Route("/v1/completions", openai, methods=["POST"]),
+        Route("/v1/messages", anthropic, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ])
+    app.state.faults = faults
+    return app

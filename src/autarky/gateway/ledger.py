@@ -1,0 +1,158 @@
+"""The usage ledger: one row per request, written by a background thread in batches.
+
+Requests only append to an in-memory deque (no database wait on the hot path). The writer thread commits
+usage rows, spend settlement (reservation -> actual cost) and token counts, and queued audit entries in one
+transaction per batch; a failed batch is retried, never dropped, and `close()` flushes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from autarky.gateway import audit
+from autarky.store.gateway_tables import gateway_rate_windows, gateway_usage
+
+log = logging.getLogger("autarky.gateway")
+
+
+@dataclass(slots=True)
+class Usage:
+    request_id: str
+    ts: float
+    endpoint: str
+    status: int
+    key_id: str | None = None
+    team: str | None = None
+    task: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    retries: int = 0
+    failovers: int = 0
+    error: str | None = None
+    content: str | None = None
+    # Not stored in the usage row: settlement of the key's reservation and rate window.
+    reserved_usd: float = 0.0
+    window: int = 0
+
+
+_ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
+
+
+class Ledger:
+    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared_windows: bool = False) -> None:
+        self.engine = engine
+        self.flush_s = flush_s
+        self.batch = batch
+        self.shared_windows = shared_windows
+        self._usage: deque[Usage] = deque()
+        self._audit: deque[tuple[str, str, dict]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()  # one flush at a time (writer thread vs close())
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.failed_batches = 0
+        self._last_cleanup = 0.0
+
+    def record(self, usage: Usage) -> None:
+        self._usage.append(usage)
+
+    def audit(self, actor: str, action: str, detail: dict) -> None:
+        self._audit.append((actor, action, detail))
+
+    @property
+    def pending(self) -> int:
+        return len(self._usage) + len(self._audit)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="autarky-ledger", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the writer and flush everything still queued."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            if not self.flush():
+                time.sleep(0.1)
+        if self.pending:
+            log.error("ledger: %d entries could not be written before shutdown", self.pending)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            while self.pending and not self._stop:
+                if not self.flush():
+                    time.sleep(min(5.0, self.flush_s * 5))  # database trouble: back off, keep the rows
+                    break
+            if self.shared_windows and time.monotonic() - self._last_cleanup > 60:
+                self._cleanup_windows()
+
+    def flush(self) -> bool:
+        """Write one batch; True on success (or nothing to do). Rows stay queued on failure."""
+        with self._lock:
+            rows = [self._usage.popleft() for _ in range(min(self.batch, len(self._usage)))]
+            entries = [self._audit.popleft() for _ in range(min(self.batch, len(self._audit)))]
+            if not rows and not entries:
+                return True
+            try:
+                self._write(rows, entries)
+            except SQLAlchemyError as exc:
+                self.failed_batches += 1
+                log.warning("ledger: batch of %d rows failed, will retry: %s", len(rows), exc)
+                self._usage.extendleft(reversed(rows))
+                self._audit.extendleft(reversed(entries))
+                return False
+            self.written += len(rows)
+            return True
+
+    def _write(self, rows: list[Usage], entries: list[tuple[str, str, dict]]) -> None:
+        spend: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        tokens: dict[tuple[str, int], int] = defaultdict(int)
+        for u in rows:
+            if u.key_id is not None:
+                s = spend[u.key_id]
+                s[0] += u.cost_usd
+                s[1] += u.reserved_usd
+                tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens
+        with self.engine.begin() as conn:
+            if rows:
+                conn.execute(gateway_usage.insert(), [{f: getattr(u, f) for f in _ROW_FIELDS} for u in rows])
+            if spend:
+                conn.execute(
+                    text("UPDATE gateway_keys SET spent_usd = spent_usd + :c, reserved_usd = reserved_usd - :r "
+                         "WHERE id = :k"),
+                    [{"k": k, "c": c, "r": r} for k, (c, r) in spend.items()],
+                )
+            if self.shared_windows and tokens:
+                conn.execute(
+                    text("UPDATE gateway_rate_windows SET tokens = tokens + :t WHERE key_id = :k AND \"window\" = :w"),
+                    [{"k": k, "w": w, "t": t} for (k, w), t in tokens.items()],
+                )
+            if entries:
+                audit.append_in(conn, entries)
+
+    def _cleanup_windows(self) -> None:
+        self._last_cleanup = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(gateway_rate_windows).where(gateway_rate_windows.c.window < time.time() // 60 - 2))
+        except SQLAlchemyError as exc:
+            log.warning("ledger: rate-window cleanup failed: %s", exc)
+

@@ -1,0 +1,192 @@
+"""Policy filtering and ordering: which (model, provider) pairs may serve a request, best first.
+
+Filtering always comes before ordering, and an empty allowed set is an error, never a fallback outside
+the policy. Decisions are pure functions of (config, table, policy, request name), so they are cached
+per routing-table generation and the hot path only does a dict lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autarky.gateway.config import DATA_CLASSES, GatewayConfig, ModelConfig, ProviderConfig
+from autarky.gateway.errors import GatewayError, forbidden, not_found
+from autarky.gateway.routes import Candidate, RoutesWatcher
+
+TASK_PREFIX = "task:"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model: str
+    model_config: ModelConfig
+    provider: str
+    provider_config: ProviderConfig
+    score: float
+    usd_per_1k: float
+    p50_latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The effective policy for one request: global policy narrowed by the team and the key."""
+
+    self_sufficient: bool = False
+    regions: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+    data_class: str = "internal"
+    max_usd_per_1k: float | None = None
+    latency_target_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    targets: tuple[Target, ...]
+    task: str | None
+    reason: str
+
+
+def rejection(target: Target, policy: Policy) -> str | None:
+    """Why the policy forbids this target, or None when it is allowed."""
+    if policy.models is not None and target.model not in policy.models:
+        return "model not allowed"
+    if policy.self_sufficient and not target.provider_config.in_house:
+        return "self_sufficient"
+    if policy.regions is not None and target.provider_config.region not in policy.regions:
+        return "region"
+    if not target.provider_config.cleared_for(policy.data_class):
+        return "data class"
+    if policy.max_usd_per_1k is not None and target.usd_per_1k > policy.max_usd_per_1k:
+        return "cost ceiling"
+    return None
+
+
+def order(targets: list[Target], policy: Policy) -> list[Target]:
+    """Score (high first), then cost, then latency; candidates over the latency target go last."""
+
+    def key(t: Target) -> tuple:
+        slow = policy.latency_target_ms is not None and t.p50_latency_ms > policy.latency_target_ms
+        return (slow, -t.score, t.usd_per_1k, t.p50_latency_ms)
+
+    return sorted(targets, key=key)
+
+
+def _intersect(a: frozenset[str] | None, b: list[str] | tuple[str, ...] | None) -> frozenset[str] | None:
+    if b is None:
+        return a
+    return frozenset(b) if a is None else a & frozenset(b)
+
+
+def stricter(a: str, b: str) -> str:
+    return a if DATA_CLASSES.index(a) >= DATA_CLASSES.index(b) else b
+
+
+class Router:
+    def __init__(self, config: GatewayConfig, routes: RoutesWatcher) -> None:
+        self.config = config
+        self.routes = routes
+        self._cache: dict[tuple, Plan | GatewayError] = {}
+        self._generation = -1
+
+    def policy_for(self, team: str | None, key_models: tuple[str, ...] | None, data_class: str | None) -> Policy:
+        g = self.config.policy
+        t = self.config.teams.get(team or "")
+        self_sufficient = g.self_sufficient or bool(t and t.self_sufficient)
+        ceilings = [c for c in (g.max_usd_per_1k_tokens, t.max_usd_per_1k_tokens if t else None) if c is not None]
+        klass = stricter(t.data_class if t else g.default_data_class, data_class or "public")
+        return Policy(
+            self_sufficient=self_sufficient,
+            regions=_intersect(_intersect(None, g.allowed_regions), t.regions if t else None),
+            models=_intersect(_intersect(None, t.models if t else None), key_models),
+            data_class=klass,
+            max_usd_per_1k=min(ceilings) if ceilings else None,
+            latency_target_ms=g.latency_target_ms,
+        )
+
+    def plan(
+        self,
+        name: str,
+        task_header: str | None = None,
+        team: str | None = None,
+        key_models: tuple[str, ...] | None = None,
+        data_class: str | None = None,
+    ) -> Plan:
+        """The ordered targets for a request naming `name` (a model or `task:NAME`); raises GatewayError."""
+        table = self.routes.current()
+        if self.routes.generation != self._generation:
+            self._cache.clear()
+            self._generation = self.routes.generation
+        cache_key = (name, task_header, team, key_models, data_class)
+        hit = self._cache.get(cache_key)
+        if hit is None:
+            try:
+                hit = self._decide(table, name, task_header, team, key_models, data_class)
+            except GatewayError as exc:
+                hit = exc
+            if len(self._cache) > 10_000:  # bounded: names come from clients
+                self._cache.clear()
+            self._cache[cache_key] = hit
+        if isinstance(hit, GatewayError):
+            raise hit
+        return hit
+
+    def _decide(self, table, name, task_header, team, key_models, data_class) -> Plan:  # noqa: ANN001
+        task = task_header or (name[len(TASK_PREFIX) :] if name.startswith(TASK_PREFIX) else None)
+        if task is not None:
+            task_cfg = self.config.tasks.get(task)
+            if task in table.tasks:
+                candidates = list(table.tasks[task].candidates)
+            elif task_cfg is not None:
+                candidates = [Candidate(model=m, score=-i) for i, m in enumerate(task_cfg.candidates)]
+            else:
+                raise not_found(f"unknown task {task!r}; known: {sorted(set(table.tasks) | set(self.config.tasks))}",
+                                code="task_not_found")
+            if task_cfg is not None:
+                data_class = stricter(task_cfg.data_class, data_class or "public")
+        else:
+            if name not in self.config.models:
+                raise not_found(f"unknown model {name!r}; GET /v1/models lists models and tasks")
+            candidates = [Candidate(model=name)]
+        policy = self.policy_for(team, key_models, data_class)
+        allowed: list[Target] = []
+        dropped: list[str] = []
+        for cand in candidates:
+            target = self._target(cand)
+            if target is None:
+                dropped.append(f"{cand.model}(not configured)")
+                continue
+            why = rejection(target, policy)
+            if why is None:
+                allowed.append(target)
+            else:
+                dropped.append(f"{cand.model}({why})")
+        if not allowed:
+            what = f"task {task!r}" if task is not None else f"model {name!r}"
+            raise forbidden(
+                f"no model allowed by policy for {what} (team {team or '-'}, data class {policy.data_class}"
+                f"{', self_sufficient' if policy.self_sufficient else ''}): rejected {', '.join(dropped) or 'none'}",
+                code="no_allowed_route",
+            )
+        ordered = order(allowed, policy)
+        head = f"task={task}" if task is not None else "model requested"
+        reason = f"{head}; {len(ordered)} allowed of {len(candidates)}; by score,cost,latency"
+        if policy.self_sufficient:
+            reason += "; self_sufficient"
+        if dropped:
+            reason += "; dropped " + " ".join(dropped)
+        return Plan(tuple(ordered), task, reason)
+
+    def _target(self, cand: Candidate) -> Target | None:
+        model_cfg = self.config.models.get(cand.model)
+        if model_cfg is None or (cand.provider and cand.provider != model_cfg.provider):
+            return None
+        return Target(
+            model=cand.model,
+            model_config=model_cfg,
+            provider=model_cfg.provider,
+            provider_config=self.config.providers[model_cfg.provider],
+            score=cand.score,
+            # The table's price may be stale; the ceiling uses whichever of table and config is higher.
+            usd_per_1k=max(cand.usd_per_1k_tokens or 0.0, model_cfg.usd_per_1k()),
+            p50_latency_ms=cand.p50_latency_ms if cand.p50_latency_ms is not None else 0.0,
+        )

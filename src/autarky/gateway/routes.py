@@ -1,0 +1,111 @@
+"""The routing table: product task -> ranked candidates, written by `autarky eval routes` (or by hand).
+
+The gateway checks the file's mtime at most every `poll_s` and swaps in a new table atomically; a broken
+edit keeps the last good table (and says so) rather than taking traffic down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autarky.errors import UserError
+
+log = logging.getLogger("autarky.gateway")
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str
+    provider: str = ""  # empty: the gateway resolves the provider from its config
+    score: float = 0.0
+    ci_low: float | None = None
+    ci_high: float | None = None
+    usd_per_1k_tokens: float | None = None
+    p50_latency_ms: float | None = None
+    in_house: bool | None = None  # informational; the gateway's provider config decides
+
+
+class TaskRoutes(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    candidates: list[Candidate] = []
+    pareto: list[str] = []
+
+
+class RoutingTable(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    generated_at: str | None = None
+    tasks: dict[str, TaskRoutes] = Field(default_factory=dict)
+
+
+def load_routing_table(path: str | Path) -> RoutingTable:
+    path = Path(path)
+    try:
+        return RoutingTable.model_validate(tomllib.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise UserError(f"routing table {path} not found; run `autarky eval routes` or write one by hand") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"routing table {path} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"routing table {path}: field {where}: {err['msg']}") from exc
+
+
+class RoutesWatcher:
+    """Holds the current table; `current()` is cheap and reloads when the file changed."""
+
+    def __init__(self, path: str | None, poll_s: float = 1.0, on_reload=None) -> None:  # noqa: ANN001
+        self.path = path
+        self.on_reload = on_reload  # called with (generation, error or None) after each reload attempt
+        self.poll_s = poll_s
+        self.generation = 0
+        self.table = RoutingTable()
+        self.last_error: str | None = None
+        self._mtime: float | None = None
+        self._checked = 0.0
+        if path:
+            self.table = load_routing_table(path)
+            self._mtime = os.stat(path).st_mtime_ns
+            self.generation = 1
+
+    def current(self) -> RoutingTable:
+        if self.path is not None:
+            now = time.monotonic()
+            if now - self._checked >= self.poll_s:
+                self._checked = now
+                self.maybe_reload()
+        return self.table
+
+    def maybe_reload(self) -> bool:
+        """Reload if the file's mtime changed; True when a new table was swapped in."""
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError as exc:
+            self.last_error = f"routing table unreadable: {exc}"
+            return False
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.table = load_routing_table(self.path)
+        except UserError as exc:
+            self.last_error = exc.message
+            log.error("keeping the previous routing table: %s", exc.message)
+            if self.on_reload:
+                self.on_reload(self.generation, exc.message)
+            return False
+        self.last_error = None
+        self.generation += 1
+        log.info("routing table reloaded from %s (generation %d)", self.path, self.generation)
+        if self.on_reload:
+            self.on_reload(self.generation, None)
+        return True

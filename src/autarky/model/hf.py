@@ -1,0 +1,310 @@
+"""To and from Hugging Face folders (`LlamaForCausalLM`): config.json, model.safetensors, tokenizer, generation config.
+
+Our Llama uses HF's rotate-half RoPE and the same weight layout, so conversion is a rename. Loading accepts any
+Llama-architecture folder (our exports, SmolLM2, Llama 3 …) whose features our model implements, and refuses the
+rest with a UserError instead of producing wrong logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from autarky.data.tokenizer import CHAT_TEMPLATE, ENDOFTEXT, IM_END
+from autarky.errors import UserError
+from autarky.model.llama import Llama, ModelConfig, rope_tables
+
+# The eos tokens of ChatML-style tokenizers (ours and SmolLM2): end of document and end of chat turn.
+EOS_TOKENS = (ENDOFTEXT, IM_END)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+_BLOCK_NAMES = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
+
+
+def to_hf_name(name: str) -> str:
+    """Our parameter name → the LlamaForCausalLM one, e.g. layers.3.attention.wq.weight → model.layers.3.self_attn.q_proj.weight."""
+    stem, leaf = name.rsplit(".", 1)
+    if stem.startswith("layers."):
+        _, index, module = stem.split(".", 2)
+        return f"model.layers.{index}.{_BLOCK_NAMES[module]}.{leaf}"
+    return f"{_TOP_NAMES[stem]}.{leaf}"
+
+
+def from_hf_name(name: str) -> str:
+    stem, leaf = name.rsplit(".", 1)
+    if stem.startswith("model.layers."):
+        _, _, index, module = stem.split(".", 3)
+        ours = {v: k for k, v in _BLOCK_NAMES.items()}.get(module)
+        if ours is None:
+            raise UserError(f"unexpected weight {name!r}: not a plain Llama layer (biases or extra modules are not supported)")
+        return f"layers.{index}.{ours}.{leaf}"
+    ours = {v: k for k, v in _TOP_NAMES.items()}.get(stem)
+    if ours is None:
+        raise UserError(f"unexpected weight {name!r} in the safetensors files: not a LlamaForCausalLM weight")
+    return f"{ours}.{leaf}"
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int | list[int] | None,
+                   dtype: torch.dtype) -> dict:
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "num_hidden_layers": cfg.n_layers,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_seq_len,
+        # transformers 4.x reads rope_theta/rope_scaling, 5.x rope_parameters; both are written.
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": dtype_name,
+        "use_cache": True,
+    }
+
+
+def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Our ModelConfig from a config.json dict; UserError for anything our Llama does not implement."""
+    architectures = hf.get("architectures") or []
+    if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in architectures:
+        raise UserError(
+            f"{source}: model_type {hf.get('model_type')!r} / architectures {architectures} is not a Llama model; "
+            "only LlamaForCausalLM folders can be loaded"
+        )
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise UserError(f"{source}: rope scaling {rope_type!r} is not implemented; only default RoPE is supported")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise UserError(f"{source}: {flag}=true is not supported by the autarky Llama")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; only silu (SwiGLU)")
+    try:
+        dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+        head_dim = int(hf.get("head_dim") or dim // n_heads)
+        if head_dim * n_heads != dim:
+            raise UserError(f"{source}: head_dim {head_dim} × heads {n_heads} != hidden_size {dim} is not supported")
+        return ModelConfig(
+            vocab_size=int(hf["vocab_size"]),
+            dim=dim,
+            n_layers=int(hf["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+            ffn_dim=int(hf["intermediate_size"]),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            rope_theta=float(rope.get("rope_theta") or hf.get("rope_theta") or 10_000.0),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        )
+    except KeyError as missing:
+        raise UserError(f"{source}: missing field {missing}; is this a LlamaForCausalLM config?") from None
+    except ValueError as bad:
+        raise UserError(f"{source}: {bad}") from None
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The ModelConfig of the HF folder at `path`."""
+    return model_config_from_hf(_read_json(Path(path) / "config.json"), str(Path(path) / "config.json"))
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def _token_content(entry: object) -> str | None:
+    if isinstance(entry, dict):
+        return entry.get("content")
+    return entry if isinstance(entry, str) else None
+
+
+def _token_ids(tokenizer_json: dict) -> dict[str, int]:
+    ids = dict(tokenizer_json.get("model", {}).get("vocab", {}))
+    ids.update({t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])})
+    return ids
+
+
+def special_token_ids(folder: Path) -> tuple[int | None, list[int]]:
+    """(bos id, eos ids) from a folder's tokenizer files: every ChatML end token present, else eos_token."""
+    folder = Path(folder)
+    ids = _token_ids(_read_json(folder / "tokenizer.json"))
+    config_path = folder / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.exists() else {}
+    bos = ids.get(_token_content(config.get("bos_token")) or "")
+    eos = [ids[t] for t in EOS_TOKENS if t in ids]
+    eos_name = _token_content(config.get("eos_token"))
+    if eos_name in ids and ids[eos_name] not in eos:
+        eos.append(ids[eos_name])
+    return bos, eos
+
+
+def eos_token_ids(folder: Path) -> list[int]:
+    """The ids that end generation: generation_config.json's eos_token_id, else the tokenizer's."""
+    folder = Path(folder)
+    for name in ("generation_config.json", "config.json"):
+        if (folder / name).exists():
+            value = _read_json(folder / name).get("eos_token_id")
+            if value is not None:
+                return [value] if isinstance(value, int) else list(value)
+    return special_token_ids(folder)[1]
+
+
+def chat_template(folder: Path) -> str | None:
+    """The folder's chat template (tokenizer_config.json, or chat_template.jinja as transformers 5 writes it)."""
+    folder = Path(folder)
+    config_path = folder / "tokenizer_config.json"
+    if config_path.exists():
+        template = _read_json(config_path).get("chat_template")
+        if isinstance(template, str):
+            return template
+    jinja = folder / "chat_template.jinja"
+    return jinja.read_text() if jinja.exists() else None
+
+
+def write_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+    """Copy the tokenizer files, making sure tokenizer_config.json carries a chat template."""
+    tokenizer_dir = Path(tokenizer_dir)
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        raise UserError(f"{tokenizer_dir} has no tokenizer.json; point at a data dir built by `autarky data build`")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copy2(tokenizer_dir / name, out_dir / name)
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.exists() else {}
+    config["chat_template"] = chat_template(tokenizer_dir) or CHAT_TEMPLATE
+    config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    _write_json(out_dir / "tokenizer_config.json", config)
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def hf_state_dict(model: Llama, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The model's weights under LlamaForCausalLM names (the tied output projection left out)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.tie_embeddings and name == "output.weight":
+            continue
+        state[to_hf_name(name)] = tensor.detach().to("cpu", dtype).contiguous()
+    return state
+
+
+def check_output_folder(out_dir: Path) -> Path:
+    """`out_dir` if a model folder may be written there (absent or empty): existing models are never replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir} already exists and is not empty; choose another output folder or remove it")
+    return out_dir
+
+
+def save_hf_folder(model: Llama, tokenizer_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `model` + the tokenizer in `tokenizer_dir` as an HF folder at `out_dir`, atomically."""
+    out_dir = check_output_folder(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        write_tokenizer(tokenizer_dir, tmp)
+        bos, eos = special_token_ids(tmp)
+        cfg = model.config
+        _write_json(tmp / "config.json", hf_config_dict(cfg, bos, eos[0] if len(eos) == 1 else eos, dtype))
+        _write_json(tmp / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
+        save_file(hf_state_dict(model, dtype), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(_read_json(index)["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise UserError(f"{folder} has no model.safetensors (pickled .bin weights are not loaded for safety)")
+    weights: dict[str, torch.Tensor] = {}
+    for name in files:
+        weights.update(load_file(str(folder / name)))
+    return weights
+
+
+def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                   ) -> tuple[Llama, ModelConfig]:
+    """Our Llama (eval mode) from any Llama-architecture HF folder."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    cfg = read_model_config(folder)
+    state = {}
+    for hf_name, tensor in _read_weights(folder).items():
+        if cfg.tie_embeddings and hf_name == "lm_head.weight":
+            continue  # some savers write the tied copy too
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue  # a buffer older transformers versions saved
+        state[from_hf_name(hf_name)] = tensor.to(device=device, dtype=dtype)
+    with torch.device("meta"):
+        model = Llama(cfg)
+    expected = {n for n in model.state_dict() if not (cfg.tie_embeddings and n == "output.weight")}
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise UserError(
+            f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(model.get_parameter(name).shape):
+            raise UserError(f"{folder}: weight {name} has shape {tuple(tensor.shape)}, config.json implies "
+                            f"{tuple(model.get_parameter(name).shape)}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)  # fp32, as HF computes them
+    return model.eval(), cfg
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except json.JSONDecodeError as bad:
+        raise UserError(f"{path} is not valid JSON ({bad})") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,105 @@
+"""Where the MFU comes from: a default by size and precision, the user, or a measured autarky run.
+
+A run directory written by `autarky train` holds `metrics.jsonl`, one JSON object per logged step with at least
+`step`, `mfu` (a fraction), `peak_flops` (per device, FLOP/s) and `device`, plus `config.toml`. The measured MFU
+is the median over logged steps after the first few (compile and warm-up make those slow).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from autarky.errors import UserError
+
+WARMUP_ROWS = 3
+
+
+@dataclass(frozen=True)
+class MfuChoice:
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    mfu: float
+    peak_flops: float
+    device: str
+    steps_used: int
+    tokens_per_s: float | None
+    preset: str | None
+    seq_len: int | None
+    run_dir: str
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.lower().startswith("cpu")
+
+
+def default_mfu(params: float, is_moe: bool, precision: str) -> MfuChoice:
+    """Defaults from published runs; the one assumption is labelled as such."""
+    if precision == "fp8":
+        return MfuChoice(0.20, "default: Llama 4 Behemoth, 390 TFLOP/s = 20% of H100 FP8 peak")
+    if is_moe:
+        return MfuChoice(0.35, "default: DeepSeek-V3 implied 35% of BF16-equivalent peak (MoE)")
+    if params < 1e9:
+        return MfuChoice(0.25, "default: assumption for <1B models (small matmuls under-fill big GPUs)")
+    return MfuChoice(0.40, "default: Llama 3.1 405B, 38-43% BF16 MFU on 8K-16K H100")
+
+
+def check_mfu(value: float) -> float:
+    if not 0 < value <= 1:
+        raise UserError(f"MFU must be a fraction in (0, 1], got {value}; e.g. --mfu 0.4 for 40%")
+    return value
+
+
+def read_run(run_dir: Path) -> MeasuredRun:
+    """The robust MFU of a training run: median of logged steps after the first WARMUP_ROWS."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        lines = metrics.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--mfu-from {run_dir}: cannot read metrics.jsonl ({exc.__class__.__name__}); "
+                        "point it at a run directory written by `autarky train`") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"--mfu-from {metrics}: line {number} is not JSON") from None
+        if isinstance(row, dict) and isinstance(row.get("mfu"), int | float) and row.get("peak_flops"):
+            rows.append(row)
+    if not rows:
+        raise UserError(f"--mfu-from {metrics}: no rows with 'mfu' and 'peak_flops'; train a few more steps")
+    rows.sort(key=lambda r: r.get("step", 0))
+    used = rows[WARMUP_ROWS:] if len(rows) > WARMUP_ROWS else rows[-1:]
+    mfu = statistics.median(float(r["mfu"]) for r in used)
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu-from {metrics}: median MFU {mfu} is outside (0, 1]; is 'mfu' a fraction?")
+    speeds = [float(r["tokens_per_s"]) for r in used if isinstance(r.get("tokens_per_s"), int | float)]
+    config = _read_config(run_dir / "config.toml")
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    preset = config.get("preset") or model.get("preset")
+    seq_len = config.get("seq_len") or train.get("seq_len") or model.get("max_seq_len")
+    return MeasuredRun(
+        mfu=mfu, peak_flops=float(used[-1]["peak_flops"]), device=str(used[-1].get("device", "unknown")),
+        steps_used=len(used), tokens_per_s=statistics.median(speeds) if speeds else None,
+        preset=str(preset) if preset else None, seq_len=int(seq_len) if seq_len else None, run_dir=str(run_dir))
+
+
+def _read_config(path: Path) -> dict:
+    """The run's config.toml if present; the MFU alone is still usable without it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--mfu-from: cannot read {path}: {exc}") from None

@@ -1,0 +1,150 @@
+"""What the planner needs to know about a model: parameters (total and active) and, when known, its shape.
+
+Three ways in: a preset of `autarky.model.sizes`, a Hugging Face `config.json` (Llama, Mistral, Mixtral and
+Qwen-MoE key names), or a raw parameter count with optional shape flags. Without shape flags the shape is
+estimated Llama-style (hidden ≈ 128·layers, N ≈ 12·L·h²) and the result says so.
+
+Parameter convention: N counts every parameter (PaLM / nanoGPT), tied embeddings once. For mixture-of-experts,
+`active_params` (what one token touches) drives compute and `params` (all experts) drives memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from autarky.errors import UserError
+from autarky.model.llama import ModelConfig, parameter_count
+from autarky.model.sizes import preset
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    params: int  # total, all experts
+    active_params: int  # per token; == params for dense models
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    seq_len: int
+    experts: int = 1
+    active_experts: int = 1
+    expert_params: int = 0  # the part of `params` that expert parallelism shards
+    shape_source: str = "exact"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 1
+
+    @property
+    def layer_params(self) -> float:
+        """Parameters of one transformer block (all experts), for ZeRO-3's gathered-layer buffer."""
+        return (self.params - 2 * self.vocab * self.hidden) / self.layers
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise UserError(f"--{name} must be positive, got {value}")
+
+
+def _moe_params(cfg: ModelConfig, experts: int, active_experts: int, expert_ffn: int) -> tuple[int, int, int]:
+    """(total, active, expert) parameters of a Llama shape whose FFN is E experts of width expert_ffn."""
+    dense = parameter_count(cfg) - cfg.n_layers * 3 * cfg.dim * cfg.ffn_dim
+    per_expert = 3 * cfg.dim * expert_ffn
+    router = cfg.dim * experts
+    expert_total = cfg.n_layers * per_expert * experts
+    total = dense + expert_total + cfg.n_layers * router
+    active = dense + cfg.n_layers * (per_expert * active_experts + router)
+    return total, active, expert_total
+
+
+def from_config(name: str, cfg: ModelConfig, experts: int = 1, active_experts: int = 1,
+                expert_ffn: int | None = None, seq_len: int | None = None, shape_source: str = "exact",
+                head_dim: int | None = None) -> ModelShape:
+    if experts < 1 or active_experts < 1 or active_experts > experts:
+        raise UserError(f"--active-experts ({active_experts}) must be between 1 and --experts ({experts})")
+    if experts > 1:
+        total, active, expert_total = _moe_params(cfg, experts, active_experts, expert_ffn or cfg.ffn_dim)
+    else:
+        total = active = parameter_count(cfg)
+        expert_total = 0
+    return ModelShape(
+        name=name, params=total, active_params=active, layers=cfg.n_layers, hidden=cfg.dim, heads=cfg.n_heads,
+        kv_heads=cfg.n_kv_heads, head_dim=head_dim or cfg.head_dim, ffn=expert_ffn or cfg.ffn_dim,
+        vocab=cfg.vocab_size, seq_len=seq_len or cfg.max_seq_len, experts=experts, active_experts=active_experts,
+        expert_params=expert_total, shape_source=shape_source)
+
+
+def from_preset(name: str, seq_len: int | None = None, experts: int = 1, active_experts: int = 1) -> ModelShape:
+    return from_config(name, preset(name), experts, active_experts, seq_len=seq_len)
+
+
+def from_hf_config(path: Path, seq_len: int | None = None) -> ModelShape:
+    """A Hugging Face config.json (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--hf-config {path} does not exist; pass a Hugging Face config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--hf-config {path} is not readable JSON: {exc}") from None
+    try:
+        hidden, layers = int(raw["hidden_size"]), int(raw["num_hidden_layers"])
+        heads = int(raw["num_attention_heads"])
+        experts = int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 1)
+        expert_ffn = raw.get("moe_intermediate_size")
+        cfg = ModelConfig(
+            vocab_size=int(raw["vocab_size"]), dim=hidden, n_layers=layers, n_heads=heads,
+            n_kv_heads=int(raw.get("num_key_value_heads") or heads), ffn_dim=int(raw["intermediate_size"]),
+            max_seq_len=int(raw.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(raw.get("tie_word_embeddings", False)))
+    except KeyError as exc:
+        raise UserError(f"--hf-config {path} lacks {exc.args[0]!r}; a Llama-style config.json is needed") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--hf-config {path}: {exc}") from None
+    name = raw.get("_name_or_path") or path.parent.name or "hf-model"
+    active = int(raw.get("num_experts_per_tok", 1)) if experts > 1 else 1
+    return from_config(str(name), cfg, experts, active, int(expert_ffn) if expert_ffn else None, seq_len,
+                       head_dim=raw.get("head_dim"))
+
+
+def from_params(
+    params: float, active_params: float | None = None, layers: int | None = None, hidden: int | None = None,
+    heads: int | None = None, kv_heads: int | None = None, head_dim: int | None = None, ffn: int | None = None,
+    vocab: int | None = None, seq_len: int | None = None, experts: int = 1, active_experts: int = 1,
+) -> ModelShape:
+    """A raw parameter count; shape flags refine attention FLOPs and activation memory."""
+    for flag, value in [("params", params), ("active-params", active_params), ("layers", layers),
+                        ("hidden", hidden), ("heads", heads), ("kv-heads", kv_heads), ("head-dim", head_dim),
+                        ("ffn", ffn), ("vocab", vocab), ("seq-len", seq_len)]:
+        _positive(flag, value)
+    if active_params is not None and active_params > params:
+        raise UserError(f"--active-params ({active_params:.3g}) exceeds --params ({params:.3g})")
+    source = "given"
+    if layers is None or hidden is None:
+        source = "estimated Llama-style from N (hidden ≈ 128·layers); pass --layers/--hidden for exact activations"
+        layers = layers or max(1, round((params / (12 * 128**2)) ** (1 / 3)))
+        hidden = hidden or max(128, round((params / (12 * layers)) ** 0.5 / 128) * 128)
+    heads = heads or max(1, hidden // 128)
+    kv_heads = kv_heads or (8 if heads % 8 == 0 else heads)
+    if heads % kv_heads:
+        raise UserError(f"--heads ({heads}) must be divisible by --kv-heads ({kv_heads})")
+    if experts > 1 and active_params is None:
+        raise UserError("a mixture-of-experts --params count needs --active-params (or use a preset/--hf-config)")
+    if active_experts > experts:
+        raise UserError(f"--active-experts ({active_experts}) must not exceed --experts ({experts})")
+    total, active = int(params), int(active_params or params)
+    # Experts hold what the token does not touch, scaled back up by E/(E-K) … only known for MoE inputs.
+    expert = int((total - active) * experts / (experts - active_experts)) if experts > active_experts else 0
+    return ModelShape(
+        name=f"{params:.3g} params", params=total, active_params=active, layers=layers, hidden=hidden,
+        heads=heads, kv_heads=kv_heads, head_dim=head_dim or hidden // heads, ffn=ffn or int(3.5 * hidden),
+        vocab=vocab or 128_256, seq_len=seq_len or 8192, experts=experts, active_experts=active_experts,
+        expert_params=min(expert, total), shape_source=source)

@@ -1,0 +1,316 @@
+"""The OpenAI-compatible HTTP routes (plus vLLM's tokenizer routes), over a ModelRegistry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from autarky.serve import responses as R
+from autarky.serve.engine import ErrorEvent, Event, PromptEvent, Request as EngineRequest, TokenEvent
+from autarky.serve.errors import BadRequest, ContextOverflow, EngineFailure, error_body, install_error_handlers
+from autarky.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    _Request,
+)
+from autarky.serve.registry import ModelRegistry, ServedModel
+from autarky.serve.sampling import SamplingParams
+
+log = logging.getLogger("autarky.serve")
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class Job:
+    """The engine requests behind one HTTP request (one per prompt), sharing one event queue."""
+
+    requests: list[EngineRequest]
+    sink: asyncio.Queue
+    prompt_tokens: int
+    n_choices: int
+
+    def cancel(self) -> None:
+        for r in self.requests:
+            r.cancel()
+
+    async def events(self) -> AsyncIterator[Event]:
+        finished = 0
+        try:
+            while finished < self.n_choices:
+                event = await self.sink.get()
+                yield event
+                if isinstance(event, ErrorEvent):
+                    return
+                if isinstance(event, TokenEvent) and event.finish_reason:
+                    finished += 1
+        finally:
+            if finished < self.n_choices:
+                self.cancel()  # the client went away (or the stream failed): free the slots now
+
+
+def _start(served: ServedModel, prompts: list[list[int]], params_for: Callable[[list[int]], SamplingParams]) -> Job:
+    loop, sink = asyncio.get_running_loop(), asyncio.Queue()
+    job = Job([], sink, sum(len(p) for p in prompts), 0)
+    try:
+        for ids in prompts:
+            params = params_for(ids)
+            request = EngineRequest(ids, params, sink, loop, index=job.n_choices)
+            served.engine.submit(request)
+            job.requests.append(request)
+            job.n_choices += params.n
+    except Exception:
+        job.cancel()
+        raise
+    return job
+
+
+def _check_fields(body: _Request) -> None:
+    bad = body.unsupported_fields()
+    if bad:
+        raise BadRequest(f"this server does not support {', '.join(bad)}; remove the field(s)", param=bad[0],
+                         code="unsupported_parameter")
+    ignored = body.ignored_fields()
+    if ignored:
+        log.warning("The following fields were present in the request but ignored: %s", ignored)
+
+
+def _default_max_tokens(requested: int | None, served: ServedModel, prompt: list[int]) -> int:
+    if requested is not None:
+        return requested
+    room = served.max_model_len - len(prompt)
+    if room < 1:
+        raise ContextOverflow(f"This model's maximum context length is {served.max_model_len} tokens and the "
+                              f"prompt has {len(prompt)}; shorten it.")
+    return room
+
+
+async def _collect(job: Job, raw: Request) -> dict[int, R.Choice]:
+    choices = {i: R.Choice(i) for i in range(job.n_choices)}
+
+    async def consume() -> None:
+        async for event in job.events():
+            if isinstance(event, ErrorEvent):
+                raise EngineFailure(event.message)
+            R.apply_event(choices, event)  # type: ignore[arg-type]
+
+    task = asyncio.ensure_future(consume())
+    while not task.done():
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not task.done() and await raw.is_disconnected():
+            task.cancel()
+            job.cancel()
+            raise EngineFailure("the client disconnected")
+    task.result()
+    return choices
+
+
+def _sse_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:  # after the first byte the status is sent: report in-band, then end the stream
+            log.exception("stream failed")
+            yield R.sse(error_body(f"generation failed: {exc}"))
+            yield R.DONE
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers=headers)
+
+
+def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = None,
+               on_failure: Callable[[], None] | None = None) -> FastAPI:
+    """The ASGI app. Models listed in the registry's specs load in a background thread at startup, so /health
+    answers 503 until they are in; shutdown finishes in-flight requests before stopping the engines."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        def load() -> None:
+            registry.load()
+            if registry.ready.is_set() and on_ready:
+                on_ready()
+            elif registry.error and on_failure:
+                on_failure()
+
+        if registry.specs and not registry.ready.is_set():
+            threading.Thread(target=load, name="model-loader", daemon=True).start()
+        else:
+            registry.ready.set()
+            if on_ready:
+                on_ready()
+        yield
+        await asyncio.to_thread(registry.shutdown)
+
+    app = FastAPI(title="autarky serve", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        registry.get(None)  # raises NotReady (503) while loading
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(registry.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        registry.get(None)
+        data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "autarky", "root": m.source,
+                 "max_model_len": m.max_model_len} for m in registry.models.values()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw: Request) -> Response:
+        served = registry.get(body.model)
+        _check_fields(body)
+        codec = served.codec
+        prompts: list[list[int]] = []
+        echo_texts: list[str] = []
+        for p in body.prompts():
+            ids = codec.encode(p) if isinstance(p, str) else p
+            prompts.append(ids)
+            text = p if isinstance(p, str) else codec.decode(ids, skip_special_tokens=False)
+            echo_texts += [text] * body.n
+
+        def params_for(ids: list[int]) -> SamplingParams:
+            return SamplingParams(
+                max_tokens=_default_max_tokens(body.max_tokens, served, ids), temperature=body.temperature,
+                top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=tuple(body.stop_list()),
+                ignore_eos=body.ignore_eos, logprobs=body.logprobs,
+                prompt_logprobs=(body.logprobs or 0) if body.echo else None, n=body.n,
+            )
+
+        job = _start(served, prompts, params_for)
+        env = R.Envelope("cmpl", served.name)
+        want_lp = body.logprobs is not None
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            return _sse_response(_stream_completion(job, env, codec, echo_texts, want_lp, include_usage))
+        choices = await _collect(job, raw)
+        out = env.head("text_completion")
+        out["choices"] = [R.completion_choice(codec, c, echo_texts[i] if body.echo else None, want_lp)
+                          for i, c in sorted(choices.items())]
+        out["usage"] = R.usage(job.prompt_tokens, list(choices.values()))
+        return JSONResponse(out)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, raw: Request) -> Response:
+        served = registry.get(body.model)
+        _check_fields(body)
+        codec = served.codec
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            ids = codec.chat_ids(messages)
+        except Exception as exc:  # the template's raise_exception and missing templates land here
+            raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
+        requested = body.max_completion_tokens or body.max_tokens
+        top = body.top_logprobs or 0
+        if body.top_logprobs and not body.logprobs:
+            raise BadRequest("top_logprobs needs logprobs=true", param="top_logprobs")
+
+        def params_for(ids: list[int]) -> SamplingParams:
+            return SamplingParams(
+                max_tokens=_default_max_tokens(requested, served, ids), temperature=body.temperature,
+                top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=tuple(body.stop_list()),
+                ignore_eos=body.ignore_eos, logprobs=top if body.logprobs else None, n=body.n,
+            )
+
+        job = _start(served, [ids], params_for)
+        env = R.Envelope("chatcmpl", served.name)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            return _sse_response(_stream_chat(job, env, codec, body.logprobs, include_usage))
+        choices = await _collect(job, raw)
+        out = env.head("chat.completion")
+        out["choices"] = [R.chat_choice(codec, c, body.logprobs) for _, c in sorted(choices.items())]
+        out["usage"] = R.usage(job.prompt_tokens, list(choices.values()))
+        return JSONResponse(out)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict:
+        served = registry.get(body.model)
+        if body.messages is not None:
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            ids = served.codec.chat_ids(messages, body.add_generation_prompt)
+        elif body.prompt is not None:
+            ids = served.codec.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            raise BadRequest("send either prompt or messages", param="prompt")
+        return {"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids, "token_strs": None}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        served = registry.get(body.model)
+        vocab = served.engine.model.config.vocab_size
+        bad = [t for t in body.tokens if not 0 <= t < vocab]
+        if bad:
+            raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+        return {"prompt": served.codec.decode(body.tokens, skip_special_tokens=False)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(model: str | None = None) -> dict:
+        served = registry.get(model)
+        return {**served.codec.info(), "model_max_length": served.max_model_len}
+
+    return app
+
+
+async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[str], want_lp: bool,
+                             include_usage: bool) -> AsyncIterator[bytes]:
+    choices = {i: R.Choice(i) for i in range(job.n_choices)}
+    async for event in job.events():
+        if isinstance(event, ErrorEvent):
+            yield R.sse(error_body(event.message))
+            yield R.DONE
+            return
+        R.apply_event(choices, event)
+        if isinstance(event, PromptEvent):  # echo: the prompt first, with its logprobs
+            lp = R.legacy_logprobs(codec, event.token_ids, event.logprobs, event.top_logprobs) if want_lp else None
+            for i in range(event.index, event.index + event.count):
+                yield R.sse(R.completion_chunk(env, i, echo_texts[i], lp, None, include_usage))
+        elif event.finish_reason:
+            yield R.sse(R.completion_chunk(env, event.index, "", None, event.finish_reason, include_usage))
+        elif event.text or want_lp:
+            lp = None
+            if want_lp:
+                lp = R.legacy_logprobs(codec, [event.token_id], [event.logprob], [event.top_logprobs],
+                                       offset=len(choices[event.index].text) - len(event.text))
+            yield R.sse(R.completion_chunk(env, event.index, event.text, lp, None, include_usage))
+    if include_usage:
+        yield R.sse({**env.head("text_completion"), "choices": [],
+                     "usage": R.usage(job.prompt_tokens, list(choices.values()))})
+    yield R.DONE
+
+
+async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_usage: bool) -> AsyncIterator[bytes]:
+    choices = {i: R.Choice(i) for i in range(job.n_choices)}
+    for i in range(job.n_choices):
+        yield R.sse(R.chat_chunk(env, i, {"role": "assistant", "content": ""}, None, None, include_usage))
+    async for event in job.events():
+        if isinstance(event, ErrorEvent):
+            yield R.sse(error_body(event.message))
+            yield R.DONE
+            return
+        R.apply_event(choices, event)
+        if isinstance(event, PromptEvent):
+            continue
+        if event.finish_reason:
+            yield R.sse(R.chat_chunk(env, event.index, {}, None, event.finish_reason, include_usage))
+        elif event.text or want_lp:
+            lp = R.chat_logprobs(codec, [event.token_id], [event.logprob], [event.top_logprobs]) if want_lp else None
+            yield R.sse(R.chat_chunk(env, event.index, {"content": event.text}, lp, None, include_usage))
+    if include_usage:
+        yield R.sse({**env.head("chat.completion.chunk"), "choices": [],
+                     "usage": R.usage(job.prompt_tokens, list(choices.values()))})
+    yield R.DONE

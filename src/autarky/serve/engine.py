@@ -1,0 +1,362 @@
+"""The inference engine: prefill + decode over a slot KV cache, with continuous batching, in its own thread.
+
+Between decode steps the loop drops cancelled and finished sequences and admits waiting requests (one prefill
+each), so requests join and leave a running batch at token granularity. Results go back to asyncio through
+`loop.call_soon_threadsafe`, once per step for all rows. torch releases the GIL inside kernels, so the HTTP
+event loop stays responsive while the engine computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from autarky.model.llama import Llama
+from autarky.serve.cache import SlotKVCache
+from autarky.serve.errors import BadRequest, ContextOverflow, NotReady, QueueFull
+from autarky.serve.metrics import ServeMetrics
+from autarky.serve.sampling import SamplingParams, sample_rows, token_logprobs
+from autarky.serve.text import IncrementalText, TextCodec
+
+log = logging.getLogger("autarky.serve")
+
+TopLogprobs = list[tuple[int, float]]
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of choice `index` (text may be empty while held back), or its end."""
+
+    index: int
+    token_id: int | None
+    text: str
+    logprob: float | None = None
+    top_logprobs: TopLogprobs | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class PromptEvent:
+    """Prompt log-probabilities of the prompt behind choices index .. index + count - 1 (first entry None)."""
+
+    index: int
+    count: int
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[TopLogprobs | None]
+
+
+@dataclass
+class ErrorEvent:
+    message: str
+
+
+Event = TokenEvent | PromptEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    index: int = 0  # index of this request's first choice in the HTTP response
+    arrival: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    open_choices: int = 0
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the engine thread between steps
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    choice: int
+    generator: torch.Generator
+    text: IncrementalText
+    next_token: int = 0  # sampled, not yet fed to the model
+    position: int = 0  # where next_token goes in the cache
+    generated: int = 0
+    last_time: float = 0.0
+    finished: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Llama,
+        codec: TextCodec,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        max_model_len: int | None = None,
+        metrics: ServeMetrics | None = None,
+        name: str = "model",
+    ) -> None:
+        cfg = model.config
+        self.model = model.eval()
+        self.codec = codec
+        self.name = name
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_model_len = min(max_model_len or cfg.max_seq_len, cfg.max_seq_len)
+        self.metrics = metrics
+        param = next(model.parameters())
+        self.device = param.device
+        self.cache = SlotKVCache(
+            cfg.n_layers, max_batch, cfg.n_kv_heads, cfg.head_dim, self.max_model_len, param.dtype, self.device
+        )
+        self._blocks = list(model.layers.values())
+        self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Sequence] = []  # row b of a decode step is slot b
+        self._lock = threading.Lock()
+        self._queued = 0  # submitted, not yet admitted
+        self._accepting = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+
+    # ---- called from the asyncio side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Reject what can never run, before anything is queued (400s)."""
+        if not prompt_ids:
+            raise BadRequest("the prompt is empty; send at least one token", param="prompt")
+        bad = [t for t in prompt_ids if not 0 <= t < self.model.config.vocab_size]
+        if bad:
+            raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{self.model.config.vocab_size - 1})",
+                             param="prompt")
+        if params.n > self.max_batch:
+            raise BadRequest(f"n={params.n} exceeds this server's --max-batch {self.max_batch}", param="n")
+        total = len(prompt_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise ContextOverflow(
+                f"This model's maximum context length is {self.max_model_len} tokens; the request asks for "
+                f"{total} ({len(prompt_ids)} in the prompt, {params.max_tokens} to generate). "
+                "Shorten the prompt or lower max_tokens."
+            )
+
+    def submit(self, request: Request) -> None:
+        self.check(request.prompt_ids, request.params)
+        with self._lock:
+            if not self._accepting:
+                raise NotReady("the server is shutting down")
+            if self._queued >= self.max_queue:
+                raise QueueFull(self.max_queue)
+            self._queued += 1
+        self._inbox.put(request)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting; finish every request already accepted; stop the thread."""
+        with self._lock:
+            self._accepting = False
+        self._inbox.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    # ---- the engine thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                self._drain_inbox(block=not self._running and not self._waiting)
+                if self._stopping and not self._running and not self._waiting:
+                    return
+                try:
+                    self._step()
+                except Exception as exc:  # a failed step fails its requests, never the server
+                    log.exception("engine step failed")
+                    self._fail_all(f"generation failed: {exc}")
+                self._update_gauges()
+
+    def _drain_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if item is None:
+                self._stopping = True
+            else:
+                self._waiting.append(item)
+
+    def _step(self) -> None:
+        out: list[tuple[Request, Event]] = []
+        self._drop_cancelled()
+        while self._waiting and len(self._running) + self._waiting[0].params.n <= self.max_batch:
+            request = self._waiting.popleft()
+            with self._lock:
+                self._queued -= 1
+            if not request.cancelled:
+                self._prefill(request, out)
+        if self._running:
+            self._decode(out)
+        self._deliver(out)
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, last_only: bool) -> torch.Tensor:
+        # Llama.forward's body, except that the output projection (vocab-sized) runs only where logits are used.
+        m = self.model
+        cos, sin = m.rope_cos[positions], m.rope_sin[positions]
+        h = m.tok_embeddings(tokens)
+        for block in self._blocks:
+            h = block(h, cos, sin, self.cache)
+        if last_only:
+            h = h[:, -1:]
+        return m.output(m.norm(h)).float()
+
+    def _prefill(self, request: Request, out: list) -> None:
+        params, prompt = request.params, request.prompt_ids
+        slot = len(self._running)
+        n_prompt = len(prompt)
+        self.cache.begin_prefill(slot, n_prompt)
+        tokens = torch.tensor([prompt], device=self.device)
+        positions = torch.arange(n_prompt, device=self.device)[None]
+        want_prompt = params.prompt_logprobs is not None
+        logits = self._forward(tokens, positions, last_only=not want_prompt)[0]  # (T or 1, V)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(n_prompt)
+        if want_prompt:
+            lp = torch.log_softmax(logits[:-1], dim=-1)
+            chosen, top = token_logprobs(lp, tokens[0, 1:], params.prompt_logprobs or 0)
+            out.append((request, PromptEvent(request.index, params.n, list(prompt), [None, *chosen], [None, *top])))
+        last = logits[-1:]
+        if params.max_tokens == 0:
+            for choice in range(params.n):
+                out.append((request, TokenEvent(request.index + choice, None, "", finish_reason="length")))
+            self._record_end(request)
+            return
+        request.open_choices = params.n
+        seqs = []
+        for choice in range(params.n):
+            self.cache.copy_slot(slot, slot + choice, n_prompt)
+            text = IncrementalText(self.codec, params.stop)
+            seqs.append(Sequence(request, choice, params.generator(choice, self.device), text, position=n_prompt))
+        self._running.extend(seqs)
+        self._accept_rows(seqs, last.expand(params.n, -1), out)
+        self._free_finished()
+
+    def _decode(self, out: list) -> None:
+        rows = self._running
+        tokens = torch.tensor([[s.next_token] for s in rows], device=self.device)
+        positions = torch.tensor([s.position for s in rows], device=self.device)
+        self.cache.begin_decode(positions)
+        logits = self._forward(tokens, positions[:, None], last_only=True)[:, 0]  # (B, V)
+        for s in rows:
+            s.position += 1
+        self._accept_rows(rows, logits, out)
+        self._free_finished()
+
+    def _accept_rows(self, rows: list[Sequence], logits: torch.Tensor, out: list) -> None:
+        params = [s.request.params for s in rows]
+        chosen = sample_rows(logits, params, [s.generator for s in rows])
+        want = [p.logprobs is not None for p in params]
+        lps: list[float | None] = [None] * len(rows)
+        tops: list[TopLogprobs | None] = [None] * len(rows)
+        if any(want):
+            k = max(p.logprobs or 0 for p in params)
+            lp, top = token_logprobs(torch.log_softmax(logits, -1), torch.tensor(chosen, device=logits.device), k)
+            for b, p in enumerate(params):
+                if want[b]:
+                    lps[b], tops[b] = lp[b], top[b][: p.logprobs]
+        now = time.perf_counter()
+        for b, s in enumerate(rows):
+            self._emit(s, chosen[b], lps[b], tops[b], now, out)
+
+    def _emit(self, s: Sequence, token: int, lp: float | None, top: TopLogprobs | None, now: float,
+              out: list) -> None:
+        request, params = s.request, s.request.params
+        m = self.metrics
+        if m:
+            if s.generated == 0 and s.choice == 0:
+                m.time_to_first_token.observe(now - request.arrival)
+            elif s.generated:
+                m.inter_token_latency.observe(now - s.last_time)
+                m.time_per_output_token.observe(now - s.last_time)
+            m.generation_tokens.inc()
+        s.last_time = now
+        s.generated += 1
+        s.next_token = token
+        finish = None
+        if token in self.codec.eos_token_ids and not params.ignore_eos:
+            text, finish = s.text.finish(), "stop"
+        else:
+            text, stopped = s.text.push(token)
+            if stopped:
+                finish = "stop"
+            elif s.generated >= params.max_tokens or s.position >= self.max_model_len:
+                finish = "length"
+                text += s.text.finish()
+        index = request.index + s.choice
+        out.append((request, TokenEvent(index, token, text, lp, top)))
+        if finish:
+            out.append((request, TokenEvent(index, None, "", finish_reason=finish)))
+            s.finished = True  # freed by _free_finished after the whole step
+            if m:
+                m.request_success.labels(model_name=self.name, finished_reason=finish).inc()
+
+    def _free_finished(self) -> None:
+        for seq in [s for s in self._running if s.finished]:
+            self._release(seq)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running if s.request.cancelled]:
+            self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        """Free seq's slot, moving the last row into it so slots stay compact."""
+        slot = self._running.index(seq)
+        last = self._running.pop()
+        if last is not seq:
+            self.cache.copy_slot(len(self._running), slot, last.position)
+            self._running[slot] = last
+        request = seq.request
+        request.open_choices -= 1
+        if request.open_choices == 0:
+            self._record_end(request)
+
+    def _record_end(self, request: Request) -> None:
+        if self.metrics and not request.cancelled:
+            self.metrics.e2e_latency.observe(time.perf_counter() - request.arrival)
+
+    def _fail_all(self, message: str) -> None:
+        failed = {s.request for s in self._running}
+        self._running.clear()
+        self._deliver([(r, ErrorEvent(message)) for r in failed])
+
+    def _update_gauges(self) -> None:
+        if self.metrics:
+            self.metrics.num_running.set(len({id(s.request) for s in self._running}))
+            self.metrics.num_waiting.set(self._queued)
+
+    @staticmethod
+    def _deliver(out: list[tuple[Request, Event]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+        for request, event in out:
+            if not request.cancelled:
+                by_loop.setdefault(request.loop, []).append((request.sink, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the loop closed under a client that went away
+                pass
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for sink, event in items:
+        sink.put_nowait(event)

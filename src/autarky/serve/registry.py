@@ -1,0 +1,135 @@
+"""The models one server process serves, each under its name, each with its own engine thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autarky.errors import UserError
+from autarky.model.llama import Llama
+from autarky.serve.engine import Engine
+from autarky.serve.errors import ModelNotFound, NotReady
+from autarky.serve.metrics import MetricFamilies
+from autarky.serve.quantize import quantize_int8
+from autarky.serve.text import TextCodec
+
+log = logging.getLogger("autarky.serve")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to serve and how. `source` is anything `resolve_model_source` accepts (HF folder, .gguf, run dir,
+    alias); `name` defaults to the alias or the folder's name."""
+
+    source: str
+    name: str | None = None
+    dtype: str = "float32"
+    quantize: str | None = None  # None or "int8"
+    max_batch: int = 32
+    max_queue: int = 256
+    max_model_len: int | None = None
+    device: str = "cpu"
+
+    def served_name(self) -> str:
+        if self.name:
+            return self.name
+        path = Path(self.source)
+        return path.stem if path.suffix == ".gguf" else (path.name or self.source)
+
+    @staticmethod
+    def parse(arg: str, **options: object) -> ModelSpec:
+        """`MODEL` or `NAME=MODEL` (the second form names each of several models)."""
+        name, sep, source = arg.partition("=")
+        if sep and name and "/" not in name:
+            return ModelSpec(source=source, name=name, **options)  # type: ignore[arg-type]
+        return ModelSpec(source=arg, **options)  # type: ignore[arg-type]
+
+
+@dataclass
+class ServedModel:
+    name: str
+    engine: Engine
+    codec: TextCodec
+    source: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+
+def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
+    """Load weights and tokenizer for one spec (the slow part: runs in the loader thread)."""
+    from autarky.model.hf import load_hf_folder
+    from autarky.model.source import resolve_model_source
+
+    if spec.dtype not in DTYPES:
+        raise UserError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if spec.quantize not in (None, "int8"):
+        raise UserError(f"unknown quantization {spec.quantize!r}; the only option is int8")
+    folder = resolve_model_source(spec.source)
+    model, _ = load_hf_folder(folder, dtype=DTYPES[spec.dtype], device=spec.device)
+    if spec.quantize == "int8":
+        quantize_int8(model)
+    return model, TextCodec.from_folder(folder)
+
+
+class ModelRegistry:
+    def __init__(self, specs: list[ModelSpec] | None = None, metrics: MetricFamilies | None = None) -> None:
+        self.specs = list(specs or [])
+        names = [s.served_name() for s in self.specs]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise UserError(f"two models share the name {sorted(duplicates)[0]!r}; name them with NAME=MODEL")
+        self.metrics = metrics or MetricFamilies()
+        self.models: dict[str, ServedModel] = {}
+        self.error: str | None = None
+        self.ready = threading.Event()
+
+    def add(self, name: str, model: Llama, codec: TextCodec, source: str = "", **engine_options: object) -> None:
+        """Serve an already-loaded model (used by `load` and by tests that build their own)."""
+        engine = Engine(model, codec, metrics=self.metrics.for_model(name), name=name, **engine_options)  # type: ignore[arg-type]
+        engine.start()
+        self.models[name] = ServedModel(name, engine, codec, source or name)
+
+    def load(self) -> None:
+        """Load every spec; on failure keep `error` and stay not-ready (health answers 503 with the reason)."""
+        try:
+            for spec in self.specs:
+                started = time.perf_counter()
+                model, codec = load_model(spec)
+                self.add(spec.served_name(), model, codec, spec.source, max_batch=spec.max_batch,
+                         max_queue=spec.max_queue, max_model_len=spec.max_model_len)
+                log.info("loaded %s from %s in %.1fs", spec.served_name(), spec.source,
+                         time.perf_counter() - started)
+        except UserError as exc:
+            log.error("loading models failed: %s", exc.message)
+            self.error = exc.message
+            return
+        except Exception as exc:
+            log.exception("loading models failed")
+            self.error = str(exc)
+            return
+        self.ready.set()
+
+    def get(self, name: str | None) -> ServedModel:
+        if not self.ready.is_set():
+            raise NotReady(f"loading failed: {self.error}" if self.error else "The server is loading its models; retry shortly.")
+        if name is None:
+            return next(iter(self.models.values()))
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(name, list(self.models)) from None
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Finish in-flight requests on every engine, then stop their threads."""
+        for served in self.models.values():
+            served.engine.shutdown(timeout)

@@ -1,0 +1,169 @@
+"""The run config: one typed tree (model / optim / schedule / data / parallel / checkpoint / run).
+
+Defaults live here and are tuned for `nano` on the standard-library corpus (a few minutes on 2 CPU cores).
+`RUN_DIR/config.toml` holds the fully resolved tree, so a run dir alone can be resumed or exported.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autarky.errors import UserError
+from autarky.model.llama import ModelConfig
+from autarky.model.sizes import preset
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    """A preset plus optional explicit overrides; unset fields come from the preset (vocab from the data)."""
+
+    preset: str = "nano"
+    vocab_size: int | None = Field(None, gt=0)
+    dim: int | None = Field(None, gt=0)
+    n_layers: int | None = Field(None, gt=0)
+    n_heads: int | None = Field(None, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0)
+    ffn_dim: int | None = Field(None, gt=0)
+    max_seq_len: int | None = Field(None, gt=0)
+    rope_theta: float | None = Field(None, gt=0)
+    norm_eps: float | None = Field(None, gt=0)
+    tie_embeddings: bool | None = None
+
+    def resolve(self, data_vocab: int, seq_len: int) -> ModelConfig:
+        """The model shape: the preset, then the data's vocabulary, then explicit fields."""
+        base = preset(self.preset)
+        if self.vocab_size is not None and self.vocab_size != data_vocab:
+            raise UserError(
+                f"model.vocab_size is {self.vocab_size} but the data's tokenizer has {data_vocab} tokens; "
+                "remove model.vocab_size from the config (it is taken from the data) or use matching data"
+            )
+        overrides: dict[str, Any] = {"vocab_size": data_vocab, "max_seq_len": max(seq_len, base.max_seq_len)}
+        for f in fields(ModelConfig):
+            value = getattr(self, f.name, None)
+            if value is not None and f.name != "vocab_size":
+                overrides[f.name] = value
+        if overrides["max_seq_len"] < seq_len:
+            raise UserError(f"model.max_seq_len {overrides['max_seq_len']} is below --seq-len {seq_len}")
+        try:
+            return preset(self.preset, **overrides)
+        except ValueError as exc:
+            raise UserError(f"invalid model shape: {exc}") from None
+
+    @classmethod
+    def pinned(cls, name: str, cfg: ModelConfig) -> ModelSection:
+        """The section that reproduces `cfg` exactly (written to RUN_DIR/config.toml)."""
+        return cls(preset=name, **cfg.to_dict())
+
+
+class OptimSection(_Section):
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
+
+
+class ScheduleSection(_Section):
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class DataSection(_Section):
+    dir: Path | None = None
+    batch_size: int = Field(32, gt=0, description="GLOBAL sequences per optimizer step (all ranks, all micro-steps)")
+    seq_len: int = Field(256, gt=1)
+    grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    eval_batches: int = Field(4, gt=0, description="validation = this many global batches of fixed windows")
+
+
+class ParallelSection(_Section):
+    tp: int = Field(1, gt=0, description="tensor-parallel degree; FSDP2 shards over world / tp ranks")
+    compile: bool = False
+
+
+class CheckpointSection(_Section):
+    every: int = Field(250, ge=0, description="DCP checkpoint every N steps (0: only at the end/on signal)")
+    keep: int = Field(3, gt=0, description="keep the newest K complete checkpoints")
+    resume: Literal["never", "auto"] = "never"
+
+
+class RunSection(_Section):
+    out: Path | None = None
+    steps: int = Field(1200, gt=0)
+    seed: int = Field(1337, ge=0)
+    eval_every: int = Field(200, ge=0, description="validation every N steps (0: only at the end)")
+    log_every: int = Field(10, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+
+
+class TrainConfig(_Section):
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    schedule: ScheduleSection = ScheduleSection()
+    data: DataSection = DataSection()
+    parallel: ParallelSection = ParallelSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    run: RunSection = RunSection()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with dotted keys replaced (e.g. {"optim.lr": 1e-3}); None values are ignored."""
+        tree = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, key = dotted.split(".", 1)
+            tree[section][key] = value
+        return _validated(tree, "command-line options")
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a run TOML (any subset of sections and keys)."""
+    try:
+        tree = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    return _validated(tree, str(path))
+
+
+def _validated(tree: dict, origin: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"bad config in {origin}: {where}: {first['msg']}") from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """TOML text of the whole tree (unset optional keys are omitted; TOML has no null)."""
+    lines: list[str] = []
+    for section, values in cfg.model_dump(mode="json").items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

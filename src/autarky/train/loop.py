@@ -1,0 +1,277 @@
+"""The training loop: `train(cfg) -> RunSummary`, the same code from one CPU process to torchrun on N nodes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from autarky.model.llama import Llama, flops_per_token
+from autarky.train.batches import WindowSampler
+from autarky.train.checkpoint import load_checkpoint, save_checkpoint
+from autarky.train.config import TrainConfig, dump_config
+from autarky.train.metrics import MetricsLog, peak_flops, plot_losses
+from autarky.train.parallelize import (
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    clip_grad_norm,
+    dp_group,
+    init_process_group,
+    parallelize,
+)
+from autarky.train.prepare import CONFIG_FILE, RunPlan, prepare
+from autarky.train.schedule import lr_at
+
+CRASH_ENV = "AUTARKY_CRASH_AT_STEP"  # test hook: SIGKILL one rank after this step (first attempt only)
+CRASH_RANK_ENV = "AUTARKY_CRASH_RANK"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    step: int  # the last completed optimizer step
+    loss: float | None
+    val_loss: float | None
+    tokens_per_s: float  # mean over this process's training time (excludes eval and checkpoints)
+    mfu: float
+    wall_s: float
+    checkpoint: Path | None
+    stopped_by: int | None = None  # the signal number when SIGTERM/SIGINT cut the run short
+
+
+def train(cfg: TrainConfig) -> RunSummary:
+    """Validate, then train (or resume) the run described by `cfg`; writes only into cfg.run.out."""
+    plan = prepare(cfg)
+    mesh = init_process_group(plan.topo)
+    try:
+        return _Trainer(plan, mesh).run()
+    finally:
+        if mesh is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _StopFlag:
+    """Records SIGTERM/SIGINT so the loop can checkpoint at a step boundary and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if _in_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Trainer:
+    def __init__(self, plan: RunPlan, mesh: Any) -> None:
+        self.plan, self.cfg, self.topo = plan, plan.cfg, plan.topo
+        self.device = self.topo.device
+        self.dp_group = dp_group(mesh)
+        precision = self.cfg.run.precision
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.console = Console(stderr=True)
+
+        if self.topo.is_main:
+            self._write_run_dir()
+        barrier(self.topo.world)
+
+        torch.manual_seed(self.cfg.run.seed)
+        model = Llama(plan.model_cfg)
+        model.init_weights(self.cfg.run.seed)  # on CPU with a seeded generator: identical for every world size
+        model.to(self.device)
+        self.model = parallelize(model, mesh, compile=self.cfg.parallel.compile, bf16=self.bf16)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _build_optimizer(self.model, self.cfg, self.device)
+        self.fsdp = mesh is not None and mesh["dp"].size() > 1
+
+        d = self.cfg.data
+        common = dict(seq_len=d.seq_len, batch_size=d.batch_size, grad_accum=d.grad_accum,
+                      dp_size=self.topo.dp_size, dp_rank=self.topo.dp_rank, seed=self.cfg.run.seed)  # fmt: skip
+        self.train_windows = WindowSampler(plan.train_tokens, **common)
+        self.val_windows = WindowSampler(plan.val_tokens, **common)
+        self.tokens_per_step = d.batch_size * d.seq_len
+        self.flops_per_token = flops_per_token(plan.model_cfg, d.seq_len)
+        self.peak, self.device_name = peak_flops(self.device)
+
+    def _write_run_dir(self) -> None:
+        run_dir = self.plan.run_dir
+        (run_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(dump_config(self.cfg))
+        for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):  # so the run dir alone can be exported
+            shutil.copyfile(self.plan.data_dir / name, run_dir / "tokenizer" / name)
+
+    def _autocast(self) -> Any:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.model(inputs)  # (b, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
+        """One optimizer step; returns (this rank's mean loss, global grad norm before clipping)."""
+        micro_batches = self.train_windows.step_batches(step, self.device)
+        accum = len(micro_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, (inputs, targets) in enumerate(micro_batches):
+            if self.fsdp and accum > 1:
+                self.model.set_requires_gradient_sync(i == accum - 1)  # reduce-scatter once per step
+            loss = self._loss(inputs, targets)
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / accum, grad_norm
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        self.model.eval()
+        losses = [self._loss(x, y) for x, y in self.val_windows.val_batches(self.cfg.data.eval_batches, self.device)]
+        self.model.train()
+        return float(all_reduce_mean(torch.stack(losses).mean(), self.dp_group))
+
+    def _lr(self, step: int) -> float:
+        s = self.cfg.schedule
+        return lr_at(step, lr=self.cfg.optim.lr, warmup_steps=s.warmup_steps, total_steps=self.cfg.run.steps,
+                     min_lr_ratio=s.min_lr_ratio)  # fmt: skip
+
+    def _save(self, step: int, tokens: int, val_loss: float | None, loss: float | None) -> Path:
+        train_state = {"step": step, "tokens": tokens, "data": {"kind": "random-windows", "seed": self.cfg.run.seed,
+                                                                 "next_step": step + 1}}  # fmt: skip
+        meta = {"model": self.plan.model_cfg.to_dict(), "preset": self.cfg.model.preset, "tokens": tokens,
+                "loss": loss, "val_loss": val_loss, "world": self.topo.world}  # fmt: skip
+        return save_checkpoint(self.plan.run_dir, step, self.model, self.optimizer, train_state, meta, self.topo,
+                               self.cfg.checkpoint.keep)  # fmt: skip
+
+    def run(self) -> RunSummary:
+        cfg, topo = self.cfg, self.topo
+        start_step, tokens = 0, 0
+        if self.plan.resume_from is not None:
+            state = load_checkpoint(self.plan.resume_from, self.model, self.optimizer, topo)
+            start_step, tokens = int(state["step"]), int(state["tokens"])
+        log = MetricsLog(self.plan.run_dir, start_step) if topo.is_main else None
+        total = cfg.run.steps
+        wall_start = time.perf_counter()
+        train_time, window_time, window_steps = 0.0, 0.0, 0
+        loss_value = val_loss = None
+        last_ckpt: Path | None = None
+        step = start_step
+        progress = _progress(self.console, enabled=topo.is_main)
+        with _StopFlag() as stop, progress:
+            task = progress.add_task("train", total=total, completed=start_step, loss="")
+            for step in range(start_step + 1, total + 1):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr = self._lr(step)
+                t0 = time.perf_counter()
+                local_loss, grad_norm = self._train_step(step)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - t0
+                train_time, window_time, window_steps = train_time + elapsed, window_time + elapsed, window_steps + 1
+                tokens += self.tokens_per_step
+                evaluate = step == total or (cfg.run.eval_every and step % cfg.run.eval_every == 0)
+                val_loss = self._evaluate() if evaluate else None
+                if evaluate or step % cfg.run.log_every == 0:
+                    loss_value = float(all_reduce_mean(local_loss, self.dp_group))
+                    tokens_per_s = window_steps * self.tokens_per_step / window_time
+                    row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                           "tokens": tokens, "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
+                           "peak_flops": self.peak, "device": self.device_name, "world": topo.world,
+                           "elapsed_s": time.perf_counter() - wall_start}  # fmt: skip
+                    if val_loss is not None:
+                        row["val_loss"] = val_loss
+                    if log is not None:
+                        log.write(row)
+                    self._report(progress, task, row)
+                    window_time, window_steps = 0.0, 0
+                progress.update(task, completed=step)
+                _maybe_crash(step, topo.rank, topo.world)
+                stopping = any_rank(stop.signum is not None, self.device, topo.world)
+                every = cfg.checkpoint.every
+                if stopping or step == total or (every and step % every == 0):
+                    last_ckpt = self._save(step, tokens, val_loss, loss_value)
+                if stopping:
+                    break
+        if topo.is_main and step > start_step:
+            plot_losses(self.plan.run_dir)
+        tokens_per_s = (step - start_step) * self.tokens_per_step / train_time if train_time else 0.0
+        return RunSummary(self.plan.run_dir, step, loss_value, val_loss, tokens_per_s, self._mfu(tokens_per_s),
+                          time.perf_counter() - wall_start, last_ckpt, stop.signum)  # fmt: skip
+
+    def _mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s * self.flops_per_token / (self.topo.world * self.peak)
+
+    def _report(self, progress: Progress, task: Any, row: dict[str, Any]) -> None:
+        text = f"loss {row['loss']:.3f}" + (f" val {row['val_loss']:.3f}" if "val_loss" in row else "")
+        text += f" {row['tokens_per_s']:,.0f} tok/s mfu {row['mfu']:.1%}"
+        progress.update(task, loss=text)
+        if self.topo.is_main and not self.console.is_terminal and "val_loss" in row:
+            self.console.print(f"step {row['step']}/{self.cfg.run.steps} {text}")
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(elapsed_when_finished=True),
+        console=console, disable=not (enabled and console.is_terminal),
+    )  # fmt: skip
+
+
+def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only. Params on different DTensor meshes (TP vs FSDP-only) go to
+    separate groups, because one foreach/fused kernel call cannot mix meshes."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
+    meshes: list[Any] = []
+    for p in model.parameters():
+        mesh = p.device_mesh if isinstance(p, DTensor) else None
+        if mesh not in meshes:
+            meshes.append(mesh)
+        groups.setdefault((p.ndim >= 2, meshes.index(mesh)), []).append(p)
+    o = cfg.optim
+    param_groups = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0}
+                    for (decay, _), ps in groups.items()]  # fmt: skip
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                             fused=fused, foreach=not fused)  # fmt: skip
+
+
+def _maybe_crash(step: int, rank: int, world: int) -> None:
+    """Hidden test hook: kill this rank hard after `step`, only on a job's first attempt."""
+    target = os.environ.get(CRASH_ENV)
+    if not target or int(target) != step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    if rank == int(os.environ.get(CRASH_RANK_ENV, world - 1)):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,171 @@
+"""Process groups and parallelism, applied from outside the model: TP (DTensor) then FSDP2, then compile.
+
+Launch: `autarky train ...` is one process; `torchrun --nproc_per_node=N -m autarky train ...` is N. The mesh is
+(dp, tp): tensor parallel inside each tp group (Colwise q/k/v/w1/w3, Rowwise wo/w2, as in the PyTorch TP
+tutorial and torchtitan), FSDP2 `fully_shard` over the dp dimension.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from autarky.errors import UserError
+from autarky.model.llama import Llama, ModelConfig
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where this process sits. world == 1 means no process group at all."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    tp: int
+    device: torch.device
+
+    @property
+    def dp_size(self) -> int:
+        return self.world // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp  # mesh (dp, tp) is row-major: tp ranks are adjacent
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def topology_from_env(tp: int, device: str) -> Topology:
+    """Read torchrun's environment (or assume one process) and validate the tp degree; creates nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if world % tp:
+        raise UserError(f"--tp {tp} does not divide the world size {world}; use a divisor of the process count")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return Topology(rank=rank, world=world, local_rank=local_rank, local_world=local_world, tp=tp, device=dev)
+
+
+def check_model_fits_tp(cfg: ModelConfig, tp: int) -> None:
+    for name, value in (("n_heads", cfg.n_heads), ("n_kv_heads", cfg.n_kv_heads), ("ffn_dim", cfg.ffn_dim)):
+        if value % tp:
+            raise UserError(f"--tp {tp} does not divide the model's {name} ({value}); pick a tp degree that does")
+
+
+def init_process_group(topo: Topology) -> DeviceMesh | None:
+    """Join the job's process group (NCCL on CUDA, gloo on CPU) and build the (dp, tp) mesh."""
+    if topo.world == 1:
+        return None
+    if topo.device.type == "cuda":
+        torch.cuda.set_device(topo.device)
+    backend = "nccl" if topo.device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    return init_device_mesh(topo.device.type, (topo.dp_size, topo.tp), mesh_dim_names=("dp", "tp"))
+
+
+def dp_group(mesh: DeviceMesh | None) -> dist.ProcessGroup | None:
+    return None if mesh is None else mesh["dp"].get_group()
+
+
+def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: bool) -> nn.Module:
+    """Apply TP, compile and FSDP2 in torchtitan's order, in place; returns the model."""
+    if mesh is not None and mesh["tp"].size() > 1:
+        _apply_tensor_parallel(model, mesh["tp"])
+    if compile:
+        for block in model.layers.values():
+            block.compile()  # per block, as torchtitan does: a repeated graph compiles once
+    if mesh is not None and mesh["dp"].size() > 1:
+        _apply_fsdp(model, mesh["dp"], bf16=bf16)
+    return model
+
+
+def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    plan = {
+        "attention.wq": ColwiseParallel(),
+        "attention.wk": ColwiseParallel(),
+        "attention.wv": ColwiseParallel(),
+        "attention.wo": RowwiseParallel(),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(),
+    }
+    for block in model.layers.values():
+        parallelize_module(block, tp_mesh, plan)
+
+
+def _apply_fsdp(model: Llama, dp_mesh: DeviceMesh, *, bf16: bool) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # bf16 compute with fp32 master weights and fp32 gradient reduction (Llama 3 §3.3.2 practice).
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kwargs = {"mesh": dp_mesh, **({"mp_policy": mp} if mp else {})}
+    for block in model.layers.values():
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def all_reduce_mean(value: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Mean of a scalar over a group (identity without one)."""
+    if group is None or dist.get_world_size(group) == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+    return value / dist.get_world_size(group)
+
+
+def any_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True if `flag` is set on any rank (so a signal seen by one rank stops all of them together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Global L2 grad norm (and clip to max_norm if > 0) over plain tensors and DTensors on any meshes.
+
+    torch's clip_grad_norm_ wants every grad on one mesh; with TP-only weights on the 2-D mesh and the rest
+    sharded over dp only, we reduce each (mesh, placements) group separately and combine.
+    """
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            g = p.grad
+            key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
+            groups.setdefault(key, []).append(g)
+    squares = []
+    for grads in groups.values():
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squares.append(norm.float().square())
+    total = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    if max_norm > 0 and total > max_norm:
+        coef = max_norm / (total + 1e-6)
+        for grads in groups.values():
+            torch._foreach_mul_(grads, coef)
+    return total

@@ -1,0 +1,117 @@
+"""Each grader on right and wrong answers; the sandbox's limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autarky.evals.generators import python_functions, spreadsheet
+from autarky.evals.graders import get_grader, normalize_answer
+from autarky.evals.sandbox import run_python
+
+
+def grade(name, item, output, extras=None):
+    return get_grader(name).grade(item, output, extras or {})
+
+
+def test_exact_match_normalizes():
+    item = {"answers": ["Paris"]}
+    assert grade("exact-match", item, "paris.").score == 1.0
+    assert grade("exact-match", item, "  The Paris\nbecause...").score == 1.0
+    assert grade("exact-match", item, "Lyon").score == 0.0
+    assert grade("exact-match", {"answers": ["1,200"]}, "1200.0").score == 1.0
+    assert grade("exact-match", {"answers": ["-3"]}, "3").score == 0.0
+    assert normalize_answer("An Apple!") == "apple"
+
+
+def test_python_tests_every_reference_passes_and_wrong_code_fails():
+    items = {it["id"]: it for it in python_functions.items()}
+    assert len(items) >= 50
+    for entry in list(items)[:12]:  # all 55 take ~3 s; the rest are covered by the suite-wide check below
+        assert grade("python-tests", items[entry], python_functions.reference_solution(entry)).score == 1.0, entry
+    assert grade("python-tests", items["add"], "```python\ndef add(a, b):\n    return a - b\n```").score == 0.0
+    assert grade("python-tests", items["add"], "no code at all").score == 0.0
+    # Code that prints the pass marker it cannot know, then exits cleanly, still fails.
+    sneaky = "import sys\nprint('AUTARKY-TESTS-PASSED')\nsys.exit(0)\n"
+    assert grade("python-tests", items["add"], sneaky).score == 0.0
+
+
+def test_python_tests_all_references_pass_in_one_sandbox_run():
+    program = "\n\n".join(python_functions.reference_solution(e).strip("`").removeprefix("python\n")
+                          + "\n" + it["tests"] for e, it in ((i["id"], i) for i in python_functions.items()))
+    result = run_python(program + "\nprint('ALL OK')\n", timeout_s=30)
+    assert result.ok and "ALL OK" in result.stdout, result.stderr[-500:]
+
+
+def test_formula_grader_references_evaluate_to_expected_and_wrong_formulas_fail():
+    items = spreadsheet.items()
+    assert len(items) >= 50
+    for item in items:
+        assert grade("formula", item, item["reference"]).score == 1.0, item["id"]
+    total = next(i for i in items if i["id"] == "sum-units")
+    assert grade("formula", total, "```\n=SUM(C2:C13)\n```").score == 1.0
+    assert grade("formula", total, "=SUM($C$2:$C$13)").score == 1.0
+    assert grade("formula", total, "=SUM(C2:C12)").score == 0.0
+    with pytest.raises(ValueError):
+        grade("formula", total, "the total is 367")
+
+
+def test_slides_structure():
+    item = {"slides": 2, "required_terms": ["solar", "savings"]}
+    good = {"slides": [{"title": "Why solar", "bullets": ["Lower bills", "Clean power"]},
+                       {"title": "Savings", "bullets": ["Payback in 8 years", "Tax credits"]}]}
+    assert grade("slides-structure", item, f"```json\n{json.dumps(good)}\n```").score == 1.0
+    wrong_count = {"slides": good["slides"][:1]}
+    g = grade("slides-structure", item, json.dumps(wrong_count))
+    assert g.metrics["slide_count"] == 0.0 and g.score < 1.0
+    long_title = {"slides": [{"title": "x" * 200, "bullets": ["a", "b"]}] * 2}
+    assert grade("slides-structure", item, json.dumps(long_title)).metrics["titles"] == 0.0
+    assert grade("slides-structure", item, "Slide 1: solar").score == 0.0
+    one_bullet = {"slides": [{"title": "Solar savings", "bullets": ["only one"]}] * 2}
+    assert grade("slides-structure", item, json.dumps(one_bullet)).metrics["bullets"] == 0.0
+
+
+def test_code_completion_next_line():
+    item = {"next_line": "return a + b", "body": "    return a + b\n"}
+    g = grade("code-completion", item, "    return a + b", {"bits_per_byte": 1.5})
+    assert g.score == 1.0 and g.metrics == {"bits_per_byte": 1.5}
+    assert grade("code-completion", item, "    return a - b").score == 0.0
+
+
+def test_sandbox_times_out():
+    result = run_python("while True:\n    pass\n", timeout_s=1.0)
+    assert result.timed_out and not result.ok
+
+
+def test_sandbox_limits_memory():
+    result = run_python("x = bytearray(2 * 1024 ** 3)\nprint('allocated')\n", memory_mb=256)
+    assert not result.ok and "MemoryError" in result.stderr and "allocated" not in result.stdout
+
+
+def test_sandbox_denies_network():
+    code = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+            "s.connect(('127.0.0.1', 9))\n")
+    result = run_python(code)
+    assert not result.ok and "network access is disabled" in result.stderr
+
+
+def test_sandbox_network_namespace_has_no_route_even_for_raw_sockets():
+    probe = run_python("print('ok')")
+    if not probe.network_namespace:
+        pytest.skip("unshare -n is not available on this host; the socket guard above still applies")
+    # Reach the C socket type behind the harness's back: the empty namespace still has no route out.
+    code = ("import importlib, sys\n"
+            "sys.modules.pop('_socket', None)\n"
+            "raw = importlib.import_module('_socket')\n"
+            "s = raw.socket.__new__(raw.socket) if isinstance(raw.socket, type) else None\n"
+            "print('type' if s is not None else 'patched')\n")
+    result = run_python(code)
+    assert result.ok
+
+
+def test_sandbox_runs_in_a_fresh_temporary_directory():
+    result = run_python("import os\nprint(os.getcwd())\nprint(sorted(os.listdir('.')))\n")
+    cwd, listing = result.stdout.splitlines()
+    assert "autarky-sandbox-" in cwd and listing == "['_harness.py', 'main.py']"

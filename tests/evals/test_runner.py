@@ -1,0 +1,98 @@
+"""The runner against a real HTTP server on 127.0.0.1: resume, retries, failures, costs, likelihood scoring."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from autarky.errors import UserError
+from autarky.evals.api import evaluate
+from autarky.evals.results import leaderboard, load_results
+from autarky.evals.suite import load_suite
+from autarky.store.database import open_store
+from evals.stub_openai import Script
+
+
+def qa_answers(prompt: str) -> str:
+    """Right on the capitals, wrong on everything else."""
+    facts = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome"}
+    return next((city for country, city in facts.items() if country in prompt), "42")
+
+
+def test_resume_skips_finished_items(stub_server, store_url):
+    script = Script(answer=qa_answers, fail_after=4)
+    first = stub_server(script)
+    summary = evaluate({"m": first.base_url}, ["chat-qa"], limit=10, store_url=store_url, retries=0, progress=False,
+                       concurrency=1)
+    assert summary.done == 4 and summary.errors == 6  # the server "went down" after four answers
+    first.stop()
+
+    healthy = Script(answer=qa_answers)
+    second = stub_server(healthy)
+    summary = evaluate({"m": second.base_url}, ["chat-qa"], limit=10, store_url=store_url, progress=False)
+    assert summary.skipped == 4 and summary.done == 6
+    assert len(healthy.requests) == 6  # only the unfinished items were sent
+    asked = {r["messages"][-1]["content"] for r in healthy.requests}
+    done_first = {r["messages"][-1]["content"] for r in script.requests[:4]}
+    assert not asked & done_first
+
+    again = evaluate({"m": second.base_url}, ["chat-qa"], limit=10, store_url=store_url, progress=False)
+    assert again.done == 0 and again.skipped == 10 and len(healthy.requests) == 6
+
+    rows = load_results(open_store(store_url))
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok"}
+    by_id = {r["item_id"]: r for r in rows}
+    assert by_id["fact-000"]["score"] == 1.0 and by_id["fact-000"]["output"] == "Paris"  # capital of France
+    assert by_id["fact-003"]["score"] == 0.0  # Canada: the stub says 42
+    assert all(r["latency_ms"] > 0 and r["prompt_tokens"] > 0 for r in rows)
+
+
+def test_retries_absorb_transient_errors_and_costs_are_recorded(stub_server, store_url):
+    script = Script(answer=qa_answers, fail_first=2)
+    stub = stub_server(script)
+    summary = evaluate({"m": stub.base_url}, ["chat-qa"], limit=3, store_url=store_url, retries=3, progress=False,
+                       concurrency=1, prices={"m": "2:8"})
+    assert summary.done == 3 and summary.errors == 0 and len(script.requests) == 5
+    rows = load_results(open_store(store_url))
+    for r in rows:
+        assert r["cost_usd"] == pytest.approx((r["prompt_tokens"] * 2 + r["completion_tokens"] * 8) / 1e6)
+    board = leaderboard(open_store(store_url))
+    assert board[0].cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+def test_unreachable_endpoint_is_a_clear_error(store_url):
+    with pytest.raises(UserError, match="unreachable"):
+        evaluate({"m": "http://127.0.0.1:9/v1"}, ["chat-qa"], limit=1, store_url=store_url, progress=False)
+
+
+def test_grader_crash_is_the_items_failure_not_the_runs(stub_server, store_url, tmp_path: Path):
+    suite = tmp_path / "sheet"
+    suite.mkdir()
+    (suite / "suite.toml").write_text('name = "sheet"\ntask = "spreadsheet"\nkind = "generate"\ngrader = "formula"\n')
+    items = [{"id": "ok", "prompt": "sum", "sheet": [[1], [2]], "expected": 3},
+             {"id": "crash", "prompt": "crash", "sheet": [[1], [2]], "expected": 3}]
+    (suite / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    stub = stub_server(Script(answer=lambda p: "=SUM(A1:A2)" if p == "sum" else "no formula here"))
+    summary = evaluate({"m": stub.base_url}, [str(suite)], store_url=store_url, progress=False)
+    assert summary.done == 2 and summary.grader_failures == 1
+    rows = {r["item_id"]: r for r in load_results(open_store(store_url))}
+    assert rows["ok"]["score"] == 1.0 and rows["ok"]["error"] == ""
+    assert rows["crash"]["score"] == 0.0 and "grader 'formula' failed" in rows["crash"]["error"]
+
+
+def test_loglikelihood_suite_scores_bits_per_byte(stub_server, store_url):
+    suite = load_suite("code-completion")
+    first = suite.items[0]
+    stub = stub_server(Script(answer=lambda p: "    " + first["next_line"] if p == first["prompt"] else "pass"))
+    evaluate({"m": stub.base_url}, ["code-completion"], limit=2, store_url=store_url, progress=False)
+    rows = {r["item_id"]: r for r in load_results(open_store(store_url))}
+    assert rows[first["id"]]["score"] == 1.0
+    assert rows[suite.items[1]["id"]]["score"] == 0.0
+    # The stub gives every character logprob -0.5: bits per byte = 0.5 / ln 2 on ASCII text.
+    bpb = json.loads(rows[first["id"]]["metrics"])["bits_per_byte"]
+    assert bpb == pytest.approx(0.5 / math.log(2), rel=1e-6)
+    echo = [r for r in stub.script.requests if r.get("echo")]
+    assert len(echo) == 2 and all(r["max_tokens"] == 1 and r["logprobs"] == 1 for r in echo)

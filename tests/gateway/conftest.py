@@ -1,0 +1,91 @@
+"""Gateway fixtures: one misbehaving upstream per session, and a factory of gateways pointed at it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from autarky.gateway.app import Gateway
+from autarky.gateway.config import parse_config
+from autarky.gateway.fake_upstream import Faults, make_app
+from autarky.gateway.server import ServerThread
+
+MASTER = "sk-master-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def upstream_server():
+    faults = Faults()
+    with ServerThread(make_app(faults), log_level="critical") as server:
+        yield server, faults
+
+
+@pytest.fixture
+def faults(upstream_server) -> Faults:
+    _, faults = upstream_server
+    faults.reset()
+    yield faults
+    faults.reset()
+
+
+def base_config(upstream_url: str, store: str) -> dict:
+    return {
+        "store": store,
+        "require_keys": False,
+        "master_key_env": "AUTARKY_TEST_MASTER_KEY",
+        "ledger_flush_s": 0.05,
+        "retry": {"max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retry_after_s": 2.0},
+        "breaker": {"failure_threshold": 3, "cooldown_s": 0.5},
+        "providers": {
+            "local": {"kind": "openai", "base_url": f"{upstream_url}/v1", "in_house": True,
+                      "max_data_class": "restricted", "timeout_s": 2.0},
+            "local2": {"kind": "openai", "base_url": f"{upstream_url}/v1", "in_house": True,
+                       "max_data_class": "restricted", "timeout_s": 2.0},
+            "partner": {"kind": "openai", "base_url": f"{upstream_url}/v1", "region": "us",
+                        "max_data_class": "internal", "timeout_s": 2.0},
+            "claude": {"kind": "anthropic", "base_url": upstream_url, "region": "eu",
+                       "max_data_class": "confidential", "timeout_s": 2.0},
+        },
+        "models": {
+            "small": {"provider": "local", "upstream_id": "small-up"},
+            "small2": {"provider": "local2", "upstream_id": "small2-up"},
+            "gpt": {"provider": "partner", "upstream_id": "gpt-up", "usd_per_1m_input": 1000.0,
+                    "usd_per_1m_output": 2000.0},
+            "claude": {"provider": "claude", "upstream_id": "claude-up", "usd_per_1m_input": 3000.0,
+                       "usd_per_1m_output": 15000.0},
+        },
+        "tasks": {"spreadsheet": {"candidates": ["gpt", "small", "claude"]},
+                  "inhouse": {"candidates": ["small", "small2"]}},
+        "teams": {"secure": {"self_sufficient": True}, "eu": {"regions": ["eu", "local"]},
+                  "recorder": {"store_prompts": True}},
+    }
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def make_gateway(upstream_server, tmp_path, monkeypatch):
+    """make_gateway(**overrides) -> (Gateway, base_url); stopped (and its ledger flushed) at teardown."""
+    server, _ = upstream_server
+    monkeypatch.setenv("AUTARKY_TEST_MASTER_KEY", MASTER)
+    running: list[ServerThread] = []
+
+    def factory(store: str | None = None, **overrides) -> tuple[Gateway, str]:
+        cfg = merge(base_config(server.url, store or f"sqlite:///{tmp_path}/gw-{len(running)}.db"), overrides)
+        gateway = Gateway(parse_config(cfg))
+        thread = ServerThread(gateway.app, log_level="critical").start()
+        running.append(thread)
+        return gateway, thread.url
+
+    yield factory
+    for thread in running:
+        thread.stop()
