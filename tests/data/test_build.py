@@ -26,8 +26,9 @@ def data_copy(tiny_data_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_data_dir, tmp_path / "data"))
 
 
-def _config(corpus: Path, out: Path, **overrides: object) -> DataConfig:
-    return DataConfig(out=out, corpus=str(corpus), vocab_size=300, val_fraction=0.2, **overrides)
+def _config(corpus: Path, out: Path) -> DataConfig:
+    # json/*.py: five files (~50 kB) so each rebuild takes a fraction of a second; json/encoder.py is validation
+    return DataConfig(out=out, corpus=str(corpus), glob="json/*.py", vocab_size=300, val_fraction=0.2)
 
 
 def test_manifest_records_every_file_document_and_count(tiny_data_dir: Path, tiny_corpus_dir: Path) -> None:
@@ -80,7 +81,7 @@ def test_flipped_byte_is_detected_by_hash(data_copy: Path, name: str) -> None:
             open_tokens(data_copy, name.removesuffix(".bin"))
 
 
-def test_missing_or_broken_manifest_and_files(data_copy: Path, tmp_path: Path) -> None:
+def test_missing_or_broken_manifest_and_files(data_copy: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         verify_data_dir(tmp_path / "nowhere")
     (data_copy / "val.bin").unlink()
@@ -92,6 +93,11 @@ def test_missing_or_broken_manifest_and_files(data_copy: Path, tmp_path: Path) -
     (data_copy / "manifest.json").write_text(json.dumps({"hello": "world"}))
     with pytest.raises(UserError, match="not an autarky data manifest"):
         vocab_size_of(data_copy)
+    manifest = json.loads((tiny_data_dir / "manifest.json").read_text())
+    del manifest["files"]["val.bin"]["sha256"]
+    (data_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="not an autarky data manifest"):
+        verify_data_dir(data_copy)
     (data_copy / "manifest.json").unlink()
     with pytest.raises(UserError, match=r"manifest\.json is missing"):
         open_tokens(data_copy, "train")
@@ -112,7 +118,7 @@ def test_rerun_with_same_inputs_is_reused_and_changes_rebuild(tiny_corpus_dir: P
     assert changed["reused"] is False and changed["vocab_size"] == 320
     # an edited document changes the fingerprint too
     edited = _config(Path(shutil.copytree(tiny_corpus_dir, tmp_path / "corpus")), cfg.out)
-    (Path(edited.corpus) / "glob.py").write_text("print('edited')\n")
+    (Path(edited.corpus) / "json" / "tool.py").write_text("print('edited')\n")
     assert build_dataset(edited, progress=False)["reused"] is False
 
 
@@ -156,6 +162,17 @@ def test_out_dir_with_foreign_files_is_refused(tiny_corpus_dir: Path, tmp_path: 
     with pytest.raises(UserError, match="not a data dir"):
         build_dataset(_config(tiny_corpus_dir, out), progress=False)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_leftovers_of_a_killed_build_are_replaced(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / ".building").mkdir(parents=True)  # what SIGKILL mid-build leaves: staging, no manifest
+    (out / ".building" / "train.bin").write_bytes(b"half")
+    (out / "train.bin").write_bytes(b"old")
+    with pytest.raises(UserError, match="manifest.json is missing"):
+        verify_data_dir(out)
+    build_dataset(_config(tiny_corpus_dir, out), progress=False)
+    assert not (out / ".building").exists() and verify_data_dir(out)["vocab_size"] == 300
 
 
 def test_shard_dtype_fits_the_vocabulary(tmp_path: Path) -> None:

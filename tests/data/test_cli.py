@@ -28,7 +28,18 @@ def _one_line_error(result, *fragments: str) -> None:
 
 def test_build_then_rerun_reports_up_to_date(tiny_corpus_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "data"
-    args = ["build", "--corpus", str(tiny_corpus_dir), "--out", str(out), "--vocab-size", "300", "--json"]
+    args = [
+        "build",
+        "--corpus",
+        str(tiny_corpus_dir),
+        "--glob",
+        "json/*.py",
+        "--out",
+        str(out),
+        "--vocab-size",
+        "300",
+        "--json",
+    ]
     first = _run(*args, "--val-fraction", "0.2")
     assert first.exit_code == 0, first.output
     summary = json.loads(first.output)
@@ -46,9 +57,13 @@ def test_build_then_rerun_reports_up_to_date(tiny_corpus_dir: Path, tmp_path: Pa
 
 def test_jsonl_corpus_with_max_mb(tmp_path: Path) -> None:
     corpus = tmp_path / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(300)))
+    corpus.write_text(
+        "".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(300))
+    )
     out = tmp_path / "data"
-    result = _run("build", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "280", "--max-mb", "0.005")
+    result = _run(
+        "build", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "280", "--max-mb", "0.005"
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["provenance"]["source_kind"] == "jsonl"
@@ -92,6 +107,10 @@ def test_bad_corpora_are_one_line_errors(tmp_path: Path) -> None:
     no_text = tmp_path / "no_text.jsonl"
     no_text.write_text('{"body": "hello"}\n')
     _one_line_error(_run("build", "--corpus", str(no_text), "--out", str(out)), "no_text.jsonl:1", "'text'")
+
+    not_jsonl = tmp_path / "script.py"
+    not_jsonl.write_text("print('hi')\n")
+    _one_line_error(_run("build", "--corpus", str(not_jsonl), "--out", str(out)), "not .jsonl")
 
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")

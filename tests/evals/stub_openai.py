@@ -21,6 +21,7 @@ class Script:
     answer: Callable[[str], str] = lambda prompt: "I do not know"
     fail_after: int | None = None  # answer 503 once this many requests were served
     fail_first: int = 0  # answer 500 to the first N requests (retries should absorb them)
+    max_context: int | None = None  # characters (= tokens here): longer completions prompts get a 400 like vLLM's
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,6 +68,12 @@ def _app(script: Script, model: str) -> FastAPI:
         if (failed := gate(body)) is not None:
             return failed
         prompt = body["prompt"]
+        asked = len(prompt) + int(body.get("max_tokens") or 16)
+        if script.max_context is not None and asked > script.max_context:
+            return JSONResponse({"error": {
+                "message": f"This model's maximum context length is {script.max_context} tokens; the request asks for "
+                           f"{asked}. Shorten the prompt or lower max_tokens.",
+                "type": "invalid_request_error", "param": "prompt", "code": "context_length_exceeded"}}, status_code=400)
         if body.get("echo"):
             # One "token" per character: logprob -0.5 each, the first null, then one generated token.
             tokens = list(prompt) + ["\n"]

@@ -97,18 +97,17 @@ def test_sandbox_denies_network():
     assert not result.ok and "network access is disabled" in result.stderr
 
 
-def test_sandbox_network_namespace_has_no_route_even_for_raw_sockets():
-    probe = run_python("print('ok')")
-    if not probe.network_namespace:
-        pytest.skip("unshare -n is not available on this host; the socket guard above still applies")
-    # Reach the C socket type behind the harness's back: the empty namespace still has no route out.
-    code = ("import importlib, sys\n"
-            "sys.modules.pop('_socket', None)\n"
-            "raw = importlib.import_module('_socket')\n"
-            "s = raw.socket.__new__(raw.socket) if isinstance(raw.socket, type) else None\n"
-            "print('type' if s is not None else 'patched')\n")
-    result = run_python(code)
+def test_sandbox_network_namespace_has_only_loopback():
+    """Where `unshare -n` works, the child sees an empty network namespace: no interface but lo."""
+    result = run_python("print(open('/proc/net/dev').read())\n")
     assert result.ok
+    interfaces = {line.split(":")[0].strip() for line in result.stdout.splitlines() if ":" in line}
+    with open("/proc/net/dev") as f:
+        host = {line.split(":")[0].strip() for line in f if ":" in line}
+    if result.network_namespace:
+        assert interfaces == {"lo"}
+    else:  # no namespaces on this host: the socket guard (test above) is what keeps the network out
+        assert interfaces == host
 
 
 def test_sandbox_runs_in_a_fresh_temporary_directory():

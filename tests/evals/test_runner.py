@@ -96,3 +96,17 @@ def test_loglikelihood_suite_scores_bits_per_byte(stub_server, store_url):
     assert bpb == pytest.approx(0.5 / math.log(2), rel=1e-6)
     echo = [r for r in stub.script.requests if r.get("echo")]
     assert len(echo) == 2 and all(r["max_tokens"] == 1 and r["logprobs"] == 1 for r in echo)
+
+
+def test_long_prompts_are_cut_from_the_left_to_fit_a_short_context(stub_server, store_url):
+    item = load_suite("code-completion").items[0]
+    limit = len(item["body"]) + 40  # room for the body and a little of the prompt
+    stub = stub_server(Script(answer=lambda p: "    " + item["next_line"], max_context=limit))
+    summary = evaluate({"m": stub.base_url}, ["code-completion"], limit=1, store_url=store_url, progress=False)
+    assert summary.done == 1
+    (row,) = load_results(open_store(store_url))
+    assert row["error"] == "" and row["score"] == 1.0
+    assert json.loads(row["metrics"])["bits_per_byte"] == pytest.approx(0.5 / math.log(2), rel=1e-6)
+    echo = [r for r in stub.script.requests if r.get("echo")]
+    assert len(echo[-1]["prompt"]) + 1 <= limit and echo[-1]["prompt"].endswith(item["body"])
+    assert item["prompt"].endswith(echo[-1]["prompt"][: -len(item["body"])])  # only the left of the prompt was cut

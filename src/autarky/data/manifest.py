@@ -27,6 +27,9 @@ def shard_file(split: str) -> str:
     return f"{split}.bin"
 
 
+TRACKED_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, *(shard_file(s) for s in SPLITS))
+
+
 def shard_dtype(vocab_size: int) -> np.dtype:
     """uint16 while every id fits (half the bytes of uint32), else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
@@ -41,7 +44,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _rebuild_hint(data_dir: Path) -> str:
-    return f"rebuild it with `autarky data build --out {data_dir}`"
+    return f"rebuild it with `autarky data build --out {data_dir}` and the options it was built with"
+
+
+def _well_formed(manifest: object) -> bool:
+    if not isinstance(manifest, dict) or any(key not in manifest for key in _REQUIRED_KEYS):
+        return False
+    files, splits = manifest["files"], manifest["splits"]
+    return (
+        isinstance(files, dict)
+        and all(
+            isinstance(files.get(name), dict)
+            and isinstance(files[name].get("bytes"), int)
+            and isinstance(files[name].get("sha256"), str)
+            for name in TRACKED_FILES
+        )
+        and isinstance(splits, dict)
+        and all(isinstance(splits.get(s), dict) and isinstance(splits[s].get("tokens"), int) for s in SPLITS)
+        and isinstance(manifest["vocab_size"], int)
+        and manifest["dtype"] in ("uint16", "uint32")
+    )
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -60,7 +82,7 @@ def read_manifest(data_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid JSON; {_rebuild_hint(data_dir)}") from None
-    if not isinstance(manifest, dict) or any(key not in manifest for key in _REQUIRED_KEYS):
+    if not _well_formed(manifest):
         raise UserError(f"{path} is not an autarky data manifest; {_rebuild_hint(data_dir)}")
     if manifest["format"] != FORMAT:
         raise UserError(
@@ -92,8 +114,8 @@ def verify_data_dir(data_dir: str | Path, *, hash_files: bool = True) -> dict:
     """
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    for name, expected in sorted(manifest["files"].items()):
-        _check_file(data_dir, name, expected, hash_it=hash_files)
+    for name in TRACKED_FILES:
+        _check_file(data_dir, name, manifest["files"][name], hash_it=hash_files)
     return manifest
 
 
@@ -123,6 +145,3 @@ def load_tokenizer(data_dir: str | Path) -> Tokenizer:
 def vocab_size_of(data_dir: str | Path) -> int:
     """The tokenizer's vocabulary size as recorded in the manifest (a model trained on this data needs ≥ this)."""
     return int(read_manifest(data_dir)["vocab_size"])
-
-
-TRACKED_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, *(shard_file(s) for s in SPLITS))

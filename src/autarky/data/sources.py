@@ -43,15 +43,13 @@ _STDLIB_SKIP_PATTERNS = ("_sysconfigdata_*", "config-*/*", "lib2to3/tests/data/*
 class Document:
     relpath: str
     text: str
-    sha256: str
+    sha256: str  # of the UTF-8 bytes
+    n_bytes: int  # length of the UTF-8 bytes
 
     @classmethod
     def from_text(cls, relpath: str, text: str) -> Document:
-        return cls(relpath, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
-
-    @property
-    def n_bytes(self) -> int:
-        return len(self.text.encode("utf-8"))
+        data = text.encode("utf-8")
+        return cls(relpath, text, hashlib.sha256(data).hexdigest(), len(data))
 
 
 @dataclass(frozen=True)
@@ -169,6 +167,10 @@ def load_corpus(corpus: str, glob: str = DEFAULT_GLOB) -> Corpus:
         if not root.exists():
             raise UserError(f"corpus {corpus} does not exist; pass a folder, a .jsonl file, or 'stdlib'")
         kind = "folder" if root.is_dir() else "jsonl"
+        if kind == "jsonl" and root.suffix not in (".jsonl", ".ndjson"):
+            raise UserError(
+                f"corpus {corpus} is a file but not .jsonl; pass a folder, a .jsonl file, or 'stdlib'"
+            )
     skipped: list[str] = []
     if kind == "jsonl":
         try:

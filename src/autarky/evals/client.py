@@ -5,6 +5,7 @@ backoff on transport errors, 429 and 5xx; other 4xx are final for that request.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,12 +17,24 @@ from autarky.errors import UserError
 Mode = Literal["chat", "completions"]
 
 
+_OVERFLOW = re.compile(r"maximum context length is (\d+)\D+?(\d+)")
+
+
 class EndpointError(Exception):
     """A request failed. `final` means retrying the same request will not help (e.g. a 400)."""
 
     def __init__(self, message: str, final: bool) -> None:
         super().__init__(message)
         self.final = final
+
+    @property
+    def context_overflow(self) -> tuple[int, int] | None:
+        """(the model's context length, tokens the request needed) when the request was too long for the model."""
+        text = str(self)
+        if "context_length_exceeded" not in text and "maximum context length" not in text:
+            return None
+        match = _OVERFLOW.search(text)
+        return (int(match.group(1)), int(match.group(2))) if match else (1, 2)
 
 
 @dataclass

@@ -97,7 +97,7 @@ def _items(engine: Engine) -> list[dict[str, Any]]:
         item["by_model"][row["model"]] = row
         models_by_suite[row["suite"]].add(row["model"])
     return [
-        {"suite": suite, "models": sorted(models_by_suite[suite]), "items": list(items.values())}
+        {"suite": suite, "models": sorted(models_by_suite[suite]), "rows": list(items.values())}
         for suite, items in sorted(by_suite.items())
     ]
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -133,12 +135,32 @@ async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str,
     if cfg.kind != "loglikelihood":
         return await client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=cfg.max_tokens,
                                      temperature=cfg.temperature, stop=cfg.stop or None)
-    # Likelihood of the reference continuation, then the greedy next line: both need /completions.
-    scored = await client.continuation_logprob(endpoint, item["prompt"], item["body"])
-    line = await client.generate(endpoint, item["prompt"], max_tokens=cfg.max_tokens, temperature=0.0,
-                                 stop=["\n"], mode="completions")
+    # Likelihood of the reference continuation, then the greedy next line: both need /completions. A model with a
+    # short context sees the prompt cut from the left (as lm-evaluation-harness truncates), never the body.
+    scored = await _fit_context(item["prompt"], lambda ctx: client.continuation_logprob(endpoint, ctx, item["body"]),
+                                len(item["body"]))
+    line = await _fit_context(item["prompt"], lambda ctx: client.generate(
+        endpoint, ctx, max_tokens=cfg.max_tokens, temperature=0.0, stop=["\n"], mode="completions"), 0)
     return Reply(line.text, scored.prompt_tokens + line.prompt_tokens, scored.completion_tokens + line.completion_tokens,
                  scored.latency_ms + line.latency_ms, scored.extras)
+
+
+async def _fit_context(context: str, call: Callable[[str], Awaitable[Reply]], tail_chars: int) -> Reply:
+    """Call with `context`; on a context-length error, drop enough characters from its left and try again."""
+    for _attempt in range(4):
+        try:
+            return await call(context)
+        except EndpointError as exc:
+            overflow = exc.context_overflow
+            if overflow is None:
+                raise
+            limit, asked = overflow
+            chars = len(context) + tail_chars
+            need = math.ceil((asked - limit) * chars / asked) if asked > limit else len(context) // 2
+            if need >= len(context):
+                raise  # even the continuation alone does not fit
+            context = context[min(len(context) - 1, math.ceil(need * 1.1) + 4):]
+    return await call(context)
 
 
 def _finished_ids(engine: Engine, model: str, suite: str) -> set[str]:

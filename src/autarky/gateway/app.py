@@ -48,7 +48,7 @@ class Gateway:
         self.config = config
         self.engine = open_store(config.store)
         self.metrics = Metrics()
-        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared_windows=config.shared_limits())
+        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits())
         self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
         self.router = Router(config, self.routes)
         self.keys = KeyCache(self.engine, config.key_cache_ttl_s)

@@ -5,11 +5,16 @@ Editing a row breaks its hash; inserting or deleting one breaks the chain or the
 each. (Truncating the tail leaves a valid shorter chain: keep `autarky audit verify` output or the head hash
 elsewhere if that matters.) Concurrent writers, across replicas too, are serialised by the seq primary key:
 a writer that loses the race retries on the new head; PostgreSQL also takes an advisory lock to avoid the retry.
+
+A plain hash chain can be rebuilt end to end by someone with write access to the database. Set
+AUTARKY_AUDIT_KEY (on every gateway, and when verifying) to make each hash an HMAC that they cannot forge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import time
 from datetime import UTC, datetime
 
@@ -20,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from autarky.store.gateway_tables import gateway_audit
 
 GENESIS = "0" * 64
+AUDIT_KEY_ENV = "AUTARKY_AUDIT_KEY"
 _PG_LOCK_ID = 0x61757464  # "autd"
 
 
@@ -29,6 +35,9 @@ def canonical(detail: dict) -> str:
 
 def row_hash(seq: int, ts: str, actor: str, action: str, detail: str, prev_hash: str) -> str:
     payload = orjson.dumps([seq, ts, actor, action, detail, prev_hash])
+    secret = os.environ.get(AUDIT_KEY_ENV)
+    if secret:
+        return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
     return hashlib.sha256(payload).hexdigest()
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 def _store_url(config: Path | None, store: str | None) -> str | None:
@@ -64,11 +62,12 @@ def register(app: typer.Typer) -> None:
         from autarky.gateway.auth import list_keys
         from autarky.store.database import open_store
 
-        table = Table("id", "prefix", "team", "budget $", "spent $", "rpm", "tpm", "models", "revoked")
+        # Plain tab-separated lines: easy to read and to grep or cut in scripts.
+        typer.echo("\t".join(("id", "prefix", "team", "budget_usd", "spent_usd", "rpm", "tpm", "models", "status")))
         for k in list_keys(open_store(_store_url(config, store))):
-            table.add_row(k["id"], k["prefix"] + "…", k["team"], _num(k["budget_usd"]), f"{k['spent_usd']:.6f}",
-                          _num(k["rpm"]), _num(k["tpm"]), ",".join(k["models"] or ["*"]), "yes" if k["revoked"] else "")
-        Console().print(table)
+            typer.echo("\t".join((k["id"], k["prefix"] + "...", k["team"], _num(k["budget_usd"]),
+                                  f"{k['spent_usd']:.6f}", _num(k["rpm"]), _num(k["tpm"]),
+                                  ",".join(k["models"] or ["*"]), "revoked" if k["revoked"] else "active")))
 
     @keys.command("revoke")
     def keys_revoke(key_id: str = typer.Argument(..., help="the key id from `autarky keys list`"),

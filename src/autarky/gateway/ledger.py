@@ -51,11 +51,11 @@ _ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
 
 
 class Ledger:
-    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared_windows: bool = False) -> None:
+    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared: bool = False) -> None:
         self.engine = engine
         self.flush_s = flush_s
         self.batch = batch
-        self.shared_windows = shared_windows
+        self.shared = shared
         self._usage: deque[Usage] = deque()
         self._audit: deque[tuple[str, str, dict]] = deque()
         self._wake = threading.Event()
@@ -101,7 +101,7 @@ class Ledger:
                 if not self.flush():
                     time.sleep(min(5.0, self.flush_s * 5))  # database trouble: back off, keep the rows
                     break
-            if self.shared_windows and time.monotonic() - self._last_cleanup > 60:
+            if self.shared and time.monotonic() - self._last_cleanup > 60:
                 self._cleanup_windows()
 
     def flush(self) -> bool:
@@ -129,7 +129,7 @@ class Ledger:
             if u.key_id is not None:
                 s = spend[u.key_id]
                 s[0] += u.cost_usd
-                s[1] += u.reserved_usd
+                s[1] += u.reserved_usd if self.shared else 0.0  # local mode reserves in memory only
                 tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens
         with self.engine.begin() as conn:
             if rows:
@@ -140,7 +140,7 @@ class Ledger:
                          "WHERE id = :k"),
                     [{"k": k, "c": c, "r": r} for k, (c, r) in spend.items()],
                 )
-            if self.shared_windows and tokens:
+            if self.shared and tokens:
                 conn.execute(
                     text("UPDATE gateway_rate_windows SET tokens = tokens + :t WHERE key_id = :k AND \"window\" = :w"),
                     [{"k": k, "w": w, "t": t} for (k, w), t in tokens.items()],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from autarky.errors import UserError
 from autarky.model.hf import check_output_folder, save_hf_folder
+from autarky.model.llama import Llama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,15 +25,24 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / "config.toml").is_file() and (Path(path) / "checkpoints").is_dir()
 
 
-def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: torch.dtype = torch.float32,
-               ) -> tuple[Path, int]:
-    """Write the run's newest (or `step`) checkpoint as an HF folder at `out_dir`; returns (out_dir, step)."""
+def load_run(run_dir: Path, step: int | None = None) -> tuple[Llama, Path, int]:
+    """(model, tokenizer dir, step) of a run's newest (or `step`) checkpoint, via the train stage."""
     from autarky.train.checkpoint import load_model_from_run  # torch.distributed is only paid for here
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a training run dir (needs config.toml and checkpoints/); "
                         "give the --out folder of `autarky train`")
+    with warnings.catch_warnings():
+        # DCP warns that it loads without a process group, which is exactly what we mean to do.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        model, _, tokenizer_dir, step = load_model_from_run(run_dir, step)
+    return model, tokenizer_dir, step
+
+
+def export_run(run_dir: Path, out_dir: Path, step: int | None = None, dtype: torch.dtype = torch.float32,
+               ) -> tuple[Path, int]:
+    """Write the run's newest (or `step`) checkpoint as an HF folder at `out_dir`; returns (out_dir, step)."""
     check_output_folder(out_dir)  # fail before the slow load
-    model, _, tokenizer_dir, step = load_model_from_run(run_dir, step)
+    model, tokenizer_dir, step = load_run(run_dir, step)
     return save_hf_folder(model, tokenizer_dir, out_dir, dtype), step

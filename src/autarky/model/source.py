@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from autarky.errors import UserError
-from autarky.model.export import export_run, is_run_dir
+from autarky.model.export import export_run, is_run_dir, load_run
 from autarky.model.gguf_import import import_gguf, smollm2_gguf_path
 from autarky.model.hf import load_hf_folder
 from autarky.model.llama import Llama
@@ -58,9 +58,7 @@ def load_model(spec: str | Path, step: int | None = None, dtype: torch.dtype = t
     loaded straight from its checkpoint (`step` or the newest), without writing an export."""
     path = Path(str(spec)).expanduser()
     if is_run_dir(path):
-        from autarky.train.checkpoint import load_model_from_run
-
-        model, _, tokenizer_dir, _ = load_model_from_run(path, step)
+        model, tokenizer_dir, _ = load_run(path, step)
         return model.to(device=device, dtype=dtype), tokenizer_dir
     if step is not None:
         raise UserError(f"--step applies to training run dirs only, and {spec} is not one")

@@ -4,7 +4,10 @@ FLOPs rules (the numerator of MFU must match the rule, so the plan records which
 - "6nd":      C = 6·N·D (Transformer Math 101; what published GPU-hour tables and Epoch use)
 - "6nd+attn": C = (6·N + 12·L·H·Q·T)·D (PaLM App. B model FLOPs; the numerator of autarky's measured MFU)
 - "8nd":      C = 8·N·D, full activation recompute (Megatron eq. 4, time ≈ 8·T·P/(n·X)); utilisation is then HFU
-N is the active parameter count (MoE: compute scales with the parameters a token touches).
+- "autarky":  (6·N_matmul + 12·L·H·Q·T)·D with N_matmul = N less an untied input embedding (a lookup): exactly
+              `autarky.model.llama.flops_per_token`, the numerator of the MFU `autarky train` logs
+N is the active parameter count (MoE: compute scales with the parameters a token touches), counting every
+parameter (PaLM / nanoGPT convention) except under "autarky".
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Literal
 
 from autarky.plan.shape import ModelShape
 
-FlopsRule = Literal["6nd", "6nd+attn", "8nd"]
+FlopsRule = Literal["6nd", "6nd+attn", "8nd", "autarky"]
 
 TOKENS_PER_PARAM = 20.0
 TOKENS_RULE = "compute-optimal: D = 20·N (Chinchilla Approaches 1-2, Table 3)"
@@ -35,6 +38,8 @@ def flops_per_token(shape: ModelShape, rule: FlopsRule) -> float:
         return 6 * n
     if rule == "8nd":
         return 8 * n
+    if rule == "autarky":
+        n -= shape.lookup_params
     return 6 * n + attention_flops_per_token(shape)
 
 

@@ -79,7 +79,7 @@ def _powers_of_two(limit: int) -> list[int]:
 
 def find_layouts(shape: ModelShape, gpus: int, base: MemorySettings, capacity_gb: float,
                  gpus_per_node: int = 8, limit: int = 10) -> list[Candidate]:
-    """Every feasible (TP, PP, CP, DP[, EP]) × ZeRO stage × recompute, ranked; the best `limit` returned."""
+    """Every feasible (TP, PP, CP, DP[, EP]), each with its best ZeRO stage and recompute, ranked; top `limit`."""
     found: list[Candidate] = []
     for tp in _powers_of_two(min(gpus_per_node, gpus)):
         for pp in _powers_of_two(min(shape.layers, gpus // tp)):
@@ -101,5 +101,8 @@ def find_layouts(shape: ModelShape, gpus: int, base: MemorySettings, capacity_gb
                             memory = memory_per_gpu(shape, layout, settings, capacity_gb)
                             ready = pp == 1 and cp == 1 and ep == 1 and zero == 3
                             found.append(Candidate(layout, settings, memory, ready))
-    found.sort(key=Candidate.rank_key)
-    return found[:limit]
+    # One row per layout: its best ZeRO stage and recompute setting.
+    best: dict[Layout, Candidate] = {}
+    for cand in sorted(found, key=Candidate.rank_key):
+        best.setdefault(cand.layout, cand)
+    return list(best.values())[:limit]

@@ -41,7 +41,7 @@ class Layout:
         return self.tp * self.pp * self.dp * self.cp
 
     def label(self) -> str:
-        parts = [f"TP{self.tp}", f"PP{self.pp}", f"CP{self.cp}", f"DP{self.dp}"]
+        parts = [f"TP{self.tp}", f"PP{self.pp}"] + ([f"CP{self.cp}"] if self.cp > 1 else []) + [f"DP{self.dp}"]
         return "/".join(parts) + (f"/EP{self.ep}" if self.ep > 1 else "")
 
 

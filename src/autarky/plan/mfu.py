@@ -1,7 +1,8 @@
 """Where the MFU comes from: a default by size and precision, the user, or a measured autarky run.
 
 A run directory written by `autarky train` holds `metrics.jsonl`, one JSON object per logged step with at least
-`step`, `mfu` (a fraction), `peak_flops` (per device, FLOP/s) and `device`, plus `config.toml`. The measured MFU
+`step`, `mfu` (a fraction), `peak_flops` (per device, FLOP/s), `device` and `world`, plus `config.toml` whose
+[model] table pins the exact shape trained and whose [data] table has seq_len and the GLOBAL batch_size. The measured MFU
 is the median over logged steps after the first few (compile and warm-up make those slow).
 """
 
@@ -32,7 +33,9 @@ class MeasuredRun:
     steps_used: int
     tokens_per_s: float | None
     preset: str | None
+    model: dict  # the run's [model] table: the exact shape it trained (pinned by `autarky train`)
     seq_len: int | None
+    micro_batch: int | None  # sequences per rank per micro-step
     run_dir: str
 
     @property
@@ -85,14 +88,20 @@ def read_run(run_dir: Path) -> MeasuredRun:
         raise UserError(f"--mfu-from {metrics}: median MFU {mfu} is outside (0, 1]; is 'mfu' a fraction?")
     speeds = [float(r["tokens_per_s"]) for r in used if isinstance(r.get("tokens_per_s"), int | float)]
     config = _read_config(run_dir / "config.toml")
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    model, data, parallel = (config.get(k) if isinstance(config.get(k), dict) else {}
+                             for k in ("model", "data", "parallel"))
     preset = config.get("preset") or model.get("preset")
-    seq_len = config.get("seq_len") or train.get("seq_len") or model.get("max_seq_len")
+    seq_len = config.get("seq_len") or data.get("seq_len")
+    micro_batch = None
+    if isinstance(data.get("batch_size"), int):  # GLOBAL sequences per step in `autarky train`
+        world = int(used[-1].get("world") or 1)
+        dp = max(1, world // int(parallel.get("tp") or 1))
+        micro_batch = max(1, data["batch_size"] // (int(data.get("grad_accum") or 1) * dp))
     return MeasuredRun(
         mfu=mfu, peak_flops=float(used[-1]["peak_flops"]), device=str(used[-1].get("device", "unknown")),
         steps_used=len(used), tokens_per_s=statistics.median(speeds) if speeds else None,
-        preset=str(preset) if preset else None, seq_len=int(seq_len) if seq_len else None, run_dir=str(run_dir))
+        preset=str(preset) if preset else None, model=model, seq_len=int(seq_len) if seq_len else None,
+        micro_batch=micro_batch, run_dir=str(run_dir))
 
 
 def _read_config(path: Path) -> dict:

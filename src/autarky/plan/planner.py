@@ -5,7 +5,7 @@ JSON keys (stable; units in the names or below):
         shape_source}
   hardware{name, precision, peak_tflops, hbm_gb, gpus_per_node, source} — `precision` is the peak MFU divides by
   gpus, tokens, tokens_rule, predicted_loss{value, label} | null
-  total_flops (under flops_rule), flops_6nd, flops_with_attention, flops_rule{name, why}
+  total_flops (under flops_rule), flops_6nd, flops_with_attention, flops_rule{name: 6nd|6nd+attn|8nd|autarky, why}
   mfu (fraction), mfu_source
   gpu_hours (incl. goodput), gpu_hours_compute (pure compute), days, days_compute, goodput, goodput_source
   layout{tp, pp, cp, dp, ep, label, zero, recompute, micro_batch, flash_attention}
@@ -24,6 +24,7 @@ Power/energy values are null for parts without a power figure (TPU v4, V100 serv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from autarky.errors import UserError
+from autarky.model.llama import ModelConfig
 from autarky.plan import compute, hardware, layouts, mfu, power, reliability, shape
 from autarky.plan.memory import OPTIMIZER_BYTES, Layout, MemorySettings, memory_per_gpu
 
@@ -66,7 +68,7 @@ class PlanRequest(BaseModel):
     mfu: float | None = None
     tflops_per_gpu: float | None = None
     mfu_from: Path | None = None
-    flops_rule: Literal["auto", "6nd", "6nd+attn", "8nd"] = "auto"
+    flops_rule: Literal["auto", "6nd", "6nd+attn", "8nd", "autarky"] = "auto"
     tp: int = 1
     pp: int = 1
     cp: int = 1
@@ -74,7 +76,7 @@ class PlanRequest(BaseModel):
     dp: int | None = None
     zero: int = 1
     recompute: Literal["none", "selective", "full"] = "selective"
-    micro_batch: int = 1
+    micro_batch: int | None = None  # default: the measured run's batch size, else 1
     flash_attention: bool = True
     optimizer: Literal["adamw", "adamw8bit", "sgd"] = "adamw"
     reserve_gb: float = 1.0
@@ -144,7 +146,19 @@ def _model(req: PlanRequest, run: mfu.MeasuredRun | None) -> shape.ModelShape:
     name = req.preset or (run.preset if run else None)
     if not name:
         raise UserError("give a model: --preset NAME, --hf-config PATH or --params N")
+    if run is not None and not req.preset and _pinned(run.model):
+        fields = {f.name: run.model[f.name] for f in dataclasses.fields(ModelConfig) if f.name in run.model}
+        try:
+            cfg = ModelConfig(**fields)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--mfu-from {run.run_dir}: the [model] table of config.toml is not a shape: {exc}") from None
+        return shape.from_config(name, cfg, req.experts, req.active_experts, seq_len=seq_len)
     return shape.from_preset(name, seq_len, req.experts, req.active_experts)
+
+
+def _pinned(model: dict) -> bool:
+    return all(model.get(k) for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
+                                      "max_seq_len"))
 
 
 def _accelerator(req: PlanRequest, run: mfu.MeasuredRun | None) -> hardware.Accelerator:
@@ -161,7 +175,7 @@ def _flops_rule(req: PlanRequest, run: mfu.MeasuredRun | None) -> tuple[compute.
     if req.flops_rule != "auto":
         return req.flops_rule, "given (--flops-rule)"
     if run is not None:
-        return "6nd+attn", "the measured MFU's numerator is 6N + 12·L·H·Q·T (autarky train)"
+        return "autarky", "the measured MFU's own numerator: 6·N (no embedding lookup) + 12·L·H·Q·T per token"
     return "6nd", "default: C = 6·N·D, as published GPU-hour tables count"
 
 
@@ -220,7 +234,8 @@ def plan(req: PlanRequest) -> PlanResult:
                                        req.goodput)
     gpu_hours = comp.gpu_hours_compute / rel.goodput
     wall_hours = gpu_hours / gpus
-    settings = MemorySettings(zero=req.zero, recompute=req.recompute, micro_batch=req.micro_batch,
+    micro_batch = req.micro_batch or (run.micro_batch if run and run.micro_batch else 1)
+    settings = MemorySettings(zero=req.zero, recompute=req.recompute, micro_batch=micro_batch,
                               flash_attention=req.flash_attention, optimizer=req.optimizer,
                               reserve_gb=req.reserve_gb)
     ranked: list[layouts.Candidate] = []

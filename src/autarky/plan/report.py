@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -16,7 +17,18 @@ def _si(value: float, unit: str = "") -> str:
     for factor, prefix in [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")]:
         if abs(value) >= factor:
             return f"{value / factor:,.2f}{prefix}{unit}"
-    return f"{value:,.2f}{unit}"
+    return f"{value:,.0f}{unit}" if float(value).is_integer() else f"{value:,.2f}{unit}"
+
+
+def _bytes(value_gb: float, unit: str) -> str:
+    value = value_gb * (1000 if unit == "MB" else 1)
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _hours(hours: float) -> str:
+    if hours < 1:
+        return f"{hours * 60:,.1f} min"
+    return f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} days"
 
 
 def _mw(value: float | None, unit: str = "MW") -> str:
@@ -37,24 +49,30 @@ def _facts(title: str, rows: list[tuple[str, str, str]]) -> Table:
 
 
 def _memory_table(d: dict[str, Any]) -> Table:
-    table = Table(title="Memory per GPU (GB)", title_style="bold cyan", title_justify="left")
-    for col in ("layout", "ZeRO", "recompute", "weights", "grads", "optimizer", "gathered", "activations",
-                "logits", "total", "fits"):
-        table.add_column(col, justify="right" if col not in ("layout", "recompute") else "left")
     rows = d["layouts"] or [{"label": d["layout"]["label"], "zero": d["layout"]["zero"],
                              "recompute": d["layout"]["recompute"], "trainer_ready": None,
                              "memory_gb": d["memory_breakdown_gb"]}]
+    unit = "MB" if max(r["memory_gb"]["total"] for r in rows) < 1 else "GB"
+    first = rows[0]["memory_gb"]
+    table = Table(title=f"Memory per GPU, {unit} (HBM {first['capacity']:,.0f} GB, {first['reserve']:g} GB reserved)",
+                  title_style="bold cyan", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True, pad_edge=False)
+    for col in ("layout", "Z", "rc", "wts", "grad", "opt", "act", "oth", "total", "fit", "run"):
+        table.add_column(col, justify="left" if col in ("layout", "rc") else "right", no_wrap=True)
     for i, row in enumerate(rows):
         m = row["memory_gb"]
-        fits = "[green]yes[/green]" if m["fits"] else "[red]no[/red]"
-        label = row["label"] + (" [green]✓train[/green]" if row.get("trainer_ready") else "")
+        fits = "[green]✓[/green]" if m["fits"] else "[red]✗[/red]"
+        ready = "[green]✓[/green]" if row.get("trainer_ready") else ""
         style = "bold" if i == 0 and d["layouts"] else None
-        table.add_row(label, str(row["zero"]), row["recompute"], *(f"{m[k]:.2f}" for k in (
-            "weights", "gradients", "optimizer", "gathered", "activations", "logits")),
-            f"{m['total']:.1f}/{m['capacity']:g}", fits, style=style)
+        values = [m["weights"], m["gradients"], m["optimizer"], m["activations"], m["gathered"] + m["logits"],
+                  m["total"]]
+        table.add_row(row["label"], str(row["zero"]), row["recompute"][:4], *(_bytes(v, unit) for v in values),
+                      fits, ready, style=style)
+    table.caption = "Z = ZeRO stage · rc = recompute · wts/grad/opt = weights/gradients/optimizer · act = " \
+                    "activations · oth = FSDP-gathered layers + fp32 logits"
     if d["layouts"]:
-        table.caption = "ranked: fits → fewest PP stages → least recompute → least CP → TP in node; ✓train = " \
-                        "`autarky train` runs it today (FSDP+TP)"
+        table.caption += " · ranked: fits → fewest PP → least recompute → least CP → TP in node · run ✓ = " \
+                         "`autarky train` runs it today (FSDP + TP)"
     return table
 
 
@@ -94,10 +112,10 @@ def render(result: PlanResult) -> RenderableType:
     ])
     rel = _facts("Reliability", [
         ("MTBF per GPU", f"{_si(d['mtbf_gpu_hours'])} GPU-h", d["mtbf_source"]),
-        ("job MTBF", f"{d['job_mtbf_hours'] * 60:,.1f} min", f"{d['gpus']:,} GPUs"),
+        ("job MTBF", _hours(d["job_mtbf_hours"]), f"{d['gpus']:,} GPU{'s' if d['gpus'] > 1 else ''}"),
         ("expected interruptions", f"{d['interruptions']:,.0f}", "over the wall-clock run"),
-        ("checkpoint every", f"{d['checkpoint_interval_min']:.1f} min",
-         f"Daly; Young {d['checkpoint_interval_young_min']:.1f} min; write {d['checkpoint_write_min']:g} min, "
+        ("checkpoint every", _hours(d["checkpoint_interval_min"] / 60),
+         f"Daly; Young {_hours(d['checkpoint_interval_young_min'] / 60)}; write {d['checkpoint_write_min']:g} min, "
          f"restart {d['restart_min']:g} min; ≈ every {d['checkpoint_every_steps']:,} steps"),
         ("goodput", f"{d['goodput']:.1%}", d["goodput_source"]),
     ])
@@ -118,18 +136,20 @@ def render_comparison(results: list[PlanResult], labels: list[str] | None = None
     rows: list[tuple[str, Any]] = [
         ("parameters", lambda d: _si(d["model"]["params"])),
         ("tokens", lambda d: _si(d["tokens"])),
-        ("hardware", lambda d: f"{d['gpus']:,} × {d['hardware']['name']} ({d['hardware']['peak_tflops']:,.3g} TF)"),
+        ("hardware", lambda d: f"{d['gpus']:,} × {d['hardware']['name']}"),
+        ("peak / GPU", lambda d: f"{d['hardware']['peak_tflops']:,.3g} TFLOP/s {d['hardware']['precision']}"),
         ("MFU", lambda d: f"{d['mfu']:.1%}"),
         ("total FLOPs", lambda d: f"{d['total_flops']:.2e}"),
         ("GPU-hours", lambda d: _si(d["gpu_hours"])),
         ("days", lambda d: f"{d['days']:,.2f}"),
         ("layout", lambda d: d["layout"]["label"]),
-        ("memory / GPU", lambda d: f"{d['memory_per_gpu_gb']:.1f} GB"),
+        ("memory / GPU", lambda d: f"{d['memory_per_gpu_gb']:.1f} GB" if d["memory_per_gpu_gb"] >= 1
+         else f"{d['memory_per_gpu_gb'] * 1000:.1f} MB"),
         ("power GPU / facility", lambda d: f"{_mw(d['power_mw']['gpu'])} / {_mw(d['power_mw']['facility'])}"),
         ("energy (facility)", lambda d: _mw(d["energy_mwh"], "MWh")),
         ("cost", lambda d: f"${_si(d['usd'])}"),
         ("interruptions", lambda d: f"{d['interruptions']:,.1f}"),
-        ("checkpoint every", lambda d: f"{d['checkpoint_interval_min']:,.1f} min"),
+        ("checkpoint every", lambda d: _hours(d["checkpoint_interval_min"] / 60)),
         ("goodput", lambda d: f"{d['goodput']:.1%}"),
     ]
     for name, cell in rows:

@@ -35,6 +35,7 @@ class ModelShape:
     experts: int = 1
     active_experts: int = 1
     expert_params: int = 0  # the part of `params` that expert parallelism shards
+    lookup_params: int = 0  # untied input embedding: a lookup, not a matmul (excluded by the "autarky" rule)
     shape_source: str = "exact"
 
     @property
@@ -77,7 +78,8 @@ def from_config(name: str, cfg: ModelConfig, experts: int = 1, active_experts: i
         name=name, params=total, active_params=active, layers=cfg.n_layers, hidden=cfg.dim, heads=cfg.n_heads,
         kv_heads=cfg.n_kv_heads, head_dim=head_dim or cfg.head_dim, ffn=expert_ffn or cfg.ffn_dim,
         vocab=cfg.vocab_size, seq_len=seq_len or cfg.max_seq_len, experts=experts, active_experts=active_experts,
-        expert_params=expert_total, shape_source=shape_source)
+        expert_params=expert_total, lookup_params=0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim,
+        shape_source=shape_source)
 
 
 def from_preset(name: str, seq_len: int | None = None, experts: int = 1, active_experts: int = 1) -> ModelShape:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,14 @@ from autarky.train.parallelize import Topology, barrier
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns that it "assumes a single process" whenever no process group exists: that is our intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,8 @@ def save_checkpoint(
         "train": json.dumps(train_state),  # one leaf: DCP stores it as bytes
         _rng_key(topo.rank): _rng_state(topo.device),
     }
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, overwrite=True))
+    with _single_process_ok():
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, overwrite=True))
     barrier(topo.world)
     if topo.is_main:
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
@@ -105,7 +117,8 @@ def load_checkpoint(
     has_rng = any(k == rng_key or k.startswith(rng_key + ".") for k in saved_keys)
     if has_rng:  # absent when resuming on more ranks than saved it
         state[rng_key] = _rng_state(topo.device)  # same shapes as the saved state
-    dcp.load(state, checkpoint_id=ckpt.path)
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=ckpt.path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if has_rng:
         torch.set_rng_state(state[rng_key]["torch"])
@@ -145,7 +158,8 @@ def load_model_from_run(run_dir: Path | str, step: int | None = None) -> tuple[L
     cfg = ModelConfig(**meta["model"])
     model = Llama(cfg)
     model_sd = model.state_dict()
-    dcp.load({"model": model_sd}, checkpoint_id=ckpt.path)
+    with _single_process_ok():
+        dcp.load({"model": model_sd}, checkpoint_id=ckpt.path)
     model.load_state_dict(model_sd)
     model.eval()
     tokenizer_dir = run_dir / "tokenizer"

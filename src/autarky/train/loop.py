@@ -98,6 +98,7 @@ class _Trainer:
         precision = self.cfg.run.precision
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.console = Console(stderr=True)
+        self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's attempt number
 
         if self.topo.is_main:
             self._write_run_dir()
@@ -208,7 +209,7 @@ class _Trainer:
                     row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                            "tokens": tokens, "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
                            "peak_flops": self.peak, "device": self.device_name, "world": topo.world,
-                           "elapsed_s": time.perf_counter() - wall_start}  # fmt: skip
+                           "elapsed_s": time.perf_counter() - wall_start, "restart": self.restart}  # fmt: skip
                     if val_loss is not None:
                         row["val_loss"] = val_loss
                     if log is not None:

@@ -19,8 +19,11 @@ from typing import Any
 from autarky.errors import UserError
 
 DEFAULT_VAL_FRACTION = 0.05  # autarky.data.DataConfig's default
-MAX_ITEMS, PER_FILE = 60, 3
-BODY_LINES = (3, 30)
+MAX_ITEMS, PER_FILE = 60, 4
+# Short functions: the item must fit a small in-house model's context (256 tokens for the demo's nano model)
+# without truncating the body being scored.
+BODY_LINES = (3, 12)
+MAX_ITEM_CHARS = 900
 
 
 def _candidates(relpath: str, text: str) -> list[dict[str, Any]]:
@@ -42,10 +45,11 @@ def _candidates(relpath: str, text: str) -> list[dict[str, Any]]:
         body = lines[doc.end_lineno: node.end_lineno]
         if not BODY_LINES[0] <= len(body) <= BODY_LINES[1] or any("\t" in ln for ln in head + body):
             continue
+        if sum(len(ln) + 1 for ln in head + body) > MAX_ITEM_CHARS:
+            continue
         source = textwrap.dedent("\n".join(head + body) + "\n")
-        split = len(textwrap.dedent("\n".join(head + body)).splitlines()[: len(head)])
         dedented = source.splitlines(keepends=True)
-        prompt, rest = "".join(dedented[:split]), "".join(dedented[split:])
+        prompt, rest = "".join(dedented[: len(head)]), "".join(dedented[len(head):])
         next_line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
         if not next_line or next_line.startswith("#"):
             continue

@@ -1,0 +1,85 @@
+"""Bundled suites load and meet the issue's sizes; malformed suites fail with the file and line named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autarky.data import is_validation_document
+from autarky.errors import UserError
+from autarky.evals.generators import write_suites
+from autarky.evals.generators.code_completion import DEFAULT_VAL_FRACTION, check_held_out
+from autarky.evals.suite import bundled_suite_names, load_suite
+
+MINIMUM = {"python-functions": 50, "spreadsheet": 50, "slides": 30, "chat-qa": 100, "code-completion": 20}
+
+
+def test_bundled_suites_meet_sizes():
+    assert set(MINIMUM) <= set(bundled_suite_names())
+    for name, minimum in MINIMUM.items():
+        suite = load_suite(name)
+        assert len(suite.items) >= minimum, name
+        assert suite.config.task
+
+
+def test_bundled_items_are_what_the_generators_write(tmp_path):
+    # The shipped JSONL is regenerated from code (code-completion depends on the local stdlib, so not here).
+    names = ["chat-qa", "python-functions", "spreadsheet", "slides"]
+    write_suites(tmp_path, names)
+    for name in names:
+        assert load_suite(tmp_path / name).items == load_suite(name).items, name
+
+
+def test_code_completion_items_come_from_held_out_documents(tiny_data_dir, tmp_path):
+    items = load_suite("code-completion").items
+    assert all(is_validation_document(it["relpath"], DEFAULT_VAL_FRACTION) for it in items)
+    # A real data dir (built by the data stage) holds these files out of training: the check passes and sees them.
+    assert check_held_out(items, tiny_data_dir) > 0
+    leaked = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, leaked)
+    manifest = json.loads((leaked / "manifest.json").read_text())
+    shared = {it["relpath"] for it in items}
+    for doc in manifest["documents"]:
+        if doc["relpath"] in shared:
+            doc["split"] = "train"
+    (leaked / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="training split"):
+        check_held_out(items, leaked)
+
+
+def make_suite(root: Path, toml: str, lines: list[str]) -> Path:
+    root.mkdir(exist_ok=True)
+    (root / "suite.toml").write_text(toml)
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+GOOD_TOML = 'name = "s"\ntask = "chat"\nkind = "generate"\ngrader = "exact-match"\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "lines", "message"),
+    [
+        (GOOD_TOML.replace("exact-match", "vibes"), ['{"id": 1, "prompt": "q", "answers": ["a"]}'], "unknown grader 'vibes'"),
+        (GOOD_TOML, ['{"id": 1, "prompt": "q", "answers": ["a"]}', "{oops"], r"items.jsonl:2: not valid JSON"),
+        (GOOD_TOML, ['{"id": 1, "prompt": "q"}'], r"items.jsonl:1: item lacks answers"),
+        (GOOD_TOML, ['{"id": 1, "prompt": "q", "answers": []}'] * 2, "duplicate item id '1'"),
+        (GOOD_TOML, [], "no items"),
+        (GOOD_TOML.replace('kind = "generate"', 'kind = "essay"'), ['{"id": 1}'], "kind"),
+        (GOOD_TOML.replace('kind = "generate"', 'kind = "loglikelihood"'), ['{"id": 1}'], "grades generate suites"),
+        ("name = \n", [], "not valid TOML"),
+        (GOOD_TOML + 'colour = "red"\n', ['{"id": 1}'], "colour"),
+    ],
+)
+def test_malformed_suites_are_clear_errors(tmp_path, toml, lines, message):
+    folder = make_suite(tmp_path / "bad", toml, lines)
+    with pytest.raises(UserError, match=message):
+        load_suite(folder)
+
+
+def test_missing_suite_lists_the_bundled_ones():
+    with pytest.raises(UserError, match="chat-qa"):
+        load_suite("no-such-suite")

@@ -1,0 +1,114 @@
+"""Routing tables (eval-written or hand-written), hot reload, and config errors that name the field."""
+
+import os
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from autarky.cli import app
+from autarky.errors import UserError
+from autarky.gateway.config import load_config
+from autarky.gateway.routes import load_routing_table
+
+TABLE = """
+generated_at = "2026-11-23T05:00:00Z"
+[tasks.spreadsheet]
+pareto = ["small", "gpt"]
+[[tasks.spreadsheet.candidates]]
+model = "claude"
+provider = "claude"
+score = 0.61
+usd_per_1k_tokens = 0.009
+p50_latency_ms = 900.0
+in_house = false
+[[tasks.spreadsheet.candidates]]
+model = "small"
+score = {small}
+ci_low = 0.30
+ci_high = 0.55
+usd_per_1k_tokens = 0.0
+p50_latency_ms = 120.0
+in_house = true
+[[tasks.spreadsheet.candidates]]
+model = "small2"
+score = {small}
+usd_per_1k_tokens = 0.0
+p50_latency_ms = 80.0
+"""
+
+
+def write(path, small: float) -> None:
+    path.write_text(TABLE.replace("{small}", str(small)))
+    stat = path.stat()  # make the change visible even within one mtime tick
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+
+def ask(url: str, **headers) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers=headers,
+                      json={"model": "task:spreadsheet", "messages": [{"role": "user", "content": "x"}]})
+
+
+def test_table_orders_by_score_then_cost_then_latency_and_hot_reloads(make_gateway, faults, tmp_path):
+    table = tmp_path / "routes.toml"
+    write(table, 0.42)
+    gw, url = make_gateway(routes=str(table))
+    gw.routes.poll_s = 0.0
+    r = ask(url)
+    assert r.headers["x-autarky-model"] == "claude"
+    assert "task=spreadsheet; 3 allowed of 3" in r.headers["x-autarky-route-reason"]
+    # Same score and cost: the faster one (small2, 80 ms) wins; the header task works like the model prefix.
+    write(table, 0.9)
+    r = httpx.post(url + "/v1/chat/completions", headers={"x-autarky-task": "spreadsheet"},
+                   json={"model": "anything", "messages": [{"role": "user", "content": "x"}]})
+    assert r.headers["x-autarky-model"] == "small2"
+    table.write_text("this is [not toml")
+    os.utime(table, ns=(time.time_ns(), time.time_ns() + 5_000_000))
+    assert ask(url).headers["x-autarky-model"] == "small2"  # a broken edit keeps the last good table
+    assert "not valid TOML" in httpx.get(url + "/health").json()["routes_error"]
+    gw.ledger.flush()
+    from sqlalchemy import text
+
+    with gw.engine.connect() as conn:
+        actions = [r[0] for r in conn.execute(text("SELECT action FROM gateway_audit ORDER BY seq"))]
+    assert actions == ["routes.reload", "routes.reload_failed"]
+
+
+def test_table_provider_mismatch_and_unknown_models_are_dropped(make_gateway, faults, tmp_path):
+    table = tmp_path / "routes.toml"
+    table.write_text('[[tasks.t.candidates]]\nmodel = "small"\nprovider = "partner"\n'
+                     '[[tasks.t.candidates]]\nmodel = "ghost"\n')
+    _, url = make_gateway(routes=str(table))
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "task:t", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 403 and "small(not configured)" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "task:none", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found"
+
+
+def test_bad_files_name_the_field(tmp_path):
+    bad = tmp_path / "gw.toml"
+    bad.write_text('[providers.local]\nkind = "grpc"\nbase_url = "http://x"\n')
+    with pytest.raises(UserError, match="field providers.local.kind"):
+        load_config(bad)
+    bad.write_text('[providers.local]\nbase_url = "http://x"\n[models.m]\nprovider = "nope"\n')
+    with pytest.raises(UserError, match="models.m.provider: unknown provider 'nope'"):
+        load_config(bad)
+    bad.write_text('[policy]\nself_sufficent = true\n')
+    with pytest.raises(UserError, match="policy.self_sufficent"):
+        load_config(bad)
+    routes = tmp_path / "r.toml"
+    routes.write_text('[[tasks.t.candidates]]\nscore = 1\n')
+    with pytest.raises(UserError, match="tasks.t.candidates.0.model"):
+        load_routing_table(routes)
+    result = CliRunner().invoke(app, ["gateway", "--config", str(bad)])
+    assert result.exit_code == 2 and "self_sufficent" in result.output
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "gateway.toml"
+    config = load_config(example)
+    assert config.providers and config.models and config.tasks
+    assert load_routing_table(Path(config.routes)).tasks

@@ -1,0 +1,251 @@
+"""The engine without HTTP: exact batching, seeds, n, logprobs, stops, cancellation, failures, int8."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from autarky.model.generate import SamplingParams as RefParams
+from autarky.model.generate import generate_tokens
+from autarky.model.hf import load_hf_folder
+from autarky.serve.engine import Engine, ErrorEvent, PromptEvent, Request, TokenEvent
+from autarky.serve.quantize import Int8Linear, quantize_int8
+from autarky.serve.sampling import SamplingParams
+from autarky.serve.text import TextCodec
+
+PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, item):", "x = [1, 2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_hf_model_dir: Path):
+    model, _ = load_hf_folder(tiny_hf_model_dir)
+    return model, TextCodec.from_folder(tiny_hf_model_dir)
+
+
+@pytest.fixture
+def engine(tiny):
+    model, codec = tiny
+    eng = Engine(model, codec, max_batch=8, max_queue=16, name="tiny")
+    eng.start()
+    yield eng
+    eng.shutdown(timeout=30)
+
+
+async def _collect(sink: asyncio.Queue, n: int) -> dict:
+    """Per choice index: token ids, logprobs, text, finish reason; plus prompt logprobs if any."""
+    out: dict = {"prompt": None, "error": None}
+    done = 0
+    while done < n:
+        event = await asyncio.wait_for(sink.get(), 60)
+        if isinstance(event, ErrorEvent):
+            out["error"] = event.message
+            return out
+        if isinstance(event, PromptEvent):
+            out["prompt"] = event
+            continue
+        choice = out.setdefault(event.index, {"ids": [], "lps": [], "text": "", "finish": None})
+        if event.finish_reason:
+            choice["finish"] = event.finish_reason
+            done += 1
+        else:
+            choice["ids"].append(event.token_id)
+            choice["lps"].append(event.logprob)
+            choice["text"] += event.text
+    return out
+
+
+def run(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], stagger_after: int = 0) -> list[dict]:
+    """Submit jobs together (or the rest once the first has produced `stagger_after` tokens) and collect all."""
+
+    async def main() -> list[dict]:
+        loop = asyncio.get_running_loop()
+        sinks = [asyncio.Queue() for _ in jobs]
+        first = Request(jobs[0][0], jobs[0][1], sinks[0], loop)
+        engine.submit(first)
+        tasks = [asyncio.ensure_future(_collect(sinks[0], jobs[0][1].n))]
+        if stagger_after:
+            while engine.num_running == 0 or sinks[0].qsize() < stagger_after:
+                await asyncio.sleep(0.001)
+        for (ids, params), sink in zip(jobs[1:], sinks[1:], strict=True):
+            engine.submit(Request(ids, params, sink, loop))
+            tasks.append(asyncio.ensure_future(_collect(sink, params.n)))
+        return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(main())
+
+
+def greedy(max_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=0, **kw)
+
+
+def test_greedy_decode_matches_the_reference_generator(tiny, engine):
+    model, codec = tiny
+    for prompt in PROMPTS[:2]:
+        ids = codec.encode(prompt)
+        expected = list(generate_tokens(model, ids, RefParams(max_tokens=12, temperature=0.0)))
+        got = run(engine, [(ids, greedy(12))])[0][0]
+        assert got["ids"] == expected
+        assert got["finish"] == "length"
+
+
+def test_batched_output_equals_unbatched_at_temperature_zero(tiny, engine):
+    _, codec = tiny
+    # Different prompt lengths and budgets: rows sit at different positions and leave at different steps, so the
+    # masks and the slot compaction are both exercised; the last two join while the first is mid-decode.
+    jobs = [(codec.encode(p), greedy(max_tokens)) for p, max_tokens in zip(PROMPTS, (30, 7, 19, 11), strict=True)]
+    alone = [run(engine, [job])[0][0] for job in jobs]
+    together = [r[0] for r in run(engine, jobs)]
+    joined_later = [r[0] for r in run(engine, jobs, stagger_after=5)]
+    for a, b, c in zip(alone, together, joined_later, strict=True):
+        assert a["ids"] == b["ids"] == c["ids"]
+        assert a["text"] == b["text"] == c["text"]
+        torch.testing.assert_close(torch.tensor(b["lps"]), torch.tensor(a["lps"]), rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.tensor(c["lps"]), torch.tensor(a["lps"]), rtol=0, atol=1e-4)
+
+
+def test_same_seed_same_sample_alone_or_batched(tiny, engine):
+    _, codec = tiny
+    seeded = (codec.encode(PROMPTS[0]), SamplingParams(max_tokens=16, temperature=0.9, top_p=0.95, seed=7,
+                                                       ignore_eos=True))
+    noise = [(codec.encode(p), SamplingParams(max_tokens=10, temperature=1.0, ignore_eos=True)) for p in PROMPTS[1:]]
+    alone = run(engine, [seeded])[0][0]["ids"]
+    batched = run(engine, [*noise, seeded])[-1][0]["ids"]
+    assert alone == batched
+    other_seed = (seeded[0], SamplingParams(max_tokens=16, temperature=0.9, top_p=0.95, seed=8, ignore_eos=True))
+    assert run(engine, [other_seed])[0][0]["ids"] != alone
+
+
+def test_n_choices_are_seeded_independently(tiny, engine):
+    _, codec = tiny
+    ids = codec.encode(PROMPTS[2])
+    params = SamplingParams(max_tokens=10, temperature=1.0, seed=100, n=3, ignore_eos=True)
+    result = run(engine, [(ids, params)])[0]
+    choices = [result[i]["ids"] for i in range(3)]
+    assert len({tuple(c) for c in choices}) > 1
+    # Choice j of seed s is the single choice of seed s + j.
+    single = SamplingParams(max_tokens=10, temperature=1.0, seed=102, ignore_eos=True)
+    assert run(engine, [(ids, single)])[0][0]["ids"] == choices[2]
+
+
+def test_prompt_logprobs_match_a_direct_forward(tiny, engine):
+    model, codec = tiny
+    ids = codec.encode(PROMPTS[0])
+    result = run(engine, [(ids, SamplingParams(max_tokens=1, temperature=0.0, logprobs=1, prompt_logprobs=1))])[0]
+    prompt = result["prompt"]
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids]))[0].float()
+    expected = torch.log_softmax(logits, -1)
+    assert prompt.logprobs[0] is None and prompt.top_logprobs[0] is None
+    for t in range(1, len(ids)):
+        assert prompt.logprobs[t] == pytest.approx(expected[t - 1, ids[t]].item(), abs=1e-4)
+        best_id, best_lp = prompt.top_logprobs[t][0]
+        assert best_id == int(expected[t - 1].argmax())
+        assert best_lp == pytest.approx(expected[t - 1].max().item(), abs=1e-4)
+    # The generated token's logprob comes from the last prompt position.
+    generated = result[0]["ids"][0]
+    assert generated == int(expected[-1].argmax())
+    assert result[0]["lps"][0] == pytest.approx(expected[-1].max().item(), abs=1e-4)
+
+
+def test_stop_string_truncates_and_finishes(tiny, engine):
+    _, codec = tiny
+    ids = codec.encode(PROMPTS[1])
+    free = run(engine, [(ids, greedy(40))])[0][0]["text"]
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    assert stop and stop in free
+    stopped = run(engine, [(ids, greedy(40, stop=(stop,)))])[0][0]
+    assert stopped["finish"] == "stop"
+    assert stopped["text"] == free[: free.index(stop)]
+
+
+def test_eos_finishes_with_stop(tiny, engine):
+    _, codec = tiny
+    ids = codec.encode(PROMPTS[0])
+    free = run(engine, [(ids, greedy(20))])[0][0]["ids"]
+    # Declare the 4th greedy token an end-of-sequence token: generation must stop right there.
+    engine.codec = TextCodec(codec.hf, {free[3]})
+    try:
+        result = run(engine, [(ids, SamplingParams(max_tokens=20, temperature=0.0))])[0][0]
+    finally:
+        engine.codec = codec
+    assert result["ids"] == free[:4]
+    assert result["finish"] == "stop"
+
+
+def test_cancelled_request_frees_its_slot(tiny, engine):
+    _, codec = tiny
+
+    async def main() -> None:
+        loop, sink = asyncio.get_running_loop(), asyncio.Queue()
+        request = Request(codec.encode(PROMPTS[0]), greedy(200), sink, loop)
+        engine.submit(request)
+        while sink.qsize() < 3:
+            await asyncio.sleep(0.001)
+        request.cancel()
+        for _ in range(2000):
+            if engine.num_running == 0:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the cancelled request still holds a slot")
+
+    asyncio.run(main())
+
+
+def test_a_failing_step_fails_its_requests_not_the_engine(tiny, engine, monkeypatch):
+    _, codec = tiny
+    ids = codec.encode(PROMPTS[0])
+    real_forward = engine._forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated device failure")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward", flaky)
+    failed = run(engine, [(ids, greedy(20))])[0]
+    assert "simulated device failure" in failed["error"]
+    ok = run(engine, [(ids, greedy(5))])[0]
+    assert ok["error"] is None and len(ok[0]["ids"]) == 5
+
+
+def test_int8_weights_stay_close_and_decode(tiny_hf_model_dir: Path):
+    model, _ = load_hf_folder(tiny_hf_model_dir)
+    codec = TextCodec.from_folder(tiny_hf_model_dir)
+    ids = torch.tensor([codec.encode(PROMPTS[0])])
+    with torch.inference_mode():
+        reference = model(ids).float()
+        quantize_int8(model)
+        quantized = model(ids).float()
+    assert isinstance(model.layers["0"].attention.wq, Int8Linear)
+    assert isinstance(model.output, Int8Linear)
+    assert model.tok_embeddings.weight.dtype == torch.float32
+    relative = (quantized - reference).norm() / reference.norm()
+    assert relative < 0.02
+    eng = Engine(model, codec, max_batch=2)
+    eng.start()
+    try:
+        got = run(eng, [(ids[0].tolist(), greedy(8))])[0][0]["ids"]
+    finally:
+        eng.shutdown(timeout=30)
+    assert got == list(generate_tokens(model, ids[0].tolist(), RefParams(max_tokens=8, temperature=0.0)))
+
+
+def test_token_event_fields(tiny, engine):
+    _, codec = tiny
+    events = []
+
+    async def main() -> None:
+        loop, sink = asyncio.get_running_loop(), asyncio.Queue()
+        engine.submit(Request(codec.encode("x"), greedy(3), sink, loop, index=5))
+        while len(events) < 4:
+            events.append(await asyncio.wait_for(sink.get(), 30))
+
+    asyncio.run(main())
+    assert all(isinstance(e, TokenEvent) and e.index == 5 for e in events)
+    assert [e.finish_reason for e in events] == [None, None, None, "length"]
+    assert events[-1].token_id is None
