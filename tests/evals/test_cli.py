@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import tomllib
 
-from evals.stub_openai import Script
 from typer.testing import CliRunner
 
 from autarky.cli import app
+from evals.stub_openai import Script
 
 runner = CliRunner()
 

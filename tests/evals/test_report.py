@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from evals.stub_openai import Script
-
 from autarky.evals.api import evaluate, write_report
+from evals.stub_openai import Script
 
 
 def test_report_renders_sections_and_items(stub_server, store_url, tmp_path):

@@ -89,3 +89,23 @@ def make_gateway(upstream_server, tmp_path, monkeypatch):
     yield factory
     for thread in running:
         thread.stop()
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Just enough TOML for gateway configs (tables of scalars and lists), for subprocess tests."""
+    import json
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{prefix}.{k}" if prefix else k
+            lines.append(f"\n[{name}]")
+            lines.append(to_toml(v, name))
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ import pytest
 from autarky.plan.planner import PlanRequest, plan
 
 
+@pytest.mark.slow  # builds the shared session run `tiny_run_dir` when train tests have not
 def test_plan_on_this_machine_predicts_the_measured_speed(tiny_run_dir):
     rows = sorted((json.loads(line) for line in (tiny_run_dir / "metrics.jsonl").read_text().splitlines()
                    if line.strip()), key=lambda r: r["step"])

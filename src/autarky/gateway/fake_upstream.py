@@ -6,11 +6,15 @@ Faults are scripted per model (`faults.script("m", "500", "429:1", "ok")`) or se
   ok | latency:S | 500 | 503 | 429:S (Retry-After S) | 400 | reset (drop the connection mid-body) |
   malformed (invalid JSON) | stall:S (stream: first chunk, then silence for S) | die:N (stream: N chunks then
   drop the connection) | inband (stream: an in-band error event after one chunk)
+`Faults(chaos=0.2, seed=5)` also picks a random fault from CHAOS for that share of unscripted requests.
+Run it standalone with `python -m autarky.gateway.fake_upstream --port 9000 [--chaos 0.2] [--seed 5]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import random
 import threading
 import time
 import uuid
@@ -22,9 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+CHAOS = ("500", "503", "reset", "429:0", "malformed", "die:2", "inband", "latency:0.02")
+
 
 class Faults:
-    def __init__(self) -> None:
+    def __init__(self, chaos: float = 0.0, seed: int = 0) -> None:
+        self.chaos = chaos
+        self.rng = random.Random(seed)
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.default: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (path, model) in arrival order
@@ -40,6 +48,8 @@ class Faults:
             queue = self.scripts.get(model)
             if queue:
                 return queue.popleft()
+            if self.chaos and self.rng.random() < self.chaos:
+                return self.rng.choice(CHAOS)
             return self.default.get(model, self.default.get("*", "ok"))
 
     def reset(self) -> None:
@@ -219,3 +229,23 @@ def make_app(faults: Faults | None = None, max_words: int = 8) -> Starlette:
     ])
     app.state.faults = faults
     return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="a misbehaving OpenAI/Anthropic-compatible test upstream")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--chaos", type=float, default=0.0, help="share of requests that get a random fault")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    args = parser.parse_args()
+    faults = Faults(args.chaos, args.seed)
+    if args.latency:
+        faults.default["*"] = f"latency:{args.latency}"
+    uvicorn.run(make_app(faults), host="127.0.0.1", port=args.port, log_level="critical", access_log=False,
+                loop="uvloop", http="httptools")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from autarky.gateway.app import Gateway
@@ -76,3 +80,37 @@ def start_gateway(config: GatewayConfig | str | Path, port: int | None = None) -
         config = load_config(config)
     gateway = Gateway(config)
     return gateway, ServerThread(gateway.app, port).start()
+
+
+def wait_for_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers (any status); raise if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def start_gateway_process(config: str | Path, port: int | None = None, env: dict[str, str] | None = None,
+                          log_level: str = "warning") -> tuple[subprocess.Popen, str]:
+    """`autarky gateway` as a subprocess on 127.0.0.1; returns (process, base URL) once it answers.
+    Stop it with `proc.terminate(); proc.wait()`: SIGTERM drains in-flight requests and flushes the ledger."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autarky", "gateway", "--config", str(config), "--port", str(port),
+         "--log-level", log_level],
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", proc=proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url

@@ -88,7 +88,7 @@ def import_gguf(gguf_path: Path, home: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=models_dir))
     try:
         _convert(gguf_path, tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
         try:
             os.replace(tmp, out_dir)
         except OSError:

@@ -240,6 +240,7 @@ def save_hf_folder(model: Llama, tokenizer_dir: Path, out_dir: Path, dtype: torc
         _write_json(tmp / "config.json", hf_config_dict(cfg, bos, eos[0] if len(eos) == 1 else eos, dtype))
         _write_json(tmp / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
         save_file(hf_state_dict(model, dtype), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

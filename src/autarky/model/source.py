@@ -49,7 +49,12 @@ def exported_run_folder(run_dir: Path, step: int | None = None) -> Path:
     out_dir = autarky_home() / "exports" / f"{run_dir.name}-{key}-step-{ckpt.step}"
     if out_dir.is_dir() and any(out_dir.iterdir()):  # folders appear complete or not at all (atomic rename)
         return out_dir
-    return export_run(run_dir, out_dir, ckpt.step)[0]
+    try:
+        return export_run(run_dir, out_dir, ckpt.step)[0]
+    except (OSError, UserError):
+        if out_dir.is_dir() and any(out_dir.iterdir()):  # another process exported it at the same moment
+            return out_dir
+        raise
 
 
 def load_model(spec: str | Path, step: int | None = None, dtype: torch.dtype = torch.float32,

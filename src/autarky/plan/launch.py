@@ -28,7 +28,7 @@ def launch_script(result: PlanResult, data_dir: str = "data/", run_dir: str = "r
     batch = planned_batch if planned_batch % trainer_dp == 0 else trainer_dp * lay["micro_batch"]
     step_time = d["step_time_s"] * batch / planned_batch
     steps = math.ceil(d["tokens"] / (batch * model["seq_len"]))
-    ckpt_every = max(1, round(d["checkpoint_interval_min"] * 60 / step_time))
+    ckpt_every = min(steps, max(1, round(d["checkpoint_interval_min"] * 60 / step_time)))
     train = ["autarky", "train", "--preset", model["name"], "--data", data_dir, "--out", run_dir,
              "--steps", str(steps), "--batch-size", str(batch), "--seq-len", str(model["seq_len"]),
              "--ckpt-every", str(ckpt_every), "--tp", str(lay["tp"]), "--resume", "auto"]

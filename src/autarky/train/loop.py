@@ -6,19 +6,17 @@ import os
 import shutil
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
-from autarky.model.llama import Llama, flops_per_token
+from autarky.model.llama import Llama, flops_per_token, parameter_count
 from autarky.train.batches import WindowSampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint
 from autarky.train.config import TrainConfig, dump_config
@@ -27,16 +25,17 @@ from autarky.train.parallelize import (
     all_reduce_mean,
     any_rank,
     barrier,
-    clip_grad_norm,
     dp_group,
     init_process_group,
     parallelize,
 )
 from autarky.train.prepare import CONFIG_FILE, RunPlan, prepare
 from autarky.train.schedule import lr_at
+from autarky.train.step import autocast_for, build_optimizer, next_token_loss, train_step
 
 CRASH_ENV = "AUTARKY_CRASH_AT_STEP"  # test hook: SIGKILL one rank after this step (first attempt only)
 CRASH_RANK_ENV = "AUTARKY_CRASH_RANK"
+_FULL_INIT_MAX_PARAMS = 2_000_000_000  # above this, a multi-rank run initialises shards on the meta device
 
 
 @dataclass(frozen=True)
@@ -105,12 +104,9 @@ class _Trainer:
         barrier(self.topo.world)
 
         torch.manual_seed(self.cfg.run.seed)
-        model = Llama(plan.model_cfg)
-        model.init_weights(self.cfg.run.seed)  # on CPU with a seeded generator: identical for every world size
-        model.to(self.device)
-        self.model = parallelize(model, mesh, compile=self.cfg.parallel.compile, bf16=self.bf16)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = _build_optimizer(self.model, self.cfg, self.device)
+        self.model = self._build_model(mesh)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
+        self.autocast = autocast_for(self.device, self.bf16)
         self.fsdp = mesh is not None and mesh["dp"].size() > 1
 
         d = self.cfg.data
@@ -122,6 +118,21 @@ class _Trainer:
         self.flops_per_token = flops_per_token(plan.model_cfg, d.seq_len)
         self.peak, self.device_name = peak_flops(self.device)
 
+    def _build_model(self, mesh: Any) -> torch.nn.Module:
+        cfg, compile_ = self.plan.model_cfg, self.cfg.parallel.compile
+        if mesh is None or parameter_count(cfg) <= _FULL_INIT_MAX_PARAMS:
+            model = Llama(cfg)
+            model.init_weights(self.cfg.run.seed)  # seeded CPU generator: the same weights for every world size
+            model.to(self.device)
+            return parallelize(model, mesh, compile=compile_, bf16=self.bf16)
+        # Too big to materialise on every rank: shard on the meta device, then allocate and init only the shards.
+        with torch.device("meta"):
+            model = Llama(cfg)
+        model = parallelize(model, mesh, compile=compile_, bf16=self.bf16)
+        model.to_empty(device=self.device)
+        model.init_weights()  # type: ignore[operator]  # DTensor-aware random init from the seeded global RNG
+        return model
+
     def _write_run_dir(self) -> None:
         run_dir = self.plan.run_dir
         (run_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
@@ -129,36 +140,16 @@ class _Trainer:
         for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):  # so the run dir alone can be exported
             shutil.copyfile(self.plan.data_dir / name, run_dir / "tokenizer" / name)
 
-    def _autocast(self) -> Any:
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            logits = self.model(inputs)  # (b, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
     def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
-        """One optimizer step; returns (this rank's mean loss, global grad norm before clipping)."""
-        micro_batches = self.train_windows.step_batches(step, self.device)
-        accum = len(micro_batches)
-        loss_sum = torch.zeros((), device=self.device)
-        for i, (inputs, targets) in enumerate(micro_batches):
-            if self.fsdp and accum > 1:
-                self.model.set_requires_gradient_sync(i == accum - 1)  # reduce-scatter once per step
-            loss = self._loss(inputs, targets)
-            (loss / accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = clip_grad_norm(self.params, self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / accum, grad_norm
+        batches = self.train_windows.step_batches(step, self.device)
+        return train_step(self.model, self.optimizer, batches, grad_clip=self.cfg.optim.grad_clip,
+                          autocast=self.autocast, fsdp=self.fsdp)  # fmt: skip
 
     @torch.no_grad()
     def _evaluate(self) -> float:
         self.model.eval()
-        losses = [self._loss(x, y) for x, y in self.val_windows.val_batches(self.cfg.data.eval_batches, self.device)]
+        batches = self.val_windows.val_batches(self.cfg.data.eval_batches, self.device)
+        losses = [next_token_loss(self.model, x, y, self.autocast) for x, y in batches]
         self.model.train()
         return float(all_reduce_mean(torch.stack(losses).mean(), self.dp_group))
 
@@ -247,26 +238,6 @@ def _progress(console: Console, enabled: bool) -> Progress:
         TimeRemainingColumn(elapsed_when_finished=True),
         console=console, disable=not (enabled and console.is_terminal),
     )  # fmt: skip
-
-
-def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only. Params on different DTensor meshes (TP vs FSDP-only) go to
-    separate groups, because one foreach/fused kernel call cannot mix meshes."""
-    from torch.distributed.tensor import DTensor
-
-    groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
-    meshes: list[Any] = []
-    for p in model.parameters():
-        mesh = p.device_mesh if isinstance(p, DTensor) else None
-        if mesh not in meshes:
-            meshes.append(mesh)
-        groups.setdefault((p.ndim >= 2, meshes.index(mesh)), []).append(p)
-    o = cfg.optim
-    param_groups = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0}
-                    for (decay, _), ps in groups.items()]  # fmt: skip
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                             fused=fused, foreach=not fused)  # fmt: skip
 
 
 def _maybe_crash(step: int, rank: int, world: int) -> None:

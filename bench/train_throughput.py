@@ -1,0 +1,159 @@
+"""Training tokens/s: autarky's train step vs the same model as `transformers.LlamaForCausalLM`, side by side.
+
+Like for like: the same shape (ModelConfig → LlamaConfig via autarky.model.hf), the same initial weights (copied,
+and the first losses are checked to agree), the same batch, sequence length, dtype, threads, AdamW hyper-
+parameters and gradient clipping. What differs is each side's own code path:
+  ours      autarky.train.step.train_step: our Llama, SDPA, fp32 loss, foreach AdamW (fused on CUDA)
+  baseline  the standard Hugging Face recipe: model(input_ids, labels=...) → .loss, torch.optim.AdamW with
+            its defaults (what transformers.Trainer's "adamw_torch" builds), clip_grad_norm_
+The two alternate in rounds so background load hits both alike; the median round of each is reported.
+
+    .venv/bin/python bench/train_throughput.py                    # nano, CPU
+    .venv/bin/python bench/train_throughput.py --compile          # both sides torch.compile'd
+    .venv/bin/python bench/train_throughput.py --gpu-presets small,1b   # on CUDA: bf16, tokens/s and MFU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from autarky.model.hf import hf_config_dict, to_hf_name
+from autarky.model.llama import Llama, ModelConfig, flops_per_token
+from autarky.model.sizes import preset
+from autarky.train.config import OptimSection
+from autarky.train.metrics import peak_flops
+from autarky.train.step import autocast_for, build_optimizer, train_step
+
+OPTIM = OptimSection(lr=1e-3)  # our defaults otherwise (betas, eps, weight decay, clip 1.0)
+
+
+def build_pair(cfg: ModelConfig, device: torch.device, compile_: bool) -> tuple[Llama, torch.nn.Module]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ours = Llama(cfg)
+    ours.init_weights(0)
+    hf_cfg = LlamaConfig(**hf_config_dict(cfg, bos_token_id=0, eos_token_id=0, dtype=torch.float32))
+    hf_cfg._attn_implementation = "sdpa"
+    theirs = LlamaForCausalLM(hf_cfg)
+    weights = {to_hf_name(k): v for k, v in ours.state_dict().items()}
+    missing, unexpected = theirs.load_state_dict(weights, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    ours.to(device).train()
+    theirs.to(device).train()
+    if compile_:
+        for block in ours.layers.values():
+            block.compile()
+        for layer in theirs.model.layers:
+            layer.compile()
+    return ours, theirs
+
+
+def ours_step(model: Llama, device: torch.device, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    optimizer = build_optimizer(model, OPTIM, device)
+    autocast = autocast_for(device, bf16)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        loss, _ = train_step(model, optimizer, [(inputs, targets)], grad_clip=OPTIM.grad_clip, autocast=autocast)
+        return loss.item()
+
+    return step
+
+
+def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), eps=OPTIM.eps)  # fmt: skip
+    device_type = next(model.parameters()).device.type
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            # shift_labels: HF's loss takes the targets as given, so both sides score the same T tokens.
+            loss = model(input_ids=inputs, labels=inputs, shift_labels=targets.contiguous()).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *, bf16: bool, compile_: bool,
+            rounds: int, steps: int, warmup: int) -> dict[str, float]:  # fmt: skip
+    ours, theirs = build_pair(cfg, device, compile_)
+    gen = torch.Generator().manual_seed(0)
+    windows = torch.randint(0, cfg.vocab_size, (steps + warmup, batch, seq_len + 1), generator=gen).to(device)
+    steps_by_name = {"ours": ours_step(ours, device, bf16), "hf": hf_step(theirs, bf16)}
+    first = {name: fn(windows[0, :, :-1], windows[0, :, 1:]) for name, fn in steps_by_name.items()}
+    if abs(first["ours"] - first["hf"]) > (2e-2 if bf16 else 1e-4):
+        raise SystemExit(f"not the same model: first losses differ {first}")
+    for name, fn in steps_by_name.items():
+        for w in windows[1:warmup]:
+            fn(w[:, :-1], w[:, 1:])
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(rounds):
+        for name, fn in steps_by_name.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for w in windows[warmup:]:
+                fn(w[:, :-1], w[:, 1:])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: batch * seq_len / statistics.median(t) for name, t in times.items()}
+
+
+def report(label: str, cfg: ModelConfig, seq_len: int, tps: dict[str, float], peak: float) -> None:
+    fpt = flops_per_token(cfg, seq_len)
+    for name, value in tps.items():
+        print(f"  {label:<6} {name:<5} {value:>12,.0f} tokens/s   MFU {value * fpt / peak:6.1%}")
+    print(f"  {label:<6} ratio ours/hf = {tps['ours'] / tps['hf']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block of both models")
+    parser.add_argument("--gpu-presets", default="small,1b", help="presets measured in bf16 when CUDA is present")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    peak, device_name = peak_flops(cpu)
+    cfg = preset(args.preset)
+    print(f"{args.preset} ({cfg.dim}d × {cfg.n_layers} layers, vocab {cfg.vocab_size}), batch {args.batch_size} × "
+          f"{args.seq_len} tokens, fp32, compile={args.compile}; {device_name}, peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    tps = measure(cfg, args.batch_size, args.seq_len, cpu, bf16=False, compile_=args.compile,
+                  rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
+    report("cpu", cfg, args.seq_len, tps, peak)
+
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda", 0)
+        gpu_peak, gpu_name = peak_flops(gpu)
+        shapes = {"small": (16, 1024), "1b": (4, 2048)}
+        for name in args.gpu_presets.split(","):
+            cfg = preset(name)
+            batch, seq_len = shapes.get(name, (4, 1024))
+            print(f"{name} on {gpu_name}: bf16 autocast, batch {batch} × {seq_len}, compile={args.compile}, "
+                  f"peak {gpu_peak / 1e12:.0f} TFLOP/s")  # fmt: skip
+            tps = measure(cfg, batch, seq_len, gpu, bf16=True, compile_=args.compile,
+                          rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
+            report(name, cfg, seq_len, tps, gpu_peak)
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

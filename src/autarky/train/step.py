@@ -1,0 +1,113 @@
+"""One optimizer step and the optimizer itself: shared by the loop and bench/train_throughput.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autarky.train.config import OptimSection
+from autarky.train.parallelize import clip_grad_norm
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # inputs, targets: (b, T) each
+
+
+def autocast_for(device: torch.device, bf16: bool) -> Callable[[], AbstractContextManager[Any]]:
+    """bf16 autocast (fp32 master weights, fp32 loss) or nothing."""
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+class FusedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose gradient, softmax − one-hot, is produced during the forward pass, a cache-sized
+    block of rows at a time, in fp32 whatever the logits' dtype.
+
+    The usual log_softmax + nll_loss pair sweeps the (N, V) logits about six times (max, exp-sum, write
+    log-probs; then a zero-filled (N, V) nll gradient and a log_softmax backward with another exp) and keeps
+    the log-probs alive; here each block is read once from memory and the rest happens in cache. Same value
+    and gradient as F.cross_entropy (tests/train/test_step.py). No ignore_index; no double backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (N, V), (N,)
+        n, vocab = logits.shape
+        grad = torch.empty_like(logits)
+        losses = torch.empty(n, device=logits.device, dtype=torch.float32)
+        budget = (1 << 30) if logits.is_cuda else (1 << 20)  # bytes of fp32 work per block: L2 on CPU
+        rows = max(1, budget // (4 * vocab))
+        for start in range(0, n, rows):
+            x = logits[start : start + rows].float()  # (r, V)
+            t = targets[start : start + rows, None]  # (r, 1)
+            peak = x.amax(dim=1, keepdim=True)
+            p = (x - peak).exp_()
+            total = p.sum(dim=1, keepdim=True)
+            losses[start : start + rows] = (peak + total.log() - x.gather(1, t)).squeeze(1)
+            p.div_(total).scatter_add_(1, t, torch.full_like(t, -1, dtype=p.dtype))
+            grad[start : start + rows] = p
+        ctx.save_for_backward(grad)
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_output / grad.shape[0]), None  # in place: the buffer is used exactly once
+
+
+def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> torch.Tensor:  # fmt: skip
+    """Mean cross-entropy of the model's logits against the targets (taken in fp32)."""
+    with autocast():
+        logits = model(inputs)  # (b, T, V)
+    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
+    if torch.is_grad_enabled() and flat_logits.requires_grad:
+        return FusedCrossEntropy.apply(flat_logits, flat_targets)
+    return F.cross_entropy(flat_logits.float(), flat_targets)
+
+
+def build_optimizer(model: nn.Module, optim: OptimSection, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused on CUDA and foreach elsewhere; weight decay on matrices only. Params on different DTensor
+    meshes (TP vs FSDP-only) go to separate groups, because one foreach/fused kernel call cannot mix meshes."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[tuple[bool, int], list[nn.Parameter]] = {}
+    meshes: list[Any] = []
+    for p in model.parameters():
+        mesh = p.device_mesh if isinstance(p, DTensor) else None
+        if mesh not in meshes:
+            meshes.append(mesh)
+        groups.setdefault((p.ndim >= 2, meshes.index(mesh)), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": optim.weight_decay if decay else 0.0}
+                    for (decay, _), ps in groups.items()]  # fmt: skip
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=fused, foreach=not fused)  # fmt: skip
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[Batch],
+    *,
+    grad_clip: float,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    fsdp: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Accumulate gradients over the micro-batches, clip, step; returns (mean loss, grad norm before clipping)."""
+    accum = len(micro_batches)
+    loss_sum = torch.zeros((), device=micro_batches[0][0].device)
+    for i, (inputs, targets) in enumerate(micro_batches):
+        if fsdp and accum > 1:
+            model.set_requires_gradient_sync(i == accum - 1)  # type: ignore[operator]  # reduce-scatter once
+        loss = next_token_loss(model, inputs, targets, autocast)
+        (loss / accum).backward()
+        loss_sum += loss.detach()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = clip_grad_norm(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / accum, grad_norm
