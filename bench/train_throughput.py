@@ -6,7 +6,8 @@ parameters and gradient clipping. What differs is each side's own code path:
   ours      autarky.train.step.train_step: our Llama, SDPA, fp32 loss, foreach AdamW (fused on CUDA)
   baseline  the standard Hugging Face recipe: model(input_ids, labels=...) → .loss, torch.optim.AdamW with
             its defaults (what transformers.Trainer's "adamw_torch" builds), clip_grad_norm_
-The two alternate in rounds so background load hits both alike; the median round of each is reported.
+The two alternate in short rounds so background load hits both alike; each side's best round is reported
+(as timeit does: on a shared machine the minimum is the least disturbed measurement).
 
     .venv/bin/python bench/train_throughput.py                    # nano, CPU
     .venv/bin/python bench/train_throughput.py --compile          # both sides torch.compile'd
@@ -16,7 +17,6 @@ The two alternate in rounds so background load hits both alike; the median round
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -94,7 +94,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *,
     first = {name: fn(windows[0, :, :-1], windows[0, :, 1:]) for name, fn in steps_by_name.items()}
     if abs(first["ours"] - first["hf"]) > (2e-2 if bf16 else 1e-4):
         raise SystemExit(f"not the same model: first losses differ {first}")
-    for name, fn in steps_by_name.items():
+    for fn in steps_by_name.values():
         for w in windows[1:warmup]:
             fn(w[:, :-1], w[:, 1:])
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
@@ -108,7 +108,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *,
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times[name].append((time.perf_counter() - start) / steps)
-    return {name: batch * seq_len / statistics.median(t) for name, t in times.items()}
+    return {name: batch * seq_len / min(t) for name, t in times.items()}
 
 
 def report(label: str, cfg: ModelConfig, seq_len: int, tps: dict[str, float], peak: float) -> None:
@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile each block of both models")
     parser.add_argument("--gpu-presets", default="small,1b", help="presets measured in bf16 when CUDA is present")

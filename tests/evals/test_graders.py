@@ -23,6 +23,8 @@ def test_exact_match_normalizes():
     assert grade("exact-match", {"answers": ["1,200"]}, "1200.0").score == 1.0
     assert grade("exact-match", {"answers": ["-3"]}, "3").score == 0.0
     assert normalize_answer("An Apple!") == "apple"
+    sentence = grade("exact-match", item, "The capital of France is Paris.")
+    assert sentence.score == 0.0 and sentence.metrics["contains_answer"] == 1.0
 
 
 def test_python_tests_every_reference_passes_and_wrong_code_fails():
@@ -77,6 +79,7 @@ def test_code_completion_next_line():
     g = grade("code-completion", item, "    return a + b", {"bits_per_byte": 1.5})
     assert g.score == 1.0 and g.metrics == {"bits_per_byte": 1.5}
     assert grade("code-completion", item, "    return a - b").score == 0.0
+    assert grade("code-completion", item, "\n\n    return a + b\n    print(1)").score == 1.0  # first non-blank line
 
 
 def test_sandbox_times_out():

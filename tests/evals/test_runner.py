@@ -110,3 +110,37 @@ def test_long_prompts_are_cut_from_the_left_to_fit_a_short_context(stub_server, 
     echo = [r for r in stub.script.requests if r.get("echo")]
     assert len(echo[-1]["prompt"]) + 1 <= limit and echo[-1]["prompt"].endswith(item["body"])
     assert item["prompt"].endswith(echo[-1]["prompt"][: -len(item["body"])])  # only the left of the prompt was cut
+
+
+def test_prices_and_in_house_flags_from_a_gateway_config(stub_server, store_url, tmp_path):
+    from autarky.evals.results import model_info
+
+    stub = stub_server(Script(answer=qa_answers))
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[providers.local]
+base_url = "{stub.base_url}"
+in_house = true
+[providers.partner]
+base_url = "{stub.base_url}"
+[models.ours]
+provider = "local"
+[models.theirs]
+provider = "partner"
+usd_per_1m_input = 0.15
+usd_per_1m_output = 0.6
+""")
+    evaluate({"ours": stub.base_url, "theirs": stub.base_url}, ["chat-qa"], limit=1, store_url=store_url,
+             progress=False, gateway_config=config, prices={"ours": "0.01:0.02"})
+    info = model_info(open_store(store_url))
+    assert info["ours"]["in_house"] and not info["theirs"]["in_house"]
+    assert (info["theirs"]["usd_in_per_1m"], info["theirs"]["usd_out_per_1m"]) == (0.15, 0.6)
+    assert info["theirs"]["provider"] == "partner"
+    assert info["ours"]["usd_in_per_1m"] == 0.01  # an explicit --price wins over the config
+
+
+def test_max_tokens_cap_bounds_every_request(stub_server, store_url):
+    stub = stub_server(Script(answer=qa_answers))
+    evaluate({"m": stub.base_url}, ["python-functions", "chat-qa"], limit=2, store_url=store_url, progress=False,
+             max_tokens_cap=16)
+    assert sorted(r["max_tokens"] for r in stub.script.requests) == [16, 16, 16, 16]  # python-functions asks 384

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import copy
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from autarky.gateway.app import Gateway
 from autarky.gateway.config import parse_config
 from autarky.gateway.fake_upstream import Faults, make_app
-from autarky.gateway.server import ServerThread
+from autarky.gateway.server import ServerThread, free_port
 
 MASTER = "sk-master-test-0123456789abcdef"
 
@@ -109,3 +117,48 @@ def to_toml(data: dict, prefix: str = "") -> str:
             lines.append(f"\n[{name}]")
             lines.append(to_toml(v, name))
     return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL from the Debian package (as user postgres when we are root), one per session.
+    Yields a SQLAlchemy URL to its `postgres` database; stopped and deleted at the end."""
+    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdbs:
+        raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does it)")
+    bindir = Path(initdbs[-1]).parent
+    base = Path(tempfile.mkdtemp(prefix="autarky-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        shutil.chown(base, user)
+        run_as = ["runuser", "-u", user, "--"]
+    data, port = base / "data", free_port()
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+    options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               "-c full_page_writes=off -c max_connections=200")
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"),
+                    "-w", "-t", "60", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_store(postgres_server) -> str:
+    """A fresh database on the shared server for one test."""
+    import psycopg
+
+    name = "t_" + secrets.token_hex(6)
+    dsn = postgres_server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.rsplit("/", 1)[0] + "/" + name

@@ -97,3 +97,25 @@ def test_budget_is_enforced_before_the_request(make_gateway, faults):
     gw.ledger.flush()
     [row] = list_keys(gw.engine)
     assert row["spent_usd"] == pytest.approx(0.038) and row["reserved_usd"] == pytest.approx(0.0)
+
+
+def test_failed_requests_release_their_reservation(make_gateway, faults):
+    gw, url = make_gateway(require_keys=True, retry={"max_retries": 0}, breaker={"failure_threshold": 100})
+    key, _ = create_key(gw.engine, "t", budget_usd=0.03)  # room for one gpt reservation (~$0.028) at a time
+    faults.default["gpt-up"] = "503"
+    assert [chat(url, key, model="gpt", max_tokens=8).status_code for _ in range(3)] == [502, 502, 502]
+    faults.default["gpt-up"] = "ok"
+    assert chat(url, key, model="gpt", max_tokens=8).status_code == 200  # nothing was left reserved
+
+
+def test_anthropic_sdk_authenticates_with_x_api_key(make_gateway, faults):
+    import anthropic
+
+    gw, url = make_gateway(require_keys=True)
+    key, _ = create_key(gw.engine, "t")
+    msg = anthropic.Anthropic(base_url=url, api_key=key).messages.create(
+        model="small", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text.endswith("small-up")
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=url, api_key="sk-ak-wrong", max_retries=0).messages.create(
+            model="small", max_tokens=3, messages=[{"role": "user", "content": "hi"}])

@@ -26,26 +26,28 @@ def ledger_rows(gw):
         return conn.execute(select(gateway_usage)).all()
 
 
-async def burst(url: str, n: int, concurrency: int, key: str | None = None) -> list[tuple[str, int]]:
-    """n requests (chat, streamed chat, Anthropic messages) from `concurrency` workers -> (request id, status)."""
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+async def burst(url: str, n: int, concurrency: int) -> list[tuple[str, int]]:
+    """n requests (chat, streamed chat, Anthropic messages) from `concurrency` workers -> (request id, status).
+    aiohttp rather than httpx as the load generator: it needs a tenth of the CPU on these 2 shared cores."""
+    import aiohttp
+
     results: list[tuple[str, int]] = []
     counter = iter(range(n))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, headers=headers) as client:
+    async with aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def worker() -> None:
             for i in counter:
                 kind = i % 4
                 if kind == 3:
-                    r = await client.post("/v1/messages", json={"model": "task:spreadsheet", "max_tokens": 4,
-                                                                "messages": [{"role": "user", "content": "hi"}]})
-                    results.append((r.headers.get("x-autarky-request-id", ""), r.status_code))
-                    continue
-                body = {"model": "task:spreadsheet", "messages": [{"role": "user", "content": f"row {i}"}],
-                        "max_tokens": 4, "stream": kind == 2}
-                async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-                    text = (await r.aread()).decode()
-                    status = r.status_code
+                    path, body = "/v1/messages", {"model": "task:spreadsheet", "max_tokens": 4,
+                                                  "messages": [{"role": "user", "content": "hi"}]}
+                else:
+                    path, body = "/v1/chat/completions", {"model": "task:spreadsheet", "max_tokens": 4,
+                                                          "messages": [{"role": "user", "content": f"row {i}"}],
+                                                          "stream": kind == 2}
+                async with session.post(path, json=body) as r:
+                    text = (await r.read()).decode()
+                    status = r.status
                     if status == 200 and kind == 2 and '"error"' in text:
                         status = 502  # an in-band error: the ledger records it as a failed request
                     results.append((r.headers.get("x-autarky-request-id", ""), status))
@@ -75,7 +77,7 @@ def test_load_with_faults_loses_no_ledger_row(tmp_path):
         finally:
             elapsed = time.monotonic() - start
             gateway.send_signal(signal.SIGTERM)  # graceful: drain, then flush the ledger
-            assert gateway.wait(60) == 0
+            assert gateway.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
     finally:
         upstream.terminate()
         upstream.wait()
@@ -111,7 +113,10 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_flushes(make_gateway,
     threads = [threading.Thread(target=call) for _ in range(20)]
     for t in threads:
         t.start()
-    time.sleep(0.25)  # all 20 are now waiting on the upstream
+    deadline = time.monotonic() + 20
+    while len(faults.calls) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(faults.calls) == 20  # all 20 are now in flight, waiting on the upstream
     server.stop()
     for t in threads:
         t.join()
@@ -133,4 +138,4 @@ def test_prompts_stored_only_for_opted_in_teams(make_gateway, faults):
     stored = [r for r in rows if r.content]
     assert len(rows) == 4 and {r.team for r in stored} == {"recorder"} and len(stored) == 2
     assert all(secret in r.content and "small-up" in r.content for r in stored)
-    assert all(r.prompt_tokens == 6 and r.completion_tokens == 8 for r in rows)
+    assert all(r.prompt_tokens == 5 and r.completion_tokens == 8 for r in rows)  # streamed ones too

@@ -192,3 +192,17 @@ def test_client_disconnect_cancels_the_upstream_stream(make_gateway, faults):
     with gw.engine.connect() as conn:
         row = conn.execute(select(gateway_usage.c.status, gateway_usage.c.latency_ms)).one()
     assert row.status == 499 and row.latency_ms < 10_000
+
+
+def test_client_disconnect_cancels_a_non_streamed_call(make_gateway, faults):
+    gw, url = make_gateway()
+    faults.script("small-up", "latency:30")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", timeout=0.5, json={"model": "small", "messages": MESSAGES})
+    wait_for_ledger(gw, 1)
+    from sqlalchemy import select
+
+    from autarky.store.gateway_tables import gateway_usage
+    with gw.engine.connect() as conn:
+        row = conn.execute(select(gateway_usage.c.status, gateway_usage.c.latency_ms)).one()
+    assert row.status == 499 and row.latency_ms < 5_000  # gave up on the upstream at once, not after 30 s

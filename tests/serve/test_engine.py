@@ -16,6 +16,8 @@ from autarky.serve.quantize import Int8Linear, quantize_int8
 from autarky.serve.sampling import SamplingParams
 from autarky.serve.text import TextCodec
 
+pytestmark = pytest.mark.timeout(120)
+
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, item):", "x = [1, 2"]
 
 
@@ -65,10 +67,9 @@ def run(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], stagger_af
         sinks = [asyncio.Queue() for _ in jobs]
         first = Request(jobs[0][0], jobs[0][1], sinks[0], loop)
         engine.submit(first)
+        while sinks[0].qsize() < stagger_after:  # nobody reads sink 0 yet, so its size counts events
+            await asyncio.sleep(0.001)
         tasks = [asyncio.ensure_future(_collect(sinks[0], jobs[0][1].n))]
-        if stagger_after:
-            while engine.num_running == 0 or sinks[0].qsize() < stagger_after:
-                await asyncio.sleep(0.001)
         for (ids, params), sink in zip(jobs[1:], sinks[1:], strict=True):
             engine.submit(Request(ids, params, sink, loop))
             tasks.append(asyncio.ensure_future(_collect(sink, params.n)))
@@ -164,14 +165,17 @@ def test_stop_string_truncates_and_finishes(tiny, engine):
 def test_eos_finishes_with_stop(tiny, engine):
     _, codec = tiny
     ids = codec.encode(PROMPTS[0])
-    free = run(engine, [(ids, greedy(20))])[0][0]["ids"]
-    # Declare the 4th greedy token an end-of-sequence token: generation must stop right there.
-    engine.codec = TextCodec(codec.hf, {free[3]})
+    sampled = SamplingParams(max_tokens=20, temperature=1.0, seed=3, ignore_eos=True)
+    free = run(engine, [(ids, sampled)])[0][0]["ids"]
+    fresh = [i for i in range(1, len(free)) if free[i] not in free[:i]]
+    # Declare the first token not generated before an end-of-sequence token: the same seed stops right there.
+    k = fresh[0]
+    engine.codec = TextCodec(codec.hf, {free[k]})
     try:
-        result = run(engine, [(ids, SamplingParams(max_tokens=20, temperature=0.0))])[0][0]
+        result = run(engine, [(ids, SamplingParams(max_tokens=20, temperature=1.0, seed=3))])[0][0]
     finally:
         engine.codec = codec
-    assert result["ids"] == free[:4]
+    assert result["ids"] == free[: k + 1]
     assert result["finish"] == "stop"
 
 

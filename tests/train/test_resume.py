@@ -13,7 +13,7 @@ import pytest
 
 from autarky.train import read_metrics, train
 from autarky.train.checkpoint import complete_checkpoints, find_checkpoint
-from fixtures.train import losses, parity_config, run_cli, write_config
+from fixtures.train import losses, parity_config, run_cli, single_thread, write_config
 
 
 @pytest.mark.slow
@@ -28,7 +28,8 @@ def test_sigkill_then_resume_logs_exactly_the_uninterrupted_losses(
     assert [c.step for c in complete_checkpoints(out)] == [3]
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
 
-    summary = train(parity_config(tiny_data_dir, out, **{"checkpoint.resume": "auto"}))
+    with single_thread():
+        summary = train(parity_config(tiny_data_dir, out, **{"checkpoint.resume": "auto"}))
     assert summary.step == 6
     resumed, reference = read_metrics(out), read_metrics(parity_run)
     assert losses(resumed) == losses(reference)  # exactly: same bits, not just close
@@ -61,7 +62,8 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_stops(tiny_data_dir: Path,
 
     before = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=send_sigterm_after_first_row, daemon=True).start()
-    summary = train(cfg)
+    with single_thread():
+        summary = train(cfg)
     assert summary.stopped_by == signal.SIGTERM and 1 <= summary.step < 100
     assert [c.step for c in complete_checkpoints(out)] == [summary.step]
     assert signal.getsignal(signal.SIGTERM) is before  # our handler was removed again

@@ -62,6 +62,23 @@ def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[st
     return specs
 
 
+def gateway_defaults(path: str | Path, names: Iterable[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:
+    """Prices, in-house flags and providers of `names` as a gateway.toml declares them (explicit flags win)."""
+    from autarky.gateway.config import load_config
+
+    config = load_config(path)
+    prices, in_house, providers = {}, set(), {}
+    for name in names:
+        model = config.models.get(name)
+        if model is None:
+            continue
+        prices[name] = f"{model.usd_per_1m_input}:{model.usd_per_1m_output}"
+        providers[name] = model.provider
+        if config.providers[model.provider].in_house:
+            in_house.add(name)
+    return prices, in_house, providers
+
+
 def api_key_from_env(var: str | None) -> str:
     if not var:
         return ""
@@ -84,8 +101,10 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
              store_url: str | None = None, concurrency: int = 4, in_house: Iterable[str] = (),
              prices: dict[str, str] | None = None, modes: dict[str, str] | None = None, api_key: str = "",
              providers: dict[str, str] | None = None, data_dir: str | Path | None = None, progress: bool = True,
-             fresh: bool = False, retries: int = 3, timeout_s: float = 120.0) -> RunSummary:
-    """Run `suites` (default: every bundled suite) against `models` ({NAME: URL}); results go to the store."""
+             fresh: bool = False, retries: int = 3, timeout_s: float = 120.0,
+             gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> RunSummary:
+    """Run `suites` (default: every bundled suite) against `models` ({NAME: URL}); results go to the store.
+    Prices, in-house flags and providers come from the arguments, else from `gateway_config` (a gateway.toml)."""
     loaded = load_suites(suites)
     if data_dir is not None:
         from autarky.evals.generators.code_completion import check_held_out
@@ -93,9 +112,14 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
         for suite in loaded:
             if suite.config.grader == "code-completion":
                 check_held_out(suite.items, data_dir)
+    if gateway_config is not None:
+        names = list(models) if isinstance(models, dict) else [parse_model_spec(m)[0] for m in models]
+        g_prices, g_in_house, g_providers = gateway_defaults(gateway_config, names)
+        prices, providers = {**g_prices, **(prices or {})}, {**g_providers, **(providers or {})}
+        in_house = set(in_house) | g_in_house
     specs = model_specs(models, in_house=in_house, prices=prices, modes=modes, providers=providers, api_key=api_key)
     options = RunOptions(concurrency=concurrency, limit=limit, retries=retries, timeout_s=timeout_s, fresh=fresh,
-                         progress=progress)
+                         progress=progress, max_tokens_cap=max_tokens_cap)
     return run_eval(loaded, specs, store_url, options)
 
 
@@ -156,13 +180,15 @@ def write_report(out_dir: str | Path, store_url: str | None = None, prefer_in_ho
 def demo_eval(models: dict[str, str], out_dir: str | Path, *, in_house: Iterable[str] = (), limit: int | None = 20,
               store_url: str | None = None, suites: Iterable[str] | None = None, concurrency: int = 2,
               modes: dict[str, str] | None = None, prefer_in_house_within: float | None = 5.0,
+              max_tokens_cap: int | None = None, timeout_s: float = 600.0,
               console: Console | None = None) -> dict[str, Path]:
-    """The demo's eval step: run, print the leaderboard and routing table, write routes.toml and the report."""
+    """The demo's eval step: run, print the leaderboard and routing table, write routes.toml and the report.
+    `max_tokens_cap` bounds generation for slow CPU demos (it can cost models points on long answers)."""
     console = console or Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = evaluate(models, suites, limit=limit, store_url=store_url, concurrency=concurrency, in_house=in_house,
-                       modes=modes)
+                       modes=modes, max_tokens_cap=max_tokens_cap, timeout_s=timeout_s)
     console.print(f"eval: {summary.done} items graded, {summary.skipped} already done, {summary.errors} request errors, "
                   f"{summary.grader_failures} grader failures")
     print_leaderboard(store_url, console)

@@ -32,10 +32,12 @@ def register(app: typer.Typer) -> None:
         in_house: list[str] = typer.Option([], help="NAME of a model you serve yourself (repeat)"),
         provider: list[str] = typer.Option([], help="NAME=PROVIDER as the gateway calls it (repeat)"),
         mode: list[str] = typer.Option([], help="NAME=chat|completions (default chat) for generate suites"),
+        gateway_config: Path = typer.Option(None, help="gateway.toml to take prices, in-house flags and providers from"),
         data_dir: Path = typer.Option(None, help="data dir whose manifest must hold the code-completion files out of train"),
         retries: int = typer.Option(3, min=0),
         timeout: float = typer.Option(120.0, help="seconds per request"),
         fresh: bool = typer.Option(False, help="forget stored results of these models and suites first"),
+        max_tokens_cap: int = typer.Option(None, min=1, help="cap every suite's max_tokens (slow CPU demos)"),
         store: str = typer.Option(None, help=STORE_HELP),
     ) -> None:
         """Run suites against model endpoints; resumes where an interrupted run stopped."""
@@ -47,6 +49,7 @@ def register(app: typer.Typer) -> None:
             modes=parse_pairs(mode, "--mode", "NAME=chat or NAME=completions"),
             providers=parse_pairs(provider, "--provider", "NAME=PROVIDER"),
             api_key=api_key_from_env(api_key_env), data_dir=data_dir, fresh=fresh, retries=retries, timeout_s=timeout,
+            gateway_config=gateway_config, max_tokens_cap=max_tokens_cap,
         )
         typer.echo(f"{summary.done} items graded, {summary.skipped} already in the store, {summary.errors} request "
                    f"errors (retried next run), {summary.grader_failures} grader failures, "

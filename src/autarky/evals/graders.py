@@ -65,8 +65,11 @@ def normalize_answer(text: str) -> str:
 def grade_exact(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
     answers = item["answers"] if isinstance(item["answers"], list) else [item["answers"]]
     got = normalize_answer(output.strip().splitlines()[0] if output.strip() else "")
-    ok = any(got == normalize_answer(str(a)) for a in answers)
-    return Grade(float(ok), detail=f"normalized {got!r}")
+    wanted = [normalize_answer(str(a)) for a in answers]
+    ok = any(got == w for w in wanted)
+    # Diagnostic only (the score is exact match): did a longer reply contain the answer as whole words?
+    contains = any(re.search(rf"(^|\s){re.escape(w)}($|\s)", normalize_answer(output)) for w in wanted if w)
+    return Grade(float(ok), {"contains_answer": float(contains)}, detail=f"normalized {got!r}")
 
 
 # --- python-functions: unit tests in the sandbox ---------------------------------------------------------
@@ -210,10 +213,9 @@ def grade_slides(item: dict[str, Any], output: str, extras: dict[str, float]) ->
 # --- code-completion: next-line exact match; bits per byte comes from the runner's logprob call ---------
 
 def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    """Exact match of the first non-blank generated line (indentation ignored) with the body's first line."""
     want = item["next_line"].strip()
-    got = (output.splitlines() or [""])[0].strip() if output.strip() else ""
-    if not got and output.strip():  # the model may start with the newline that ends the docstring
-        got = output.strip().splitlines()[0].strip()
+    got = next((line.strip() for line in output.splitlines() if line.strip()), "")
     metrics = {k: v for k, v in extras.items() if k == "bits_per_byte"}
     return Grade(float(got == want), metrics, detail=f"next line {got!r}")
 

@@ -84,8 +84,7 @@ def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[st
         extras: dict[str, list[float]] = defaultdict(list)
         for r in rows:
             for key, value in json.loads(r["metrics"] or "{}").items():
-                if key == "bits_per_byte":
-                    extras[key].append(float(value))
+                extras[key].append(float(value))
         info = infos.get(model)
         board.append(SuiteScore(
             model=model, suite=suite, task=meta["task"], metric=meta["metric"], n=ci.n, mean=ci.mean,

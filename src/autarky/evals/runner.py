@@ -43,6 +43,7 @@ class RunOptions:
     retries: int = 3
     timeout_s: float = 120.0
     fresh: bool = False  # forget stored results of these (model, suite) pairs first
+    max_tokens_cap: int | None = None  # cap every suite's max_tokens (slow CPU demos; can cost points)
     progress: bool = True
 
 
@@ -87,7 +88,7 @@ async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], opt
                     summary.skipped += len(suite.limited(options.limit)) - len(items)
                     bar = progress.add_task(f"{spec.name} · {suite.name}", total=len(items))
                     for item in items:
-                        jobs.append(_one(engine, client, semaphore, spec, suite, item, summary, progress, bar))
+                        jobs.append(_one(engine, client, semaphore, spec, suite, item, summary, progress, bar, options))
             await asyncio.gather(*jobs)
     finally:
         summary.requests_sent = client.requests_sent
@@ -96,11 +97,11 @@ async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], opt
 
 
 async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spec: ModelSpec, suite: Suite,
-               item: dict[str, Any], summary: RunSummary, progress: Progress, bar: Any) -> None:
+               item: dict[str, Any], summary: RunSummary, progress: Progress, bar: Any, options: RunOptions) -> None:
     async with semaphore:
         status, error, grade = "ok", "", Grade(0.0)
         try:
-            reply = await _ask(client, spec.endpoint, suite, item)
+            reply = await _ask(client, spec.endpoint, suite, item, options.max_tokens_cap)
         except EndpointError as exc:
             reply = Reply("")
             error = str(exc)
@@ -130,17 +131,19 @@ async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spe
         progress.advance(bar)
 
 
-async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str, Any]) -> Reply:
+async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str, Any], cap: int | None) -> Reply:
     cfg = suite.config
+    max_tokens = min(cfg.max_tokens, cap or cfg.max_tokens)
     if cfg.kind != "loglikelihood":
-        return await client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=cfg.max_tokens,
+        return await client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=max_tokens,
                                      temperature=cfg.temperature, stop=cfg.stop or None)
-    # Likelihood of the reference continuation, then the greedy next line: both need /completions. A model with a
+    # Likelihood of the reference continuation, then a greedy continuation whose first non-blank line is compared
+    # (no stop sequence: a body may begin with a blank line). Both need /completions. A model with a
     # short context sees the prompt cut from the left (as lm-evaluation-harness truncates), never the body.
     scored = await _fit_context(item["prompt"], lambda ctx: client.continuation_logprob(endpoint, ctx, item["body"]),
                                 len(item["body"]))
     line = await _fit_context(item["prompt"], lambda ctx: client.generate(
-        endpoint, ctx, max_tokens=cfg.max_tokens, temperature=0.0, stop=["\n"], mode="completions"), 0)
+        endpoint, ctx, max_tokens=max_tokens, temperature=0.0, mode="completions"), 0)
     return Reply(line.text, scored.prompt_tokens + line.prompt_tokens, scored.completion_tokens + line.completion_tokens,
                  scored.latency_ms + line.latency_ms, scored.extras)
 

@@ -1,18 +1,19 @@
 """The gateway: a plain Starlette app (few layers on the hot path) over router, dispatcher, limits and ledger.
 
 Hot path per request: one orjson parse, a cached key lookup, a cached routing decision, the upstream call
-on one shared pooled httpx client, one orjson dump, and an append to the ledger queue.
+on one shared pooled aiohttp session, one orjson dump, and an append to the ledger queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
 
-import httpx
+import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +36,9 @@ from autarky.gateway.translate import anthropic_request_to_openai, openai_respon
 from autarky.store.database import open_store
 
 log = logging.getLogger("autarky.gateway")
+# Request ids: a random per-process prefix plus a counter, unique across replicas without a syscall each.
+_ID_PREFIX = secrets.token_hex(6)
+_ids = itertools.count(1)
 ANONYMOUS = KeyRecord(id="", team="default", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
 ADMIN = KeyRecord(id="", team="admin", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
 
@@ -55,7 +59,7 @@ class Gateway:
         self.limiter = Limiter(self.engine, shared=config.shared_limits())
         self.breakers = {name: Breaker(config.breaker.failure_threshold, config.breaker.cooldown_s)
                          for name in config.providers}
-        self.client: httpx.AsyncClient | None = None
+        self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.master_key = config.master_key()
         self.app = Starlette(routes=self._routes(), lifespan=self._lifespan)
@@ -72,16 +76,18 @@ class Gateway:
             await self.shutdown()
 
     async def startup(self) -> None:
-        # One pooled client for every upstream: connection reuse is most of the latency we can save.
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-                                        timeout=httpx.Timeout(60.0, connect=2.0))
-        providers = {kind: cls(self.client, self.config.default_max_tokens) for kind, cls in KINDS.items()}
+        # One pooled session for every upstream: connection reuse is most of the latency we can save.
+        # aiohttp rather than httpx: on this 2-vCPU box httpx spent ~2.2 ms of CPU per proxied request
+        # (pool bookkeeping, anyio layers) against ~0.15 ms for aiohttp, which alone would miss the target.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
+        providers = {kind: cls(self.session, self.config.default_max_tokens) for kind, cls in KINDS.items()}
         self.dispatcher = Dispatcher(providers, self.breakers, self.config.retry, self.metrics)
         self.ledger.start()
 
     async def shutdown(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()
         await asyncio.to_thread(self.ledger.close)
         self.engine.dispose()
 
@@ -149,8 +155,10 @@ class Gateway:
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         anthropic = endpoint == "messages"
-        usage = Usage(request_id=secrets.token_hex(12), ts=time.time(), endpoint=endpoint, status=0)
+        usage = Usage(request_id=f"{_ID_PREFIX}{next(_ids):012x}", ts=time.time(), endpoint=endpoint, status=0)
         plan: Plan | None = None
+        key: KeyRecord | None = None
+        admission = None
         try:
             key = await self.authenticate(request)
             usage.key_id, usage.team = key.id or None, key.team
@@ -201,12 +209,14 @@ class Gateway:
             return json_response(payload, headers=route_headers(plan, outcome, usage.request_id))
         except GatewayError as exc:
             usage.status, usage.error = exc.status, exc.message
+            self._release(key, admission)
             headers = {"x-autarky-request-id": usage.request_id}
             if plan is not None:
                 headers["x-autarky-route-reason"] = _ascii(plan.reason)
             return exc.response(anthropic, headers)
         except ClientGone:
             usage.status, usage.error = 499, "client disconnected"
+            self._release(key, admission)
             return Response(status_code=499)
         finally:
             if usage.status and not (usage.status == 200 and usage.stream):
@@ -218,6 +228,12 @@ class Gateway:
         usage.cost_usd = target.model_config.cost(usage.prompt_tokens, usage.completion_tokens)
         if key.id:
             self.limiter.settle_local(key.id, admission, usage.cost_usd, usage.prompt_tokens + usage.completion_tokens)
+
+    def _release(self, key: KeyRecord | None, admission) -> None:  # noqa: ANN001
+        """A request that was admitted but failed costs nothing: give back its local reservation.
+        (Shared reservations are released by the ledger writer from the usage row.)"""
+        if key is not None and key.id and admission is not None:
+            self.limiter.settle_local(key.id, admission, 0.0, 0)
 
     def finish(self, usage: Usage, started: float) -> None:
         """Account for a finished request: ledger row (queued, never awaited) and metrics."""

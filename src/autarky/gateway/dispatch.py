@@ -102,10 +102,10 @@ class Dispatcher:
         return await self._attempts(targets, outcome, call)
 
     async def open_stream(self, targets: tuple[Target, ...], body: dict, endpoint: str,
-                          outcome: Outcome) -> tuple[dict, AsyncIterator[dict]]:
-        """The first chunk and the rest of the stream; everything before the first chunk can fail over."""
+                          outcome: Outcome) -> tuple[list[dict], AsyncIterator[list[dict]]]:
+        """The first batch of chunks and the rest of the stream; until the first batch, it can fail over."""
 
-        async def call(target: Target) -> tuple[dict, AsyncIterator[dict]]:
+        async def call(target: Target) -> tuple[list[dict], AsyncIterator[list[dict]]]:
             stream = self.providers[target.provider_config.kind].stream(target, body, endpoint)
             try:
                 first = await stream.__anext__()

@@ -40,8 +40,8 @@ class AccountedStream(StreamingResponse):
 
 
 def stream_response(
-    gw: Gateway, request: Request, plan: Plan, outcome: Outcome, body: dict, first: dict,
-    rest: AsyncIterator[dict], usage: Usage, key: KeyRecord, admission: Admission, started: float,
+    gw: Gateway, request: Request, plan: Plan, outcome: Outcome, body: dict, first: list[dict],
+    rest: AsyncIterator[list[dict]], usage: Usage, key: KeyRecord, admission: Admission, started: float,
     anthropic: bool, store_content: bool,
 ) -> AccountedStream:
     from autarky.gateway.app import route_headers
@@ -55,29 +55,32 @@ def stream_response(
     async def events() -> AsyncIterator[bytes]:
         translator = OpenAIToAnthropicStream(target.model) if anthropic else None
         try:
-            chunk: dict | None = first
-            while chunk is not None:
-                u = chunk.get("usage")
-                if u:
-                    usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
-                    usage.completion_tokens = int(u.get("completion_tokens") or 0)
-                choices = chunk.get("choices")
-                for c in choices or ():
-                    piece = (c.get("delta") or {}).get("content") or c.get("text")
-                    if piece:
-                        state["deltas"] += 1
-                        if store_content:
-                            state["text"].append(piece)
-                if translator is not None:
-                    out = translator.feed(chunk)
-                    if out:
-                        yield out
-                elif choices or include_usage:  # drop the usage-only chunk the client did not ask for
-                    if not include_usage:
-                        chunk.pop("usage", None)
-                    chunk["model"] = target.model
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-                chunk = await anext(rest, None)
+            batch: list[dict] | None = first
+            while batch is not None:
+                out: list[bytes] = []  # one write per upstream read, however many chunks it held
+                for chunk in batch:
+                    u = chunk.get("usage")
+                    if u:
+                        usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
+                        usage.completion_tokens = int(u.get("completion_tokens") or 0)
+                    choices = chunk.get("choices")
+                    for c in choices or ():
+                        piece = (c.get("delta") or {}).get("content") or c.get("text")
+                        if piece:
+                            state["deltas"] += 1
+                            if store_content:
+                                state["text"].append(piece)
+                    if translator is not None:
+                        out.append(translator.feed(chunk))
+                    elif choices or include_usage:  # drop the usage-only chunk the client did not ask for
+                        if not include_usage:
+                            chunk.pop("usage", None)
+                        chunk["model"] = target.model
+                        out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                data = b"".join(out)
+                if data:
+                    yield data
+                batch = await anext(rest, None)
             state["done"] = True
             yield translator.finish() if translator is not None else b"data: [DONE]\n\n"
         except UpstreamError as err:

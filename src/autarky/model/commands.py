@@ -8,11 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from autarky.model.llama import flops_per_token, parameter_count
-from autarky.model.sizes import build_on_meta, preset
-
 
 def model_info(name: str) -> dict:
+    # Imported here so `autarky --help` and the other stages' commands start without loading torch.
+    from autarky.model.llama import flops_per_token, parameter_count
+    from autarky.model.sizes import build_on_meta, preset
+
     cfg = preset(name)
     model = build_on_meta(cfg)
     counted = sum(p.numel() for p in model.parameters())  # shared (tied) tensors are yielded once

@@ -14,8 +14,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from autarky.serve import responses as R
-from autarky.serve.engine import ErrorEvent, Event, PromptEvent, Request as EngineRequest, TokenEvent
-from autarky.serve.errors import BadRequest, ContextOverflow, EngineFailure, error_body, install_error_handlers
+from autarky.serve.engine import ErrorEvent, Event, PromptEvent, TokenEvent
+from autarky.serve.engine import Request as EngineRequest
+from autarky.serve.errors import (
+    BadRequest,
+    ContextOverflow,
+    EngineFailure,
+    error_body,
+    install_error_handlers,
+)
 from autarky.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

@@ -48,12 +48,12 @@ class Server:
         app's shutdown finishes whatever the engines still hold)."""
         self.uvicorn.run(sockets=[self.sock])
 
-    def start(self, timeout: float = 300.0) -> Server:
-        """Serve from a background thread; return once the models are loaded."""
+    def start(self, timeout: float = 300.0, wait_for_models: bool = True) -> Server:
+        """Serve from a background thread; return once listening and (by default) once the models are loaded."""
         self._thread = threading.Thread(target=self.run, name="uvicorn", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not (self.uvicorn.started and self.registry.ready.is_set()):
+        while not (self.uvicorn.started and (self.registry.ready.is_set() or not wait_for_models)):
             if self.registry.error:
                 self.stop()
                 raise RuntimeError(f"model loading failed: {self.registry.error}")

@@ -7,32 +7,36 @@ from pathlib import Path
 
 import typer
 
+from autarky.train.config import TrainConfig
+
+_D = TrainConfig()  # the defaults, for the help text
+
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the `autarky` app."""
 
     @app.command("train")
     def train_command(
-        preset: str = typer.Option(None, "--preset", help="model preset: nano, micro, small, 1b, 8b, 70b, 405b"),
+        preset: str = typer.Option(None, "--preset", help=f"model preset: nano, micro, small, 1b, 8b, 70b, 405b [default: {_D.model.preset}]"),
         data: Path = typer.Option(None, "--data", help="data dir from `autarky data build`"),
         out: Path = typer.Option(None, "--out", help="run dir to create (or continue with --resume auto)"),
-        steps: int = typer.Option(None, "--steps", help="optimizer steps in total"),
-        batch_size: int = typer.Option(None, "--batch-size", help="GLOBAL sequences per step (all ranks)"),
-        seq_len: int = typer.Option(None, "--seq-len", help="tokens per sequence"),
-        lr: float = typer.Option(None, "--lr", help="peak learning rate"),
-        seed: int = typer.Option(None, "--seed"),
+        steps: int = typer.Option(None, "--steps", help=f"optimizer steps in total [default: {_D.run.steps}]"),
+        batch_size: int = typer.Option(None, "--batch-size", help=f"GLOBAL sequences per step, all ranks [default: {_D.data.batch_size}]"),
+        seq_len: int = typer.Option(None, "--seq-len", help=f"tokens per sequence [default: {_D.data.seq_len}]"),
+        lr: float = typer.Option(None, "--lr", help=f"peak learning rate [default: {_D.optim.lr}]"),
+        seed: int = typer.Option(None, "--seed", help=f"[default: {_D.run.seed}]"),
         grad_accum: int = typer.Option(None, "--grad-accum", help="micro-steps per optimizer step"),
         tp: int = typer.Option(None, "--tp", help="tensor-parallel degree (FSDP2 over the other ranks)"),
         compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile each block"),
-        eval_every: int = typer.Option(None, "--eval-every", help="validation loss every N steps"),
-        ckpt_every: int = typer.Option(None, "--ckpt-every", help="DCP checkpoint every N steps"),
-        keep: int = typer.Option(None, "--keep", help="keep the newest N checkpoints"),
+        eval_every: int = typer.Option(None, "--eval-every", help=f"validation loss every N steps [default: {_D.run.eval_every}]"),
+        ckpt_every: int = typer.Option(None, "--ckpt-every", help=f"DCP checkpoint every N steps [default: {_D.checkpoint.every}]"),
+        keep: int = typer.Option(None, "--keep", help=f"keep the newest N checkpoints [default: {_D.checkpoint.keep}]"),
         resume: str = typer.Option(None, "--resume", help="'auto': continue from the newest complete checkpoint"),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda"),
         config: Path = typer.Option(None, "--config", help="a run TOML (e.g. another run's config.toml); flags win"),
     ) -> None:
         """Train a Llama-architecture model on a data dir; one process, or every rank under torchrun."""
-        from autarky.train.config import TrainConfig, load_config
+        from autarky.train.config import load_config
         from autarky.train.loop import train
 
         base = load_config(config) if config is not None else TrainConfig()

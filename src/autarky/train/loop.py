@@ -176,7 +176,7 @@ class _Trainer:
         total = cfg.run.steps
         wall_start = time.perf_counter()
         train_time, window_time, window_steps = 0.0, 0.0, 0
-        loss_value = val_loss = None
+        loss_value = last_val = None
         last_ckpt: Path | None = None
         step = start_step
         progress = _progress(self.console, enabled=topo.is_main)
@@ -194,6 +194,7 @@ class _Trainer:
                 tokens += self.tokens_per_step
                 evaluate = step == total or (cfg.run.eval_every and step % cfg.run.eval_every == 0)
                 val_loss = self._evaluate() if evaluate else None
+                last_val = val_loss if evaluate else last_val
                 if evaluate or step % cfg.run.log_every == 0:
                     loss_value = float(all_reduce_mean(local_loss, self.dp_group))
                     tokens_per_s = window_steps * self.tokens_per_step / window_time
@@ -212,13 +213,13 @@ class _Trainer:
                 stopping = any_rank(stop.signum is not None, self.device, topo.world)
                 every = cfg.checkpoint.every
                 if stopping or step == total or (every and step % every == 0):
-                    last_ckpt = self._save(step, tokens, val_loss, loss_value)
+                    last_ckpt = self._save(step, tokens, last_val, loss_value)
                 if stopping:
                     break
         if topo.is_main and step > start_step:
             plot_losses(self.plan.run_dir)
         tokens_per_s = (step - start_step) * self.tokens_per_step / train_time if train_time else 0.0
-        return RunSummary(self.plan.run_dir, step, loss_value, val_loss, tokens_per_s, self._mfu(tokens_per_s),
+        return RunSummary(self.plan.run_dir, step, loss_value, last_val, tokens_per_s, self._mfu(tokens_per_s),
                           time.perf_counter() - wall_start, last_ckpt, stop.signum)  # fmt: skip
 
     def _mfu(self, tokens_per_s: float) -> float:

@@ -79,16 +79,13 @@ def _check_batch_layout(cfg: TrainConfig, topo: Topology) -> None:
 
 def estimate_memory_bytes(model_cfg: ModelConfig, cfg: TrainConfig, topo: Topology, bf16: bool) -> float:
     """Rough peak bytes per device: fp32 weights+grads+AdamW (16 B/param, sharded) plus one micro-batch's
-    activations (a per-layer count of saved (B,T,·) tensors, attention scores, fp32 logits and their grad)."""
+    activations (a per-layer count of saved (B,T,·) tensors, fp32 logits and their gradient)."""
     params = parameter_count(model_cfg)
     state = 16 * params / topo.world
     b = cfg.data.batch_size // (cfg.data.grad_accum * topo.dp_size)
     t, d, f = cfg.data.seq_len, model_cfg.dim, model_cfg.ffn_dim
     act_bytes = 2 if bf16 else 4
-    heads = model_cfg.n_heads // topo.tp
-    per_layer = b * t * (10 * d + 4 * f // topo.tp) * act_bytes
-    if topo.device.type == "cpu":  # the CPU SDPA kernel materialises the (T, T) scores per head
-        per_layer += b * heads * t * t * 4
+    per_layer = b * t * (10 * d + 4 * f // topo.tp) * act_bytes  # SDPA is flash-style: no (T, T) scores kept
     logits = 3 * b * t * model_cfg.vocab_size * 4
     return state + model_cfg.n_layers * per_layer + logits
 

@@ -43,12 +43,15 @@ class FusedCrossEntropy(torch.autograd.Function):
         for start in range(0, n, rows):
             x = logits[start : start + rows].float()  # (r, V)
             t = targets[start : start + rows, None]  # (r, 1)
+            g = grad[start : start + rows]
+            p = g if g.dtype == torch.float32 else torch.empty_like(x)  # fp32 logits: work in the output
             peak = x.amax(dim=1, keepdim=True)
-            p = (x - peak).exp_()
+            torch.sub(x, peak, out=p).exp_()
             total = p.sum(dim=1, keepdim=True)
             losses[start : start + rows] = (peak + total.log() - x.gather(1, t)).squeeze(1)
             p.div_(total).scatter_add_(1, t, torch.full_like(t, -1, dtype=p.dtype))
-            grad[start : start + rows] = p
+            if p is not g:
+                g.copy_(p)
         ctx.save_for_backward(grad)
         return losses.mean()
 

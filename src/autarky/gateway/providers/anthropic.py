@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 
 from autarky.gateway.errors import bad_request
-from autarky.gateway.providers.base import Provider, UpstreamError, status_error, timeout_for, transport_error
+from autarky.gateway.providers.base import (
+    TRANSPORT_ERRORS,
+    Provider,
+    UpstreamError,
+    post,
+    read_body,
+    sse_lines,
+    status_error,
+    transport_error,
+)
 from autarky.gateway.router import Target
 from autarky.gateway.translate import (
     AnthropicToOpenAIChunks,
@@ -20,7 +28,7 @@ API_VERSION = "2023-06-01"
 
 
 class AnthropicProvider(Provider):
-    def _request(self, target: Target, body: dict, endpoint: str) -> httpx.Request:
+    def _request(self, target: Target, body: dict, endpoint: str) -> tuple[str, bytes, dict]:
         if endpoint != "chat":
             raise bad_request(f"model {target.model!r} is served by an Anthropic provider, which has no "
                               "/v1/completions; use /v1/chat/completions")
@@ -31,57 +39,61 @@ class AnthropicProvider(Provider):
         key = p.api_key()
         if key:
             headers["x-api-key"] = key
-        return self.client.build_request("POST", p.base_url.rstrip("/") + "/v1/messages",
-                                         content=orjson.dumps(payload), headers=headers, timeout=timeout_for(target))
+        return p.base_url.rstrip("/") + "/v1/messages", orjson.dumps(payload), headers
 
     async def complete(self, target: Target, body: dict, endpoint: str = "chat") -> dict:
         request = self._request(target, body, endpoint)
         who = target.provider
+        resp = await post(self.session, target, *request)
+        content = await read_body(resp, who)
+        if resp.status >= 400:
+            raise status_error(resp, content, who)
         try:
-            resp = await self.client.send(request)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, who) from exc
-        if resp.status_code >= 400:
-            raise status_error(resp, resp.content, who)
-        try:
-            data = orjson.loads(resp.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"{who} sent malformed JSON", status=502) from exc
         if not isinstance(data, dict) or data.get("type") != "message":
             raise UpstreamError(f"{who} sent a body that is not a message", status=502)
         return anthropic_response_to_openai(data, target.model)
 
-    async def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[dict]:
+    async def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:
         request = self._request(target, {**body, "stream": True}, endpoint)
         who = target.provider
-        try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, who) from exc
+        resp = await post(self.session, target, *request)
         chunks = AnthropicToOpenAIChunks(target.model)
+        stopped = False
         try:
-            if resp.status_code >= 400:
-                raise status_error(resp, await resp.aread(), who)
-            stopped = False
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                try:
-                    event = orjson.loads(line[5:].strip())
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamError(f"{who} sent a malformed stream event", status=502) from exc
-                kind = event.get("type")
-                if kind == "error":
-                    msg = (event.get("error") or {}).get("message", "error")
-                    raise UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
-                if kind == "message_stop":
-                    stopped = True
+            if resp.status >= 400:
+                raise status_error(resp, await read_body(resp, who), who)
+            async for lines in sse_lines(resp):
+                batch: list[dict] = []
+                failure: UpstreamError | None = None
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    try:
+                        event = orjson.loads(line[5:].strip())
+                    except orjson.JSONDecodeError:
+                        failure = UpstreamError(f"{who} sent a malformed stream event", status=502)
+                        break
+                    kind = event.get("type")
+                    if kind == "error":
+                        msg = (event.get("error") or {}).get("message", "error")
+                        failure = UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
+                        break
+                    if kind == "message_stop":
+                        stopped = True
+                        break
+                    batch.extend(chunks.feed(event))
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
+                if stopped:
                     break
-                for chunk in chunks.feed(event):
-                    yield chunk
             if not stopped:
                 raise UpstreamError(f"{who} ended the stream without message_stop", status=502)
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, who) from exc
         finally:
-            await resp.aclose()
+            resp.release() if stopped else resp.close()

@@ -6,9 +6,10 @@ timeouts, dropped connections, malformed bodies, 408/429/5xx are retryable; othe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 
-import httpx
+import aiohttp
 
 from autarky.gateway.router import Target
 
@@ -26,7 +27,7 @@ class UpstreamError(Exception):
         self.body = body
 
 
-def retry_after_s(headers: httpx.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after-ms")
     if value:
         try:
@@ -42,35 +43,71 @@ def retry_after_s(headers: httpx.Headers) -> float | None:
         return None  # HTTP-date form: rare from model servers; fall back to our own backoff
 
 
-def status_error(resp: httpx.Response, body: bytes, who: str) -> UpstreamError:
-    status = resp.status_code
+def status_error(resp: aiohttp.ClientResponse, body: bytes, who: str) -> UpstreamError:
+    status = resp.status
     retryable = status in (408, 409, 429) or status >= 500
     text = body[:300].decode("utf-8", "replace")
     return UpstreamError(f"{who} answered {status}: {text}", status=status, retryable=retryable,
                          retry_after=retry_after_s(resp.headers), body=body)
 
 
-def transport_error(exc: Exception, who: str) -> UpstreamError:
+# What a failed exchange with an upstream can raise (aiohttp's timeouts are also asyncio.TimeoutError).
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+def transport_error(exc: BaseException, who: str) -> UpstreamError:
     kind = type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, asyncio.TimeoutError):
         return UpstreamError(f"{who} timed out ({kind})", status=504)
     return UpstreamError(f"{who} connection failed ({kind}: {exc})", status=502)
 
 
-def timeout_for(target: Target) -> httpx.Timeout:
+def timeout_for(target: Target) -> aiohttp.ClientTimeout:
+    # sock_read bounds each wait for bytes: a whole non-streamed answer, or the silence between stream chunks.
     p = target.provider_config
-    return httpx.Timeout(p.timeout_s, connect=p.connect_timeout_s)
+    return aiohttp.ClientTimeout(total=None, sock_connect=p.connect_timeout_s, sock_read=p.timeout_s)
+
+
+async def sse_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The lines of an SSE body, in batches of what each network read brought, whatever their length
+    (aiohttp's own line reader caps lines at 64 KiB). Batches let us answer with one write per read."""
+    buffer = b""
+    async for data in resp.content.iter_any():
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        if lines:
+            yield [line.rstrip(b"\r") for line in lines]
+    if buffer:
+        yield [buffer]
+
+
+async def post(session: aiohttp.ClientSession, target: Target, url: str, payload: bytes,
+               headers: dict[str, str]) -> aiohttp.ClientResponse:
+    try:
+        return await session.post(url, data=payload, headers=headers, timeout=timeout_for(target))
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, target.provider) from exc
+
+
+async def read_body(resp: aiohttp.ClientResponse, who: str) -> bytes:
+    try:
+        return await resp.read()
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, who) from exc
+    finally:
+        resp.release()
 
 
 class Provider:
     """An adapter for one provider kind; stateless apart from the shared client."""
 
-    def __init__(self, client: httpx.AsyncClient, default_max_tokens: int = 1024) -> None:
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession, default_max_tokens: int = 1024) -> None:
+        self.session = session
         self.default_max_tokens = default_max_tokens
 
     async def complete(self, target: Target, body: dict, endpoint: str = "chat") -> dict:
         raise NotImplementedError
 
-    def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[dict]:
+    def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:
+        """OpenAI chat chunks, in batches (one per network read)."""
         raise NotImplementedError
