@@ -5,6 +5,7 @@ retries and per-item failures. (End-to-end tests against `autarky serve` use `se
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ class Script:
     answer: Callable[[str], str] = lambda prompt: "I do not know"
     fail_after: int | None = None  # answer 503 once this many requests were served
     fail_first: int = 0  # answer 500 to the first N requests (retries should absorb them)
+    delay_s: float = 0.0  # think this long before answering chat requests
     max_context: int | None = None  # characters (= tokens here): longer completions prompts get a 400 like vLLM's
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,6 +55,7 @@ def _app(script: Script, model: str) -> FastAPI:
         if (failed := gate(body)) is not None:
             return failed
         prompt = body["messages"][-1]["content"]
+        await asyncio.sleep(script.delay_s)
         text = script.answer(prompt)
         return JSONResponse({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],

@@ -144,3 +144,29 @@ def test_max_tokens_cap_bounds_every_request(stub_server, store_url):
     evaluate({"m": stub.base_url}, ["python-functions", "chat-qa"], limit=2, store_url=store_url, progress=False,
              max_tokens_cap=16)
     assert sorted(r["max_tokens"] for r in stub.script.requests) == [16, 16, 16, 16]  # python-functions asks 384
+
+
+def test_a_slow_server_is_not_sent_the_same_request_again(stub_server, store_url):
+    script = Script(answer=qa_answers, delay_s=1.0)
+    stub = stub_server(script)
+    summary = evaluate({"m": stub.base_url}, ["chat-qa"], limit=1, store_url=store_url, progress=False,
+                       timeout_s=0.3, retries=3)
+    assert summary.errors == 1 and len(script.requests) == 1  # no retry storm on a server that is just slow
+    (row,) = load_results(open_store(store_url), ok_only=False)
+    assert row["status"] == "error" and "raise --timeout" in row["error"]
+
+
+def test_an_edited_item_is_graded_again(stub_server, store_url, tmp_path):
+    suite = tmp_path / "qa"
+    suite.mkdir()
+    (suite / "suite.toml").write_text('name = "qa"\ntask = "chat"\nkind = "generate"\ngrader = "exact-match"\n')
+    items = [{"id": "a", "prompt": "capital of France?", "answers": ["Lyon"]}, {"id": "b", "prompt": "x", "answers": ["42"]}]
+    (suite / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    script = Script(answer=qa_answers)
+    stub = stub_server(script)
+    evaluate({"m": stub.base_url}, [str(suite)], store_url=store_url, progress=False)
+    items[0]["answers"] = ["Paris"]  # fix the answer key
+    (suite / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    summary = evaluate({"m": stub.base_url}, [str(suite)], store_url=store_url, progress=False)
+    assert summary.done == 1 and summary.skipped == 1 and len(script.requests) == 3
+    assert {r["item_id"]: r["score"] for r in load_results(open_store(store_url))} == {"a": 1.0, "b": 1.0}

@@ -25,7 +25,8 @@ MASTER = "sk-master-test-0123456789abcdef"
 @pytest.fixture(scope="session")
 def upstream_server():
     faults = Faults()
-    with ServerThread(make_app(faults), log_level="critical") as server:
+    # A short drain: some tests leave the upstream sleeping on purpose (stalls, latency) after the gateway left.
+    with ServerThread(make_app(faults), log_level="critical", graceful_s=1) as server:
         yield server, faults
 
 

@@ -96,3 +96,13 @@ def test_audit_chain_with_concurrent_writers_and_tampering(pg_store):
     _, problems = audit.verify(engines[1])
     assert problems[0] == "seq 30: contents do not match its hash (row edited)"
     assert "seq 45: row(s) deleted" in problems
+
+
+def test_tpm_is_shared_across_replicas(make_gateway, faults, pg_store):
+    (a, url_a), (b, url_b) = two_gateways(make_gateway, pg_store)
+    key, _ = create_key(a.engine, "t", tpm=20)  # each request: 3 prompt + 8 completion tokens
+    assert chat(url_a, key) == 200
+    a.ledger.flush()  # the writer adds the tokens to the shared window (every ledger_flush_s in service)
+    assert chat(url_b, key) == 200
+    b.ledger.flush()
+    assert chat(url_a, key) == 429 and chat(url_b, key) == 429

@@ -206,3 +206,13 @@ def test_client_disconnect_cancels_a_non_streamed_call(make_gateway, faults):
     with gw.engine.connect() as conn:
         row = conn.execute(select(gateway_usage.c.status, gateway_usage.c.latency_ms)).one()
     assert row.status == 499 and row.latency_ms < 5_000  # gave up on the upstream at once, not after 30 s
+
+
+def test_a_provider_without_the_model_fails_over_without_retrying(make_gateway, faults):
+    gw, url = make_gateway()
+    faults.script("gpt-up", "404")
+    raw = client(url).chat.completions.with_raw_response.create(model="task:spreadsheet", messages=MESSAGES)
+    assert raw.headers["x-autarky-model"] == "small" and "failover from partner (404)" in raw.headers[
+        "x-autarky-route-reason"]
+    assert upstream_models(faults) == ["gpt-up", "small-up"]
+    assert gw.breakers["partner"].failures == 0

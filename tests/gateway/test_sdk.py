@@ -99,3 +99,17 @@ def test_keys_required_when_configured(make_gateway, faults):
     r = httpx.post(url + "/v1/chat/completions", json={"model": "small", "messages": MESSAGES})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert faults.calls == []
+
+
+def test_metrics_count_requests_tokens_cost_and_retries(make_gateway, faults):
+    _, url = make_gateway()
+    faults.script("gpt-up", "500")
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    client.chat.completions.create(model="gpt", messages=MESSAGES, max_tokens=4)
+    text = httpx.get(url + "/metrics").text
+    assert 'autarky_gateway_requests_total{endpoint="chat",model="gpt",status="200"} 1.0' in text
+    assert 'autarky_gateway_tokens_total{direction="completion",model="gpt"} 4.0' in text
+    assert 'autarky_gateway_retries_total{provider="partner"} 1.0' in text
+    # 6 prompt tokens at $1000/1M + 4 completion tokens at $2000/1M
+    assert 'autarky_gateway_cost_usd_total{model="gpt"} 0.014' in text
+    assert 'autarky_gateway_request_seconds_count{endpoint="chat"} 1.0' in text

@@ -101,7 +101,7 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
              store_url: str | None = None, concurrency: int = 4, in_house: Iterable[str] = (),
              prices: dict[str, str] | None = None, modes: dict[str, str] | None = None, api_key: str = "",
              providers: dict[str, str] | None = None, data_dir: str | Path | None = None, progress: bool = True,
-             fresh: bool = False, retries: int = 3, timeout_s: float = 120.0,
+             fresh: bool = False, retries: int = 3, timeout_s: float = 300.0,
              gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> RunSummary:
     """Run `suites` (default: every bundled suite) against `models` ({NAME: URL}); results go to the store.
     Prices, in-house flags and providers come from the arguments, else from `gateway_config` (a gateway.toml)."""

@@ -112,6 +112,10 @@ class Client:
             self.requests_sent += 1
             try:
                 response = await self.http.post(url, json=body, headers=self._headers(endpoint))
+            except httpx.ReadTimeout as exc:
+                # The server took the request and is too slow: resending it only adds load. The item stays
+                # unfinished ("error") and the next run retries it.
+                raise EndpointError(f"no reply within the timeout from {url} ({exc!r}); raise --timeout", final=False) from exc
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         gateway_config: Path = typer.Option(None, help="gateway.toml to take prices, in-house flags and providers from"),
         data_dir: Path = typer.Option(None, help="data dir whose manifest must hold the code-completion files out of train"),
         retries: int = typer.Option(3, min=0),
-        timeout: float = typer.Option(120.0, help="seconds per request"),
+        timeout: float = typer.Option(300.0, help="seconds to wait for one reply (CPU servers are slow)"),
         fresh: bool = typer.Option(False, help="forget stored results of these models and suites first"),
         max_tokens_cap: int = typer.Option(None, min=1, help="cap every suite's max_tokens (slow CPU demos)"),
         store: str = typer.Option(None, help=STORE_HELP),

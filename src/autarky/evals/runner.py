@@ -6,6 +6,7 @@ the requests in flight; the next run skips items already stored with status "ok"
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,7 @@ class RunOptions:
     concurrency: int = 4
     limit: int | None = None  # first N items of each suite (for demos)
     retries: int = 3
-    timeout_s: float = 120.0
+    timeout_s: float = 300.0
     fresh: bool = False  # forget stored results of these (model, suite) pairs first
     max_tokens_cap: int | None = None  # cap every suite's max_tokens (slow CPU demos; can cost points)
     progress: bool = True
@@ -83,8 +84,8 @@ async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], opt
                         with engine.begin() as conn:
                             conn.execute(delete(eval_results).where(
                                 and_(eval_results.c.model == spec.name, eval_results.c.suite == suite.name)))
-                    finished = _finished_ids(engine, spec.name, suite.name)
-                    items = [it for it in suite.limited(options.limit) if it["id"] not in finished]
+                    finished = _finished(engine, spec.name, suite.name)
+                    items = [it for it in suite.limited(options.limit) if finished.get(it["id"]) != item_sha(it)]
                     summary.skipped += len(suite.limited(options.limit)) - len(items)
                     bar = progress.add_task(f"{spec.name} · {suite.name}", total=len(items))
                     for item in items:
@@ -116,7 +117,7 @@ async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spe
                 summary.grader_failures += 1
         cost = (reply.prompt_tokens * spec.usd_in_per_1m + reply.completion_tokens * spec.usd_out_per_1m) / 1e6
         row = {
-            "model": spec.name, "suite": suite.name, "item_id": item["id"], "status": status,
+            "model": spec.name, "suite": suite.name, "item_id": item["id"], "item_sha": item_sha(item), "status": status,
             "score": float(grade.score), "metrics": json.dumps(grade.metrics),
             "prompt": str(item["prompt"]), "output": reply.text, "detail": grade.detail, "error": error,
             "latency_ms": reply.latency_ms, "prompt_tokens": reply.prompt_tokens,
@@ -166,11 +167,16 @@ async def _fit_context(context: str, call: Callable[[str], Awaitable[Reply]], ta
     return await call(context)
 
 
-def _finished_ids(engine: Engine, model: str, suite: str) -> set[str]:
+def item_sha(item: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(item, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _finished(engine: Engine, model: str, suite: str) -> dict[str, str]:
+    """item id → sha of the item version that was graded, for items finished with status "ok"."""
     with engine.connect() as conn:
-        rows = conn.execute(select(eval_results.c.item_id).where(and_(
+        rows = conn.execute(select(eval_results.c.item_id, eval_results.c.item_sha).where(and_(
             eval_results.c.model == model, eval_results.c.suite == suite, eval_results.c.status == "ok")))
-        return {r[0] for r in rows}
+        return dict(rows.all())
 
 
 def _record_setup(engine: Engine, suites: list[Suite], models: list[ModelSpec]) -> None:

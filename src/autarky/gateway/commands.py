@@ -30,9 +30,13 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("warning", help="uvicorn log level"),
     ) -> None:
         """One OpenAI/Anthropic-compatible endpoint routing every product task by policy, score and cost."""
+        from autarky.gateway.config import load_config
         from autarky.gateway.server import run_gateway
 
-        run_gateway(config, host, port, log_level)
+        cfg = load_config(config)
+        typer.echo(f"autarky gateway: {len(cfg.models)} models, {len(cfg.tasks)} tasks on http://{host}:{port}/v1 "
+                   f"(store {cfg.store.split('@')[-1]}); Ctrl-C drains and flushes the ledger", err=True)
+        run_gateway(cfg, host, port, log_level)
 
     keys = typer.Typer(help="Virtual API keys for the gateway (stored only as hashes).", no_args_is_help=True)
     app.add_typer(keys, name="keys")

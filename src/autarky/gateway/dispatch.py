@@ -68,6 +68,10 @@ class Dispatcher:
                 try:
                     result = await call(target)
                 except UpstreamError as err:
+                    if err.status == 404:  # this provider lacks the model: the next candidate may have it
+                        breaker.release()
+                        last = err
+                        break
                     if not err.retryable:
                         breaker.release()
                         raise client_error(err) from err

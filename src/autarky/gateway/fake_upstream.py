@@ -3,7 +3,7 @@ formats and misbehaves on demand. It stands in for paid partner APIs only; it ge
 
 Faults are scripted per model (`faults.script("m", "500", "429:1", "ok")`) or set as a default
 (`faults.default["m"] = "latency:0.05"`):
-  ok | latency:S | 500 | 503 | 429:S (Retry-After S) | 400 | reset (drop the connection mid-body) |
+  ok | latency:S | 500 | 503 | 429:S (Retry-After S) | 400 | 404 | reset (drop the connection mid-body) |
   malformed (invalid JSON) | stall:S (stream: first chunk, then silence for S) | die:N (stream: N chunks then
   drop the connection) | inband (stream: an in-band error event after one chunk)
 `Faults(chaos=0.2, seed=5)` also picks a random fault from CHAOS for that share of unscripted requests.
@@ -89,7 +89,7 @@ async def _prelude(fault: str) -> Response | None:
     kind, _, arg = fault.partition(":")
     if kind == "latency":
         await asyncio.sleep(float(arg))
-    elif kind in ("500", "503", "400", "502"):
+    elif kind in ("500", "503", "400", "404", "502"):
         return _error(int(kind))
     elif kind == "429":
         return _error(429, {"retry-after": arg or "1"})

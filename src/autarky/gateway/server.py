@@ -17,10 +17,10 @@ from autarky.gateway.app import Gateway
 from autarky.gateway.config import GatewayConfig, load_config
 
 
-def _uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:  # noqa: ANN001
+def _uvicorn_config(app, host: str, port: int, log_level: str, graceful_s: float = 30) -> uvicorn.Config:  # noqa: ANN001
     # No access log and no proxy-header rewriting: each is a per-request cost we do not need on the hot path.
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, loop="uvloop",
-                          http="httptools", lifespan="on", timeout_graceful_shutdown=30, proxy_headers=False,
+                          http="httptools", lifespan="on", timeout_graceful_shutdown=graceful_s, proxy_headers=False,
                           server_header=False)
 
 
@@ -43,9 +43,10 @@ class ServerThread:
     """Any ASGI app on 127.0.0.1 in a background thread with its own event loop; `stop()` shuts it down
     gracefully (lifespan shutdown included). Usable as a context manager."""
 
-    def __init__(self, app, port: int | None = None, log_level: str = "warning") -> None:  # noqa: ANN001
+    def __init__(self, app, port: int | None = None, log_level: str = "warning",  # noqa: ANN001
+                 graceful_s: float = 30) -> None:
         self.port = port or free_port()
-        self.server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", self.port, log_level))
+        self.server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", self.port, log_level, graceful_s))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"server-{self.port}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -45,8 +46,17 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn's handlers: stop accepting, finish open requests, then the
-        app's shutdown finishes whatever the engines still hold)."""
-        self.uvicorn.run(sockets=[self.sock])
+        app's shutdown finishes whatever the engines still hold). A stop signal is a normal exit: status 0."""
+        if threading.current_thread() is not threading.main_thread():
+            self.uvicorn.run(sockets=[self.sock])
+            return
+        # uvicorn re-raises the signal it caught once it has shut down; these no-op handlers absorb it.
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.uvicorn.run(sockets=[self.sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def start(self, timeout: float = 300.0, wait_for_models: bool = True) -> Server:
         """Serve from a background thread; return once listening and (by default) once the models are loaded."""

@@ -42,6 +42,7 @@ eval_results = Table(
     Column("model", String(256), nullable=False),
     Column("suite", String(128), nullable=False),
     Column("item_id", String(256), nullable=False),
+    Column("item_sha", String(64), nullable=False, default=""),  # the item as graded; an edited item is redone
     Column("status", String(16), nullable=False),  # ok | error
     Column("score", Float, nullable=False, default=0.0),
     Column("metrics", Text, nullable=False, default="{}"),  # JSON: secondary metrics (e.g. bits_per_byte)

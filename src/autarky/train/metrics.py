@@ -3,8 +3,9 @@
 MFU = tokens/s × flops_per_token(cfg, seq_len) / (world × peak_flops), a fraction in [0, 1].
 Peak per device: a table of dense bf16 tensor-core peaks for known CUDA GPUs (the number MFU is quoted
 against by Llama 3, torchtitan and Megatron). On CPU, and on unknown GPUs, the peak is MEASURED once at
-start: the best of a few large fp32 (bf16 on CUDA) matmuls with the process's threads. CPU MFU is therefore
-"fraction of this machine's achievable matmul rate", not a datasheet number.
+start: the best of ten 1024² fp32 (4096² bf16 on CUDA) matmuls with the process's threads. CPU MFU is therefore
+"fraction of this machine's achievable matmul rate", not a datasheet number; on a machine shared with other
+busy processes the measurement can land in a slow moment, and MFU can then read above 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CUDA_BF16_PEAK: dict[str, float] = {
 }
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     """Best observed FLOP/s of an n×n matmul on this device."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

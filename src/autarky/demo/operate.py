@@ -1,0 +1,177 @@
+"""The demo's second half: serve the in-house and the open model, put the gateway in front, evaluate both on
+every product suite, route by the results, then run product traffic through an outage drill and with
+self_sufficient = true."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+from rich.table import Table
+
+from autarky.demo.runner import DemoRunner
+from autarky.demo.traffic import BurstResult, product_burst, timed_chat
+
+TASKS = ["chat-qa", "spreadsheet", "slides", "python-functions", "code-completion"]
+KEY_ENV = "AUTARKY_DEMO_KEY"
+
+
+@dataclass(frozen=True)
+class OperateSettings:
+    nano_dir: Path
+    workdir: Path
+    eval_limit: int = 10
+    burst_requests: int = 60
+    burst_concurrency: int = 8
+
+
+def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
+    ports = {name: _free_port() for name in ("nano", "smollm2", "gateway", "gateway_ss")}
+    summary: dict = {}
+    with runner.section("serve: the in-house model and SmolLM2-135M-Instruct, OpenAI-compatible"):
+        runner.start_server("serve-nano", ["serve", f"nano-demo={settings.nano_dir}", "--port", ports["nano"],
+                                           "--log-level", "warning"], f"http://127.0.0.1:{ports['nano']}/health")
+        runner.start_server("serve-smollm2", ["serve", "smollm2=smollm2", "--port", ports["smollm2"],
+                                              "--log-level", "warning"],
+                            f"http://127.0.0.1:{ports['smollm2']}/health")
+        _first_requests(runner, ports)
+
+    with runner.section("gateway: one endpoint for every product, keys and budgets"):
+        for name, self_sufficient in (("gateway", False), ("gateway_ss", True)):
+            config = write_gateway_config(settings.workdir / f"{name}.toml", ports, self_sufficient)
+            runner.start_server(name, ["gateway", "--config", config, "--port", ports[name]],
+                                f"http://127.0.0.1:{ports[name]}/health")
+        output = runner.run(["keys", "create", "--team", "product", "--budget-usd", "5",
+                             "--config", settings.workdir / "gateway.toml"], capture=True)
+        os.environ[KEY_ENV] = output.strip().splitlines()[-1]
+        runner.console.print("created a key for team [bold]product[/bold] (stored only as a hash)")
+
+    gateway_url = f"http://127.0.0.1:{ports['gateway']}/v1"
+    with runner.section("eval: every product suite, both models, through the gateway"):
+        models = [f"--model=nano-demo={gateway_url}", f"--model=smollm2={gateway_url}"]
+        runner.run(["eval", "run", *models, "--limit", settings.eval_limit, "--concurrency", 4,
+                    "--api-key-env", KEY_ENV, "--gateway-config", settings.workdir / "gateway.toml",
+                    "--mode", "nano-demo=completions", "--max-tokens-cap", 96,
+                    "--data-dir", settings.workdir / "data"])
+        runner.run(["eval", "leaderboard"])
+        runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])
+        runner.console.print((settings.workdir / "routes.toml").read_text(), markup=False, highlight=False)
+        runner.run(["eval", "report", "--out", settings.workdir / "report"])
+        runner.console.print(f"report: [bold]{settings.workdir / 'report' / 'index.html'}[/bold]")
+
+    with runner.section("traffic: self_sufficient = true (in-house models only)"):
+        result = _burst(ports["gateway_ss"], settings, drill=None)
+        _print_burst(runner, "self_sufficient", result)
+        summary["self_sufficient"] = _burst_summary(result)
+
+    with runner.section("outage drill: a model server dies mid-burst"):
+        result = _burst(ports["gateway"], settings, drill=runner)
+        _print_burst(runner, "drill", result)
+        summary["drill"] = _burst_summary(result)
+    return summary
+
+
+def _first_requests(runner: DemoRunner, ports: dict[str, int]) -> None:
+    table = Table("model", "prompt", "answer", "TTFT ms", "tokens/s")
+    cases = [("nano-demo", ports["nano"], "def fibonacci(n):\n", False),
+             ("smollm2", ports["smollm2"], "What is the capital of France?", True),
+             ("smollm2", ports["smollm2"], "Write a haiku about self-sufficiency.", True)]
+    for model, port, prompt, chat in cases:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=300)
+        timing = timed_chat(client, model, prompt, max_tokens=48, chat=chat)
+        table.add_row(model, prompt.strip(), timing.text.strip(), f"{1000 * timing.ttft_s:.0f}",
+                      f"{timing.tokens_per_s:.1f}")
+    runner.console.print(table)
+
+
+def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> BurstResult:
+    """A burst of product traffic; with a drill, the busiest model's server is killed a third of the way in."""
+    state = {"killed": None}
+
+    def pull_the_plug(done: int, result: BurstResult) -> None:
+        if drill is None or state["killed"] or done < settings.burst_requests // 3:
+            return
+        busiest = result.served_by.most_common(1)[0][0].split("@")[0] if result.served_by else "nano-demo"
+        server = "serve-smollm2" if busiest == "smollm2" else "serve-nano"
+        drill.kill_server(server)
+        state["killed"] = server
+        drill.console.print(f"[bold red]killed {server} (serving {busiest}) after {done} requests[/bold red]")
+
+    return asyncio.run(product_burst(f"http://127.0.0.1:{port}/v1", os.environ[KEY_ENV], TASKS,
+                                     settings.burst_requests, settings.burst_concurrency,
+                                     on_progress=pull_the_plug))
+
+
+def _print_burst(runner: DemoRunner, label: str, result: BurstResult) -> None:
+    table = Table(title=f"{label}: {result.served}/{result.sent} served, {result.failed} failed, "
+                        f"p50 {result.p50_ms():.0f} ms")
+    table.add_column("served by (model@provider)")
+    table.add_column("requests", justify="right")
+    for who, count in result.served_by.most_common():
+        table.add_row(who, str(count))
+    runner.console.print(table)
+    if result.errors:
+        runner.console.print(f"errors: {dict(result.errors)}")
+
+
+def _burst_summary(result: BurstResult) -> dict:
+    return {"sent": result.sent, "served": result.served, "failed": result.failed,
+            "served_by": dict(result.served_by), "p50_ms": result.p50_ms()}
+
+
+def write_gateway_config(path: Path, ports: dict[str, int], self_sufficient: bool) -> Path:
+    """The demo's gateway: our two servers, plus a simulated partner (the SmolLM2 server again, labelled as a
+    priced, out-of-house provider) so that policy and fallback have something to exclude or fall back to."""
+    path.write_text(f"""# Written by `autarky demo`.
+routes = "routes.toml"
+require_keys = true
+store = "sqlite:///{path.parent.parent / 'autarky.db'}"
+
+[policy]
+self_sufficient = {str(self_sufficient).lower()}
+
+[providers.inhouse]
+kind = "openai"
+base_url = "http://127.0.0.1:{ports['nano']}/v1"
+region = "local"
+in_house = true
+
+[providers.open-weights]
+kind = "openai"
+base_url = "http://127.0.0.1:{ports['smollm2']}/v1"
+region = "local"
+in_house = true
+
+[providers.partner-sim]   # stands in for a paid partner API: same local server, priced and out of house
+kind = "openai"
+base_url = "http://127.0.0.1:{ports['smollm2']}/v1"
+region = "us"
+in_house = false
+max_data_class = "internal"
+
+[models.nano-demo]
+provider = "inhouse"
+context_window = 256
+
+[models.smollm2]
+provider = "open-weights"
+context_window = 2048
+
+[models.partner-mini]
+provider = "partner-sim"
+upstream_id = "smollm2"
+usd_per_1m_input = 0.15
+usd_per_1m_output = 0.60
+context_window = 2048
+""" + "".join(f'\n[tasks.{task}]\ncandidates = ["smollm2", "nano-demo", "partner-mini"]\n' for task in TASKS))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

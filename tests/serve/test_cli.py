@@ -1,0 +1,79 @@
+"""`autarky serve` as a subprocess, the way the demo runs it: URL printed when ready, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def start(args: list[str], home: Path) -> subprocess.Popen:
+    env = {**os.environ, "AUTARKY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "autarky", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_url(proc: subprocess.Popen, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"server exited early:\n{''.join(seen)}")
+        seen.append(line)
+        match = re.search(r"ready at (http://\S+/v1)", line)
+        if match:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining the pipe
+            return match.group(1)
+    raise AssertionError(f"no URL within {timeout}s:\n{''.join(seen)}")
+
+
+def test_serve_two_named_models_and_finish_in_flight_on_sigterm(tiny_hf_model_dir, tmp_path):
+    proc = start([f"alpha={tiny_hf_model_dir}", f"beta={tiny_hf_model_dir}", "--port", "0", "--max-batch", "4"],
+                 tmp_path)
+    try:
+        base = wait_for_url(proc)
+        assert [m["id"] for m in httpx.get(f"{base}/models").json()["data"]] == ["alpha", "beta"]
+        assert httpx.get(base.removesuffix("/v1") + "/health").status_code == 200
+        events: list[str] = []
+        first = threading.Event()
+
+        def stream() -> None:
+            payload = {"model": "beta", "prompt": "x", "max_tokens": 150, "stream": True, "ignore_eos": True}
+            with httpx.stream("POST", f"{base}/completions", json=payload, timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                        first.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first.wait(60)
+        proc.send_signal(signal.SIGTERM)  # mid-stream: the request must still complete
+        reader.join(120)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert sum(1 for c in chunks if c["choices"][0]["text"]) > 0
+
+
+def test_serve_bad_model_exits_with_a_clear_error(tmp_path):
+    proc = start([str(tmp_path / "missing"), "--port", "0"], tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "does not exist" in out
