@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from autarky.evals.generators import python_functions, spreadsheet
 from autarky.evals.graders import get_grader, normalize_answer
 from autarky.evals.sandbox import run_python
@@ -55,8 +53,11 @@ def test_formula_grader_references_evaluate_to_expected_and_wrong_formulas_fail(
     assert grade("formula", total, "```\n=SUM(C2:C13)\n```").score == 1.0
     assert grade("formula", total, "=SUM($C$2:$C$13)").score == 1.0
     assert grade("formula", total, "=SUM(C2:C12)").score == 0.0
-    with pytest.raises(ValueError):
-        grade("formula", total, "the total is 367")
+    assert grade("formula", total, "You can use the formula =SUM(C2:C13) to add them up.").score == 1.0
+    assert grade("formula", total, "Use =SUM(C2:C13).").score == 1.0
+    for wrong in ("the total is 367", "=SUM(row 2) / ", "=SUM(Units)"):
+        g = grade("formula", total, wrong)
+        assert g.score == 0.0 and g.detail, wrong
 
 
 def test_slides_structure():

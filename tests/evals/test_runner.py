@@ -73,9 +73,9 @@ def test_grader_crash_is_the_items_failure_not_the_runs(stub_server, store_url, 
     suite.mkdir()
     (suite / "suite.toml").write_text('name = "sheet"\ntask = "spreadsheet"\nkind = "generate"\ngrader = "formula"\n')
     items = [{"id": "ok", "prompt": "sum", "sheet": [[1], [2]], "expected": 3},
-             {"id": "crash", "prompt": "crash", "sheet": [[1], [2]], "expected": 3}]
+             {"id": "crash", "prompt": "crash", "sheet": 5, "expected": 3}]  # a malformed sheet breaks the grader
     (suite / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-    stub = stub_server(Script(answer=lambda p: "=SUM(A1:A2)" if p == "sum" else "no formula here"))
+    stub = stub_server(Script(answer=lambda p: "=SUM(A1:A2)"))
     summary = evaluate({"m": stub.base_url}, [str(suite)], store_url=store_url, progress=False)
     assert summary.done == 2 and summary.grader_failures == 1
     rows = {r["item_id"]: r for r in load_results(open_store(store_url))}
@@ -170,3 +170,23 @@ def test_an_edited_item_is_graded_again(stub_server, store_url, tmp_path):
     summary = evaluate({"m": stub.base_url}, [str(suite)], store_url=store_url, progress=False)
     assert summary.done == 1 and summary.skipped == 1 and len(script.requests) == 3
     assert {r["item_id"]: r["score"] for r in load_results(open_store(store_url))} == {"a": 1.0, "b": 1.0}
+
+
+def test_data_dir_check_runs_before_any_request(stub_server, store_url, tiny_data_dir, tmp_path):
+    import shutil
+
+    script = Script(answer=qa_answers)
+    stub = stub_server(script)
+    evaluate({"m": stub.base_url}, ["code-completion"], limit=1, store_url=store_url, progress=False,
+             data_dir=tiny_data_dir)
+    assert len(script.requests) == 2  # held out: the echo request and the generation
+    leaked = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, leaked)
+    manifest = json.loads((leaked / "manifest.json").read_text())
+    for doc in manifest["documents"]:
+        doc["split"] = "train"
+    (leaked / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="training split"):
+        evaluate({"m": stub.base_url}, ["code-completion"], limit=1, store_url=store_url, progress=False,
+                 data_dir=leaked, fresh=True)
+    assert len(script.requests) == 2

@@ -38,6 +38,29 @@ def faults(upstream_server) -> Faults:
     faults.reset()
 
 
+def wait_for_ledger(gw, n: int, timeout_s: float = 10.0) -> None:
+    """Until `n` usage rows are written. Streamed rows are queued just after the last byte is sent, so a
+    client can be done a moment before its row exists."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        gw.ledger.flush()
+        if gw.ledger.written >= n and not gw.ledger.pending:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"only {gw.ledger.written} of {n} ledger rows written")
+
+
+def avoid_minute_boundary(margin_s: float = 6.0) -> None:
+    """Rate windows are calendar minutes: start a limit test where it cannot straddle two of them."""
+    import time
+
+    into = time.time() % 60
+    if into > 60 - margin_s:
+        time.sleep(60.05 - into)
+
+
 def base_config(upstream_url: str, store: str) -> dict:
     return {
         "store": store,

@@ -18,7 +18,7 @@ from autarky.gateway.server import free_port, start_gateway_process, wait_for_ht
 from autarky.store.database import open_store
 from autarky.store.gateway_tables import gateway_usage
 
-from .conftest import base_config, merge, to_toml
+from .conftest import base_config, merge, to_toml, wait_for_ledger
 
 
 def ledger_rows(gw):
@@ -133,7 +133,7 @@ def test_prompts_stored_only_for_opted_in_teams(make_gateway, faults):
         r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                        json={"model": "small", "stream": stream, "messages": [{"role": "user", "content": secret}]})
         assert r.status_code == 200
-    gw.ledger.flush()
+    wait_for_ledger(gw, 4)
     rows = ledger_rows(gw)
     stored = [r for r in rows if r.content]
     assert len(rows) == 4 and {r.team for r in stored} == {"recorder"} and len(stored) == 2

@@ -12,6 +12,8 @@ from autarky.gateway.auth import create_key, list_keys
 from autarky.store.database import open_store
 from autarky.store.gateway_tables import gateway_usage
 
+from .conftest import avoid_minute_boundary
+
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 MESSAGES = [{"role": "user", "content": "one two three"}]
 
@@ -32,6 +34,7 @@ def two_gateways(make_gateway, pg_store):
 def test_rpm_is_shared_across_replicas(make_gateway, faults, pg_store):
     (a, url_a), (b, url_b) = two_gateways(make_gateway, pg_store)
     key, _ = create_key(a.engine, "t", rpm=4)
+    avoid_minute_boundary()
     codes = [chat(url, key) for url in (url_a, url_b) * 3]
     assert sorted(codes) == [200] * 4 + [429] * 2
     assert len(faults.calls) == 4
@@ -101,6 +104,7 @@ def test_audit_chain_with_concurrent_writers_and_tampering(pg_store):
 def test_tpm_is_shared_across_replicas(make_gateway, faults, pg_store):
     (a, url_a), (b, url_b) = two_gateways(make_gateway, pg_store)
     key, _ = create_key(a.engine, "t", tpm=20)  # each request: 3 prompt + 8 completion tokens
+    avoid_minute_boundary()
     assert chat(url_a, key) == 200
     a.ledger.flush()  # the writer adds the tokens to the shared window (every ledger_flush_s in service)
     assert chat(url_b, key) == 200

@@ -8,6 +8,8 @@ import pytest
 
 from autarky.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 
+from .conftest import wait_for_ledger
+
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -17,12 +19,6 @@ def client(url: str) -> openai.OpenAI:
 
 def upstream_models(faults) -> list[str]:
     return [m for _, m in faults.calls]
-
-
-def wait_for_ledger(gw, n: int, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (gw.ledger.written < n or gw.ledger.pending) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def test_retries_5xx_reset_and_malformed_then_succeeds(make_gateway, faults):
@@ -64,7 +60,7 @@ def test_long_retry_after_fails_over_instead_of_waiting(make_gateway, faults):
 
 
 def test_timeout_fails_over_and_all_failing_is_502(make_gateway, faults):
-    _, url = make_gateway(retry={"max_retries": 0})
+    _, url = make_gateway(retry={"max_retries": 0}, providers={"partner": {"timeout_s": 0.5}})
     faults.script("gpt-up", "stall:5")
     raw = client(url).chat.completions.with_raw_response.create(model="task:spreadsheet", messages=MESSAGES)
     assert raw.headers["x-autarky-model"] == "small"
@@ -147,7 +143,7 @@ def test_stream_fails_over_before_first_byte(make_gateway, faults, fault):
 
 @pytest.mark.parametrize("fault", ["die:2", "inband", "stall:5"])
 def test_stream_error_after_first_byte_is_in_band(make_gateway, faults, fault):
-    gw, url = make_gateway(retry={"max_retries": 0})
+    gw, url = make_gateway(retry={"max_retries": 0}, providers={"local": {"timeout_s": 0.5}})
     faults.script("small-up", fault)
     with httpx.stream("POST", url + "/v1/chat/completions", timeout=20,
                       json={"model": "small", "messages": MESSAGES, "stream": True}) as r:

@@ -53,11 +53,11 @@ def ask(url: str, **headers) -> httpx.Response:
 def test_table_orders_by_score_then_cost_then_latency_and_hot_reloads(make_gateway, faults, tmp_path):
     table = tmp_path / "routes.toml"
     write(table, 0.42)
-    gw, url = make_gateway(routes=str(table))
+    gw, url = make_gateway(routes=str(table), policy={"order": "score"})
     gw.routes.poll_s = 0.0
     r = ask(url)
     assert r.headers["x-autarky-model"] == "claude"
-    assert "task=spreadsheet; 3 allowed of 3" in r.headers["x-autarky-route-reason"]
+    assert "task=spreadsheet; 3 allowed of 3; by score,cost,latency" in r.headers["x-autarky-route-reason"]
     # Same score and cost: the faster one (small2, 80 ms) wins; the header task works like the model prefix.
     write(table, 0.9)
     r = httpx.post(url + "/v1/chat/completions", headers={"x-autarky-task": "spreadsheet"},
@@ -112,3 +112,24 @@ def test_example_config_is_valid():
     config = load_config(example)
     assert config.providers and config.models and config.tasks
     assert load_routing_table(Path(config.routes)).tasks
+
+
+def test_table_written_by_the_eval_stage_keeps_its_rank(make_gateway, faults, tmp_path):
+    """The contract with `autarky eval routes`: its writer's output loads, its rank (which may put an in-house
+    model above a better-scoring partner on purpose) is kept by default, and unmeasured (nan) values are safe."""
+    from autarky.evals.routes import Candidate, TaskRoute, write_routes
+
+    nan = float("nan")
+    route = TaskRoute("spreadsheet", [
+        Candidate("small", "local", 0.40, 0.3, 0.5, 0.0, nan, True),  # preferred in-house, 2 points lower
+        Candidate("gpt", "partner", 0.42, 0.3, 0.5, 0.0015, 300.0, False),
+        Candidate("small2", "", nan, nan, nan, 0.0, nan, True),
+    ], ["small"], ["in-house small preferred"])
+    table = write_routes([route], tmp_path / "routes.toml")
+    gw, url = make_gateway(routes=str(table))
+    r = ask(url)
+    assert r.headers["x-autarky-model"] == "small" and "by table rank" in r.headers["x-autarky-route-reason"]
+    plan = gw.router.plan("task:spreadsheet")
+    assert [t.model for t in plan.targets] == ["small", "gpt", "small2"]
+    scored = make_gateway(routes=str(table), policy={"order": "score"})[0].router.plan("task:spreadsheet")
+    assert [t.model for t in scored.targets] == ["gpt", "small", "small2"]  # nan score ranks last

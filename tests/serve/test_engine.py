@@ -253,3 +253,41 @@ def test_token_event_fields(tiny, engine):
     assert all(isinstance(e, TokenEvent) and e.index == 5 for e in events)
     assert [e.finish_reason for e in events] == [None, None, None, "length"]
     assert events[-1].token_id is None
+
+
+def test_one_batched_prefill_equals_separate_prefills(tiny, engine):
+    """Requests admitted in the same step share one padded prefill: mixed lengths, an n=2 request and an
+    echo-only request (max_tokens=0, which takes no slot) in the middle must not disturb the others' slots."""
+    import threading
+
+    _, codec = tiny
+    jobs = [
+        (codec.encode(PROMPTS[0]), greedy(9)),
+        (codec.encode(PROMPTS[3]), SamplingParams(max_tokens=0, prompt_logprobs=0)),
+        (codec.encode(PROMPTS[2]), SamplingParams(max_tokens=8, temperature=1.0, seed=11, n=2, ignore_eos=True)),
+        (codec.encode(PROMPTS[1]), greedy(6)),
+    ]
+    alone = [run(engine, [job])[0] for job in jobs]
+    gate, waiting, real_step, real_prefill = threading.Event(), threading.Event(), engine._step, engine._prefill
+    prefills = []
+    engine._step = lambda: (waiting.set(), gate.wait(30), real_step())
+    engine._prefill = lambda requests, out: (prefills.append(len(requests)), real_prefill(requests, out))
+
+    async def main() -> list[dict]:
+        loop = asyncio.get_running_loop()
+        blocker = asyncio.Queue()
+        engine.submit(Request(codec.encode("x"), greedy(1), blocker, loop))
+        await asyncio.to_thread(waiting.wait, 30)  # the engine thread now holds in _step with only the blocker
+        sinks = [asyncio.Queue() for _ in jobs]
+        for (ids, params), sink in zip(jobs, sinks, strict=True):
+            engine.submit(Request(ids, params, sink, loop))
+        gate.set()
+        return list(await asyncio.gather(*[_collect(sk, p.n) for sk, (_, p) in zip(sinks, jobs, strict=True)]))
+
+    together = asyncio.run(main())
+    assert prefills[:3] == [1, 1, 3]  # the blocker; then the echo alone; then the other three in one forward
+    for a, t, (_, params) in zip(alone, together, jobs, strict=True):
+        for choice in range(params.n):
+            assert t[choice]["ids"] == a[choice]["ids"]
+            assert t[choice]["finish"] == a[choice]["finish"]
+    assert together[1]["prompt"].logprobs == pytest.approx(alone[1]["prompt"].logprobs)

@@ -134,16 +134,32 @@ def evaluate_formula(formula: str, sheet: list[list[Any]]) -> Any:
     return value
 
 
-_FORMULA_LINE = re.compile(r"^\s*`*(=.+?)`*\s*$")
+def _parses(formula: str) -> bool:
+    import formulas
+    from formulas.errors import BaseError
+
+    try:
+        formulas.Parser().ast(formula)
+    except (BaseError, ValueError, IndexError, TypeError):
+        return False
+    return True
 
 
-def extract_formula(output: str) -> str:
-    """The formula in a model's answer: a line starting with '=' (inside or outside a code fence)."""
-    for line in strip_fences(output).splitlines() + output.splitlines():
-        match = _FORMULA_LINE.match(line)
-        if match:
-            return match.group(1).strip()
-    raise ValueError("no line starting with '=' in the answer")
+def extract_formula(output: str) -> str | None:
+    """The formula in a model's answer: a line that is a formula (fenced or not), else the longest parseable
+    formula starting at an '=' inside prose ("use =SUM(C2:C13) to ..."); None when there is none."""
+    lines = [ln.strip().strip("`").strip() for ln in strip_fences(output).splitlines() + output.splitlines()]
+    for line in lines:
+        if line.startswith("=") and _parses(line):
+            return line
+    for line in lines:
+        for start in (i for i, ch in enumerate(line) if ch == "="):
+            tail = line[start:].rstrip(" .,;:`")
+            ends = [len(tail)] + [i + 1 for i in range(len(tail) - 1, 0, -1) if tail[i] == ")"]
+            for end in ends:
+                if _parses(tail[:end]):
+                    return tail[:end]
+    return next((line for line in lines if line.startswith("=")), None)
 
 
 def values_equal(got: Any, expected: Any) -> bool:
@@ -158,8 +174,15 @@ def values_equal(got: Any, expected: Any) -> bool:
 
 
 def grade_formula(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    from formulas.errors import BaseError
+
     formula = extract_formula(output)
-    value = evaluate_formula(formula, item["sheet"])
+    if formula is None:
+        return Grade(0.0, detail="no formula (a line or phrase starting with '=') in the answer")
+    try:
+        value = evaluate_formula(formula, item["sheet"])
+    except (BaseError, ValueError) as exc:  # the model's formula is broken: a wrong answer, not a grader crash
+        return Grade(0.0, detail=f"{formula}: {type(exc).__name__}: {str(exc)[:200]}")
     ok = values_equal(value, item["expected"])
     return Grade(float(ok), detail=f"{formula} -> {value!r}")
 

@@ -159,6 +159,7 @@ class Gateway:
         plan: Plan | None = None
         key: KeyRecord | None = None
         admission = None
+        outcome: Outcome | None = None
         try:
             key = await self.authenticate(request)
             usage.key_id, usage.team = key.id or None, key.team
@@ -208,16 +209,20 @@ class Gateway:
             usage.status = 200
             return json_response(payload, headers=route_headers(plan, outcome, usage.request_id))
         except GatewayError as exc:
-            usage.status, usage.error = exc.status, exc.message
-            self._release(key, admission)
-            headers = {"x-autarky-request-id": usage.request_id}
-            if plan is not None:
-                headers["x-autarky-route-reason"] = _ascii(plan.reason)
-            return exc.response(anthropic, headers)
+            return self._failed(exc, usage, key, admission, plan, outcome, anthropic)
         except ClientGone:
             usage.status, usage.error = 499, "client disconnected"
             self._release(key, admission)
             return Response(status_code=499)
+        except asyncio.CancelledError:
+            usage.status, usage.error = 499, "cancelled"
+            self._release(key, admission)
+            raise
+        except Exception as exc:  # a bug: still one envelope, one ledger row, and a traceback in the log
+            log.exception("request %s failed inside the gateway", usage.request_id)
+            internal = GatewayError(500, f"internal gateway error ({type(exc).__name__}); see the gateway log",
+                                    type="api_error", code="internal_error")
+            return self._failed(internal, usage, key, admission, plan, outcome, anthropic)
         finally:
             if usage.status and not (usage.status == 200 and usage.stream):
                 self.finish(usage, started)
@@ -228,6 +233,17 @@ class Gateway:
         usage.cost_usd = target.model_config.cost(usage.prompt_tokens, usage.completion_tokens)
         if key.id:
             self.limiter.settle_local(key.id, admission, usage.cost_usd, usage.prompt_tokens + usage.completion_tokens)
+
+    def _failed(self, exc: GatewayError, usage: Usage, key: KeyRecord | None, admission, plan: Plan | None,  # noqa: ANN001
+                outcome: Outcome | None, anthropic: bool) -> Response:
+        usage.status, usage.error = exc.status, exc.message
+        if outcome is not None:
+            usage.retries, usage.failovers = outcome.retries, outcome.failovers
+        self._release(key, admission)
+        headers = {"x-autarky-request-id": usage.request_id}
+        if plan is not None:
+            headers["x-autarky-route-reason"] = _ascii(plan.reason)
+        return exc.response(anthropic, headers)
 
     def _release(self, key: KeyRecord | None, admission) -> None:  # noqa: ANN001
         """A request that was admitted but failed costs nothing: give back its local reservation.

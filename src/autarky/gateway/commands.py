@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         budget_usd: float | None = typer.Option(None, "--budget-usd", help="spend limit in USD"),
         rpm: int | None = typer.Option(None, "--rpm", help="requests per minute"),
         tpm: int | None = typer.Option(None, "--tpm", help="tokens per minute"),
-        models: list[str] | None = typer.Option(None, "--models", help="allowed model names (repeatable)"),
+        models: list[str] | None = typer.Option(None, "--models", help="allowed models (repeat, or a,b,c)"),
         config: Path | None = config_opt,
         store: str | None = store_opt,
     ) -> None:
@@ -55,8 +55,9 @@ def register(app: typer.Typer) -> None:
         from autarky.gateway.auth import create_key
         from autarky.store.database import open_store
 
+        names = [m.strip() for value in models or () for m in value.split(",") if m.strip()]
         key, record = create_key(open_store(_store_url(config, store)), team, budget_usd=budget_usd, rpm=rpm,
-                                 tpm=tpm, models=models or None)
+                                 tpm=tpm, models=names or None)
         typer.echo(key)
         typer.echo(f"id={record.id} team={team} (save the key now: it cannot be shown again)", err=True)
 

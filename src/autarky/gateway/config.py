@@ -77,6 +77,9 @@ class PolicyConfig(_Strict):
     allowed_regions: list[str] | None = None
     max_usd_per_1k_tokens: float | None = None
     latency_target_ms: float | None = None  # candidates slower than this go after those within it
+    # "table": keep the routing table's rank (the eval stage ranks by score then cost, and may state an
+    # in-house preference); "score": re-rank allowed candidates by score, then cost, then latency.
+    order: Literal["table", "score"] = "table"
     default_data_class: DataClass = "internal"
 
 

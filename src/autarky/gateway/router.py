@@ -7,6 +7,7 @@ per routing-table generation and the hot path only does a dict lookup.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from autarky.gateway.config import DATA_CLASSES, GatewayConfig, ModelConfig, ProviderConfig
@@ -18,6 +19,7 @@ TASK_PREFIX = "task:"
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    rank: int  # position in the routing table (or the task's candidate list)
     model: str
     model_config: ModelConfig
     provider: str
@@ -37,6 +39,7 @@ class Policy:
     data_class: str = "internal"
     max_usd_per_1k: float | None = None
     latency_target_ms: float | None = None
+    by_score: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +64,19 @@ def rejection(target: Target, policy: Policy) -> str | None:
     return None
 
 
+def _finite(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default  # eval tables write `nan` for unmeasured values
+
+
 def order(targets: list[Target], policy: Policy) -> list[Target]:
-    """Score (high first), then cost, then latency; candidates over the latency target go last."""
+    """Table rank, or score (high first) then cost then latency; candidates over the latency target go last."""
 
     def key(t: Target) -> tuple:
-        slow = policy.latency_target_ms is not None and t.p50_latency_ms > policy.latency_target_ms
-        return (slow, -t.score, t.usd_per_1k, t.p50_latency_ms)
+        slow = policy.latency_target_ms is not None and _finite(t.p50_latency_ms, math.inf) > policy.latency_target_ms
+        if not policy.by_score:
+            return (slow, t.rank)
+        return (slow, -_finite(t.score, -math.inf), _finite(t.usd_per_1k, math.inf),
+                _finite(t.p50_latency_ms, math.inf), t.rank)
 
     return sorted(targets, key=key)
 
@@ -101,6 +111,7 @@ class Router:
             data_class=klass,
             max_usd_per_1k=min(ceilings) if ceilings else None,
             latency_target_ms=g.latency_target_ms,
+            by_score=g.order == "score",
         )
 
     def plan(
@@ -137,7 +148,7 @@ class Router:
             if task in table.tasks:
                 candidates = list(table.tasks[task].candidates)
             elif task_cfg is not None:
-                candidates = [Candidate(model=m, score=-i) for i, m in enumerate(task_cfg.candidates)]
+                candidates = [Candidate(model=m, score=-i) for i, m in enumerate(task_cfg.candidates)]  # listed order
             else:
                 raise not_found(f"unknown task {task!r}; known: {sorted(set(table.tasks) | set(self.config.tasks))}",
                                 code="task_not_found")
@@ -150,8 +161,8 @@ class Router:
         policy = self.policy_for(team, key_models, data_class)
         allowed: list[Target] = []
         dropped: list[str] = []
-        for cand in candidates:
-            target = self._target(cand)
+        for rank, cand in enumerate(candidates):
+            target = self._target(cand, rank)
             if target is None:
                 dropped.append(f"{cand.model}(not configured)")
                 continue
@@ -169,18 +180,20 @@ class Router:
             )
         ordered = order(allowed, policy)
         head = f"task={task}" if task is not None else "model requested"
-        reason = f"{head}; {len(ordered)} allowed of {len(candidates)}; by score,cost,latency"
+        how = "score,cost,latency" if policy.by_score else "table rank"
+        reason = f"{head}; {len(ordered)} allowed of {len(candidates)}; by {how}"
         if policy.self_sufficient:
             reason += "; self_sufficient"
         if dropped:
             reason += "; dropped " + " ".join(dropped)
         return Plan(tuple(ordered), task, reason)
 
-    def _target(self, cand: Candidate) -> Target | None:
+    def _target(self, cand: Candidate, rank: int) -> Target | None:
         model_cfg = self.config.models.get(cand.model)
         if model_cfg is None or (cand.provider and cand.provider != model_cfg.provider):
             return None
         return Target(
+            rank=rank,
             model=cand.model,
             model_config=model_cfg,
             provider=model_cfg.provider,

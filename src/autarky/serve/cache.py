@@ -51,7 +51,8 @@ class SlotKVCache:
         self.capacity = new_cap
 
     def begin_prefill(self, slot: int, length: int) -> None:
-        """The next forward writes `length` prompt tokens into `slot` from position 0."""
+        """The next forward writes B prompts of `length` tokens (padded) into slots slot..slot+B-1 from
+        position 0."""
         self.reserve(length)
         self._prefill_slot = slot
 
@@ -71,10 +72,10 @@ class SlotKVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self._prefill_slot is not None:
-            slot, length = self._prefill_slot, k.shape[1]
-            self.k[layer, slot, :length] = k[0]
-            self.v[layer, slot, :length] = v[0]
-            return k, v, None  # a prompt from position 0 attends causally to itself only
+            slot, (batch, length) = self._prefill_slot, k.shape[:2]
+            self.k[layer, slot : slot + batch, :length] = k
+            self.v[layer, slot : slot + batch, :length] = v
+            return k, v, None  # prompts from position 0 attend causally to themselves only
         self.k[layer].index_put_((self._rows, self._positions), k[:, 0])
         self.v[layer].index_put_((self._rows, self._positions), v[:, 0])
         return self.k[layer, : self._batch, : self._span], self.v[layer, : self._batch, : self._span], self._mask

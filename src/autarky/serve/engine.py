@@ -28,6 +28,7 @@ from autarky.serve.text import IncrementalText, TextCodec
 log = logging.getLogger("autarky.serve")
 
 TopLogprobs = list[tuple[int, float]]
+MAX_PREFILL_TOKENS = 4096  # padded prompt tokens per batched prefill
 
 
 @dataclass
@@ -199,64 +200,100 @@ class Engine:
     def _step(self) -> None:
         out: list[tuple[Request, Event]] = []
         self._drop_cancelled()
-        while self._waiting and len(self._running) + self._waiting[0].params.n <= self.max_batch:
+        admitted, free = [], self.max_batch - len(self._running)
+        while self._waiting and self._waiting[0].params.n <= free:
             request = self._waiting.popleft()
             with self._lock:
                 self._queued -= 1
             if not request.cancelled:
-                self._prefill(request, out)
+                admitted.append(request)
+                free -= request.params.n
+        group: list[Request] = []
+        for request in admitted:
+            if request.params.prompt_logprobs is not None:  # needs logits at every prompt position: alone
+                self._prefill([request], out)
+                continue
+            longest = max(len(request.prompt_ids), *(len(r.prompt_ids) for r in group)) if group else 0
+            if group and (len(group) + 1) * longest > MAX_PREFILL_TOKENS:
+                self._prefill(group, out)
+                group = []
+            group.append(request)
+        if group:
+            self._prefill(group, out)
         if self._running:
             self._decode(out)
         self._deliver(out)
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, last_only: bool) -> torch.Tensor:
-        # Llama.forward's body, except that the output projection (vocab-sized) runs only where logits are used.
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, last: list[int] | None) -> torch.Tensor:
+        """Logits (B, V) at position last[b] of each row, or (B, T, V) everywhere when last is None.
+
+        Llama.forward's body, except that the vocabulary-sized output projection runs only where it is used."""
         m = self.model
         cos, sin = m.rope_cos[positions], m.rope_sin[positions]
         h = m.tok_embeddings(tokens)
         for block in self._blocks:
             h = block(h, cos, sin, self.cache)
-        if last_only:
-            h = h[:, -1:]
+        if last is not None:
+            h = h[:, 0] if h.shape[1] == 1 else h[torch.arange(len(last)), torch.tensor(last)]
         return m.output(m.norm(h)).float()
 
-    def _prefill(self, request: Request, out: list) -> None:
-        params, prompt = request.params, request.prompt_ids
-        slot = len(self._running)
-        n_prompt = len(prompt)
-        self.cache.begin_prefill(slot, n_prompt)
-        tokens = torch.tensor([prompt], device=self.device)
-        positions = torch.arange(n_prompt, device=self.device)[None]
-        want_prompt = params.prompt_logprobs is not None
-        logits = self._forward(tokens, positions, last_only=not want_prompt)[0]  # (T or 1, V)
-        if self.metrics:
-            self.metrics.prompt_tokens.inc(n_prompt)
-        if want_prompt:
+    def _prefill(self, requests: list[Request], out: list) -> None:
+        """One forward over the prompts of `requests`, right-padded into consecutive slots. Padding sits after
+        each prompt, so plain causal attention is exact for the real tokens; the pads' keys land in cache
+        positions that decode overwrites before any mask lets them be read."""
+        base, lengths = len(self._running), [len(r.prompt_ids) for r in requests]
+        width = max(lengths)
+        tokens = torch.tensor([r.prompt_ids + [0] * (width - len(r.prompt_ids)) for r in requests],
+                              device=self.device)
+        positions = torch.arange(width, device=self.device)[None].expand(len(requests), width)
+        self.cache.begin_prefill(base, width)
+        first = requests[0]
+        if first.params.prompt_logprobs is not None:  # alone (see _step)
+            logits = self._forward(tokens, positions, last=None)[0]  # (T, V)
             lp = torch.log_softmax(logits[:-1], dim=-1)
-            chosen, top = token_logprobs(lp, tokens[0, 1:], params.prompt_logprobs or 0)
-            out.append((request, PromptEvent(request.index, params.n, list(prompt), [None, *chosen], [None, *top])))
-        last = logits[-1:]
-        if params.max_tokens == 0:
-            for choice in range(params.n):
-                out.append((request, TokenEvent(request.index + choice, None, "", finish_reason="length")))
-            self._record_end(request)
-            return
-        request.open_choices = params.n
-        seqs = []
-        for choice in range(params.n):
-            self.cache.copy_slot(slot, slot + choice, n_prompt)
-            text = IncrementalText(self.codec, params.stop)
-            seqs.append(Sequence(request, choice, params.generator(choice, self.device), text, position=n_prompt))
-        self._running.extend(seqs)
-        self._accept_rows(seqs, last.expand(params.n, -1), out)
-        self._free_finished()
+            chosen, top = token_logprobs(lp, tokens[0, 1:], first.params.prompt_logprobs)
+            event = PromptEvent(first.index, first.params.n, list(first.prompt_ids), [None, *chosen], [None, *top])
+            out.append((first, event))
+            last_logits = logits[-1:]
+        else:
+            last_logits = self._forward(tokens, positions, last=[n - 1 for n in lengths])  # (B, V)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(sum(lengths))
+        # Place each request's first choice compactly (only ever moving a slot down), then extra choices after.
+        seqs, rows, extra = [], [], []
+        for i, request in enumerate(requests):
+            params = request.params
+            if params.max_tokens == 0:
+                for choice in range(params.n):
+                    out.append((request, TokenEvent(request.index + choice, None, "", finish_reason="length")))
+                self._record_end(request)
+                continue
+            request.open_choices = params.n
+            slot = base + len(seqs)
+            self.cache.copy_slot(base + i, slot, lengths[i])
+            seqs.append(self._sequence(request, 0, lengths[i]))
+            rows.append(i)
+            extra += [(request, choice, slot, i) for choice in range(1, params.n)]
+        for request, choice, src, i in extra:
+            self.cache.copy_slot(src, base + len(seqs), lengths[i])
+            seqs.append(self._sequence(request, choice, lengths[i]))
+            rows.append(i)
+        if seqs:
+            self._running.extend(seqs)
+            self._accept_rows(seqs, last_logits[rows], out)
+            self._free_finished()
+
+    def _sequence(self, request: Request, choice: int, position: int) -> Sequence:
+        params = request.params
+        text = IncrementalText(self.codec, params.stop)
+        return Sequence(request, choice, params.generator(choice, self.device), text, position=position)
 
     def _decode(self, out: list) -> None:
         rows = self._running
         tokens = torch.tensor([[s.next_token] for s in rows], device=self.device)
         positions = torch.tensor([s.position for s in rows], device=self.device)
         self.cache.begin_decode(positions)
-        logits = self._forward(tokens, positions[:, None], last_only=True)[:, 0]  # (B, V)
+        logits = self._forward(tokens, positions[:, None], last=[0] * len(rows))  # (B, V)
         for s in rows:
             s.position += 1
         self._accept_rows(rows, logits, out)

@@ -1,50 +1,59 @@
-"""int8 weights for CPU decode: per-output-channel symmetric scales, a quarter of the fp32 bytes.
+"""int8 weight-only quantization: per-output-channel symmetric scales, a quarter of the fp32 bytes.
 
-CPU decode is bound by reading weights, so int8 storage is the lever. The kernel matters as much as the format:
-torch's weight-only `_weight_int8pack_mm` is 7-20x *slower* than fp32 on CPUs without AVX-512 (measured here on
-an AVX2 EPYC), while fbgemm's dynamic int8 linear (int8 weights; each token's activations quantized on the fly
-per tensor) runs ~4x faster than fp32 at batch 1. So on CPU we use fbgemm through `torch.ao`; elsewhere the
-int8 weights are dequantized into the matmul (weight-only). Embeddings, norms and the KV cache stay in float.
+CPU decode is bound by reading weights from memory. Each matmul converts its int8 weights to float piece by piece
+into a small reused buffer right before multiplying: DRAM delivers 1 byte per weight and the float copy stays in
+cache. (A fresh full-size float copy per call is slower than fp32 weights: big allocations page-fault.) Scales
+apply to the output (one per channel); activations stay in float.
+Rejected, with measurements on this AVX2 machine: torch's `_weight_int8pack_mm` (7-20x slower than fp32 without
+AVX-512) and fbgemm's dynamic int8 linear (fast, but per-tensor 7-bit activations put SmolLM2's logits 30% off).
 """
 
 from __future__ import annotations
 
-import warnings
+import threading
 
 import torch
 from torch import nn
 
+PIECE_ELEMENTS = 1 << 19  # weights converted at a time: 2 MB of fp32, cache-resident
+_scratch = threading.local()  # one buffer per engine thread
 
-def _int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = weight.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # (out,)
-    return torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (dtype, device)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
 
 
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scales = _int8_per_channel(linear.weight)
-        self.dtype = linear.weight.dtype
-        self.fbgemm: nn.Module | None = None
-        if linear.weight.device.type == "cpu" and torch.backends.quantized.engine in ("x86", "fbgemm"):
-            with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
-                warnings.simplefilter("ignore")
-                packed = torch.ao.nn.quantized.dynamic.Linear(self.in_features, self.out_features, bias_=False,
-                                                               dtype=torch.qint8)
-                zero = torch.zeros(self.out_features, dtype=torch.long)
-                packed.set_weight_bias(torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0), None)
-            self.fbgemm = packed
-        else:
-            self.register_buffer("weight_int8", q)
-            self.register_buffer("scales", scales.to(linear.weight.dtype))
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # (out,)
+        q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.rows_per_piece = max(1, min(self.out_features, PIECE_ELEMENTS // self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fbgemm is not None:
-            return self.fbgemm(x.float()).to(x.dtype)
-        weight = self.weight_int8.to(x.dtype) * self.scales.to(x.dtype)[:, None]
-        return nn.functional.linear(x, weight)
+        rows, n_in = self.rows_per_piece, self.in_features
+        if x.device.type != "cpu":  # accelerators have bandwidth to spare: one conversion, one matmul
+            return nn.functional.linear(x, self.weight_int8.to(x.dtype)) * self.scales.to(x.dtype)
+        scratch = _buffer(rows * n_in, x.dtype, x.device)
+        pieces = []
+        for start in range(0, self.out_features, rows):
+            n = min(rows, self.out_features - start)
+            weight = scratch[: n * n_in].view(n, n_in)
+            weight.copy_(self.weight_int8[start : start + n])
+            pieces.append(nn.functional.linear(x, weight))
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+        return out * self.scales.to(x.dtype)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
