@@ -49,6 +49,8 @@ def post(endpoint, path: str, payload: dict | str) -> httpx.Response:
         ({"model": "tiny", "prompt": "x", "n": 0}, "n"),
         ({"model": "tiny", "prompt": "x", "logprobs": 50}, "logprobs"),
         ({"model": "tiny", "prompt": "x", "top_p": 0}, "top_p"),
+        ({"model": "tiny", "prompt": []}, "prompt"),
+        ({"model": "tiny", "prompt": ""}, "prompt"),
     ],
 )
 def test_completion_validation_is_400(served_tiny_model, payload, param):
@@ -65,6 +67,7 @@ def test_completion_validation_is_400(served_tiny_model, payload, param):
         {"model": "tiny", "messages": "hello"},
         {"model": "tiny", "messages": MESSAGES, "max_completion_tokens": 0},
         {"model": "tiny", "messages": MESSAGES, "top_logprobs": 3},  # needs logprobs=true
+        {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
     ],
 )
 def test_chat_validation_is_400(served_tiny_model, payload):

@@ -16,7 +16,7 @@ def run_demo(
     run_dir: Path = Path("runs/demo-nano"),
     max_mb: float = 5.0,
     steps: int | None = None,
-    eval_limit: int = 10,
+    eval_limit: int = 4,
     console: Console | None = None,
 ) -> dict:
     from autarky.demo.build import BuildSettings, build_model
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(Path("runs/demo-nano"), help="the training run directory"),
         max_mb: float = typer.Option(5.0, help="MB of standard-library source to train on"),
         steps: int = typer.Option(0, help="training steps (0: the nano preset's default)"),
-        eval_limit: int = typer.Option(10, help="items per evaluation suite"),
+        eval_limit: int = typer.Option(4, help="items per evaluation suite"),
     ) -> None:
         """Run the whole loop on the built-in defaults: data, train, export, sample, plan, serve, gateway, eval."""
         run_demo(run_dir=run_dir, max_mb=max_mb, steps=steps or None, eval_limit=eval_limit)

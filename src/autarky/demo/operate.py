@@ -24,7 +24,7 @@ KEY_ENV = "AUTARKY_DEMO_KEY"
 class OperateSettings:
     nano_dir: Path
     workdir: Path
-    eval_limit: int = 10
+    eval_limit: int = 4
     burst_requests: int = 60
     burst_concurrency: int = 8
 
@@ -55,7 +55,7 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
         models = [f"--model=nano-demo={gateway_url}", f"--model=smollm2={gateway_url}"]
         runner.run(["eval", "run", *models, "--limit", settings.eval_limit, "--concurrency", 4,
                     "--api-key-env", KEY_ENV, "--gateway-config", settings.workdir / "gateway.toml",
-                    "--mode", "nano-demo=completions", "--max-tokens-cap", 96,
+                    "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
         runner.run(["eval", "leaderboard"])
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])

@@ -25,6 +25,7 @@ from autarky.serve.errors import (
 )
 from autarky.serve.protocol import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
@@ -89,6 +90,17 @@ def _check_fields(body: _Request) -> None:
     ignored = body.ignored_fields()
     if ignored:
         log.warning("The following fields were present in the request but ignored: %s", ignored)
+
+
+def _chat_ids(served: ServedModel, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+    for i, m in enumerate(messages):
+        if isinstance(m.content, list) and any(part.type != "text" for part in m.content):
+            raise BadRequest("only text content parts are supported", param=f"messages.{i}.content")
+    plain = [{"role": m.role, "content": m.text()} for m in messages]
+    try:
+        return served.codec.chat_ids(plain, add_generation_prompt)
+    except Exception as exc:  # the template's raise_exception and missing templates land here
+        raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
 
 
 def _default_max_tokens(requested: int | None, served: ServedModel, prompt: list[int]) -> int:
@@ -184,6 +196,8 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         codec = served.codec
         prompts: list[list[int]] = []
         echo_texts: list[str] = []
+        if not body.prompts():
+            raise BadRequest("the prompt list is empty; send at least one prompt", param="prompt")
         for p in body.prompts():
             ids = codec.encode(p) if isinstance(p, str) else p
             prompts.append(ids)
@@ -216,11 +230,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         served = registry.get(body.model)
         _check_fields(body)
         codec = served.codec
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            ids = codec.chat_ids(messages)
-        except Exception as exc:  # the template's raise_exception and missing templates land here
-            raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
+        ids = _chat_ids(served, body.messages)
         requested = body.max_completion_tokens or body.max_tokens
         top = body.top_logprobs or 0
         if body.top_logprobs and not body.logprobs:
@@ -248,8 +258,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
     async def tokenize(body: TokenizeRequest) -> dict:
         served = registry.get(body.model)
         if body.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            ids = served.codec.chat_ids(messages, body.add_generation_prompt)
+            ids = _chat_ids(served, body.messages, body.add_generation_prompt)
         elif body.prompt is not None:
             ids = served.codec.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         else:
