@@ -107,8 +107,10 @@ def start(cmd: list[str], url: str, env: dict | None = None, timeout_s: float = 
 
 def gateway_config(upstream: str, workdir: Path) -> Path:
     path = workdir / "gateway.toml"
+    flush = os.environ.get("BENCH_LEDGER_FLUSH", "0.2")
     path.write_text(f"""store = "sqlite:///{workdir}/bench.db"
 require_keys = false
+ledger_flush_s = {flush}
 [providers.local]
 kind = "openai"
 base_url = "{upstream}/v1"

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from autarky.cli import app
@@ -19,7 +20,8 @@ def _train(*args: str) -> tuple[int, str]:
 
 
 def _assert_refused(args: list[str], out: Path, *fragments: str) -> None:
-    code, output = _train(*args, "--out", str(out), "--steps", "2", "--device", "cpu")
+    device = [] if "--device" in args else ["--device", "cpu"]
+    code, output = _train(*args, "--out", str(out), "--steps", "2", *device)
     assert code == 2, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), output
@@ -88,3 +90,14 @@ def test_existing_run_is_never_overwritten_or_resumed_on_other_data(
     code, output = _train(*args, "--out", str(run), "--steps", "40", "--device", "cpu")
     assert code == 2 and output.startswith("Error: ") and expected in output, output
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_tensor_parallel_degree_that_does_not_divide_the_world(tiny_data_dir: Path, tmp_path: Path) -> None:
+    _assert_refused(["--data", str(tiny_data_dir), "--tp", "2"], tmp_path / "run", "--tp 2", "world size 1")
+
+
+def test_cuda_asked_for_on_a_machine_without_it(
+    tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on GPU machines too
+    _assert_refused(["--data", str(tiny_data_dir), "--device", "cuda"], tmp_path / "run", "no CUDA device")

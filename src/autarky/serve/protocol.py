@@ -139,4 +139,4 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-# Responses are plain dicts built in api.py: their shape is the contract, and tests assert it key by key.
+# Responses are plain dicts built in responses.py: their shape is the contract, and tests assert it key by key.

@@ -9,6 +9,7 @@ DCP reshards on load, so a run may resume on a different number of ranks.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -96,14 +97,30 @@ def save_checkpoint(
         dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, overwrite=True))
     barrier(topo.world)
     if topo.is_main:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+        _write_durably(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=2))
         if final.exists():  # re-saving a step (e.g. a signal right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
+        _fsync_dir(root)  # the rename itself survives a power cut
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old.path, ignore_errors=True)
     barrier(topo.world)
     return final
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with path.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(

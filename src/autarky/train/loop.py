@@ -1,4 +1,14 @@
-"""The training loop: `train(cfg) -> RunSummary`, the same code from one CPU process to torchrun on N nodes."""
+"""The training loop: `train(cfg) -> RunSummary`, the same code from one CPU process to torchrun on N nodes.
+
+    autarky train --preset nano --data DIR --out runs/nano
+    torchrun --nproc_per_node=8 -m autarky train --preset 1b --data DIR --out runs/1b --tp 2 --resume auto
+    # self-healing: a crashed worker restarts the job, which resumes from the newest complete checkpoint
+    # (gloo needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, pytorch/pytorch#135712)
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc_per_node=8 --max-restarts=3 \
+        --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 -m autarky train ... --resume auto
+
+Multi-node runs need RUN_DIR on a file system every node shares (checkpoints are written by all ranks).
+"""
 
 from __future__ import annotations
 

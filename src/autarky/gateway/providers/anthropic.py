@@ -96,4 +96,7 @@ class AnthropicProvider(Provider):
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, who) from exc
         finally:
-            resp.release() if stopped else resp.close()
+            if stopped:
+                resp.release()
+            else:
+                resp.close()

@@ -91,4 +91,7 @@ class OpenAIProvider(Provider):
         finally:
             # A finished stream returns its connection to the pool; an abandoned one is closed, which is
             # what cancels the generation upstream.
-            resp.release() if done else resp.close()
+            if done:
+                resp.release()
+            else:
+                resp.close()
