@@ -21,7 +21,7 @@ providers_st = st.dictionaries(
         "region": st.sampled_from(REGIONS),
         "in_house": st.booleans(),
         "retains_data": st.booleans(),
-        "max_data_class": st.sampled_from(DATA_CLASSES),
+        "max_data_class": st.none() | st.sampled_from(DATA_CLASSES),
     }),
     min_size=1,
 )
@@ -56,7 +56,8 @@ def allowed_by_hand(cfg: dict, model: str, key_models, header_class: str | None)
     team, policy = cfg["teams"]["team"], cfg["policy"]
     classes = [team["data_class"], cfg["tasks"]["t"]["data_class"], header_class or "public"]
     need = max(DATA_CLASSES.index(c) for c in classes)
-    ceiling = 0 if p["retains_data"] else DATA_CLASSES.index(p["max_data_class"])
+    default = "restricted" if p["in_house"] else "public"  # in house: our own hardware; partners: opt in
+    ceiling = 0 if p["retains_data"] else DATA_CLASSES.index(p["max_data_class"] or default)
     price = (m["usd_per_1m_input"] + m["usd_per_1m_output"]) / 2 / 1000
     return (
         (team["models"] is None or model in team["models"])

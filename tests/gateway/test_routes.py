@@ -133,3 +133,14 @@ def test_table_written_by_the_eval_stage_keeps_its_rank(make_gateway, faults, tm
     assert [t.model for t in plan.targets] == ["small", "gpt", "small2"]
     scored = make_gateway(routes=str(table), policy={"order": "score"})[0].router.plan("task:spreadsheet")
     assert [t.model for t in scored.targets] == ["gpt", "small", "small2"]  # nan score ranks last
+
+
+def test_gateway_starts_before_the_table_exists_and_picks_it_up(make_gateway, faults, tmp_path):
+    table = tmp_path / "routes.toml"
+    gw, url = make_gateway(routes=str(table))  # `autarky eval routes` has not run yet
+    gw.routes.poll_s = 0.0
+    assert ask(url).headers["x-autarky-model"] == "gpt"  # the config's candidate list for the task
+    assert "does not exist (yet)" in httpx.get(url + "/health").json()["routes_error"]
+    write(table, 0.42)
+    assert ask(url).headers["x-autarky-model"] == "claude"  # the table, once written, takes over
+    assert httpx.get(url + "/health").json()["routes_generation"] == 1

@@ -31,7 +31,8 @@ class ProviderConfig(_Strict):
     region: str = "local"
     retains_data: bool = False
     in_house: bool = False
-    max_data_class: DataClass = "public"
+    # The most sensitive class it may receive; default: "restricted" in house (our own hardware), "public" else.
+    max_data_class: DataClass | None = None
     timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     stream_usage: bool = True  # ask OpenAI-kind upstreams for a usage chunk (Azure rejects stream_options)
@@ -40,7 +41,10 @@ class ProviderConfig(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     def cleared_for(self, data_class: str) -> bool:
-        ceiling = "public" if self.retains_data else self.max_data_class
+        if self.retains_data:
+            ceiling = "public"
+        else:
+            ceiling = self.max_data_class or ("restricted" if self.in_house else "public")
         return DATA_CLASSES.index(data_class) <= DATA_CLASSES.index(ceiling)
 
 

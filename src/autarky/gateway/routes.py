@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from autarky.errors import UserError
 
 log = logging.getLogger("autarky.gateway")
+_MISSING = "does not exist (yet); serving the last table loaded, else the config's task lists"
 
 
 class Candidate(BaseModel):
@@ -72,10 +73,13 @@ class RoutesWatcher:
         self.last_error: str | None = None
         self._mtime: float | None = None
         self._checked = 0.0
-        if path:
+        if path and os.path.exists(path):
             self.table = load_routing_table(path)
             self._mtime = os.stat(path).st_mtime_ns
             self.generation = 1
+        elif path:  # not written yet (the eval stage runs later): start from the config's task lists
+            self.last_error = f"routing table {path} {_MISSING}"
+            log.warning(self.last_error)
 
     def current(self) -> RoutingTable:
         if self.path is not None:
@@ -89,6 +93,9 @@ class RoutesWatcher:
         """Reload if the file's mtime changed; True when a new table was swapped in."""
         try:
             mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            self.last_error = f"routing table {self.path} {_MISSING}"
+            return False
         except OSError as exc:
             self.last_error = f"routing table unreadable: {exc}"
             return False
