@@ -198,7 +198,8 @@ def test_cancelled_request_frees_its_slot(tiny, engine):
     asyncio.run(main())
 
 
-def test_a_failing_step_fails_its_requests_not_the_engine(tiny, engine, monkeypatch):
+@pytest.mark.parametrize("fail_at", [1, 4])  # the prefill, a decode step
+def test_a_failing_step_fails_its_requests_not_the_engine(tiny, engine, monkeypatch, fail_at):
     _, codec = tiny
     ids = codec.encode(PROMPTS[0])
     real_forward = engine._forward
@@ -206,7 +207,7 @@ def test_a_failing_step_fails_its_requests_not_the_engine(tiny, engine, monkeypa
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == fail_at:
             raise RuntimeError("simulated device failure")
         return real_forward(*args, **kwargs)
 

@@ -119,6 +119,7 @@ class Engine:
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._running: list[Sequence] = []  # row b of a decode step is slot b
+        self._admitted: list[Request] = []  # admitted in the current step
         self._lock = threading.Lock()
         self._queued = 0  # submitted, not yet admitted
         self._accepting = True
@@ -208,6 +209,7 @@ class Engine:
             if not request.cancelled:
                 admitted.append(request)
                 free -= request.params.n
+        self._admitted = admitted  # failed along with the running rows if this step raises
         group: list[Request] = []
         for request in admitted:
             if request.params.prompt_logprobs is not None:  # needs logits at every prompt position: alone
@@ -372,8 +374,9 @@ class Engine:
             self.metrics.e2e_latency.observe(time.perf_counter() - request.arrival)
 
     def _fail_all(self, message: str) -> None:
-        failed = {s.request for s in self._running}
+        failed = {s.request for s in self._running} | set(self._admitted)
         self._running.clear()
+        self._admitted = []
         self._deliver([(r, ErrorEvent(message)) for r in failed])
 
     def _update_gauges(self) -> None:

@@ -233,7 +233,12 @@ class _Trainer:
                           time.perf_counter() - wall_start, last_ckpt, stop.signum)  # fmt: skip
 
     def _mfu(self, tokens_per_s: float) -> float:
-        return tokens_per_s * self.flops_per_token / (self.topo.world * self.peak)
+        achieved = tokens_per_s * self.flops_per_token / self.topo.world
+        if "measured" in self.device_name and achieved > self.peak:
+            # A measured peak is only a lower bound (a busy machine reads low); the best rate seen raises it,
+            # so MFU stays a fraction and `autarky plan --mfu-from` can use it.
+            self.peak = achieved
+        return achieved / self.peak
 
     def _report(self, progress: Progress, task: Any, row: dict[str, Any]) -> None:
         text = f"loss {row['loss']:.3f}" + (f" val {row['val_loss']:.3f}" if "val_loss" in row else "")
