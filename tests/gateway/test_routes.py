@@ -57,7 +57,8 @@ def test_table_orders_by_score_then_cost_then_latency_and_hot_reloads(make_gatew
     gw.routes.poll_s = 0.0
     r = ask(url)
     assert r.headers["x-autarky-model"] == "claude"
-    assert "task=spreadsheet; 3 allowed of 3; by score,cost,latency" in r.headers["x-autarky-route-reason"]
+    # The table's 3 candidates, then the config's task candidate the table lacks, as a fallback.
+    assert "task=spreadsheet; 4 allowed of 4; by score,cost,latency" in r.headers["x-autarky-route-reason"]
     # Same score and cost: the faster one (small2, 80 ms) wins; the header task works like the model prefix.
     write(table, 0.9)
     r = httpx.post(url + "/v1/chat/completions", headers={"x-autarky-task": "spreadsheet"},
@@ -130,9 +131,10 @@ def test_table_written_by_the_eval_stage_keeps_its_rank(make_gateway, faults, tm
     r = ask(url)
     assert r.headers["x-autarky-model"] == "small" and "by table rank" in r.headers["x-autarky-route-reason"]
     plan = gw.router.plan("task:spreadsheet")
-    assert [t.model for t in plan.targets] == ["small", "gpt", "small2"]
+    # The config's task candidate that the table lacks (claude) follows as a fallback.
+    assert [t.model for t in plan.targets] == ["small", "gpt", "small2", "claude"]
     scored = make_gateway(routes=str(table), policy={"order": "score"})[0].router.plan("task:spreadsheet")
-    assert [t.model for t in scored.targets] == ["gpt", "small", "small2"]  # nan score ranks last
+    assert [t.model for t in scored.targets] == ["gpt", "small", "small2", "claude"]  # nan, then -inf, rank last
 
 
 def test_gateway_starts_before_the_table_exists_and_picks_it_up(make_gateway, faults, tmp_path):

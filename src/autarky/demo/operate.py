@@ -16,7 +16,15 @@ from rich.table import Table
 from autarky.demo.runner import DemoRunner
 from autarky.demo.traffic import BurstResult, product_burst, timed_chat
 
-TASKS = ["chat-qa", "spreadsheet", "slides", "python-functions", "code-completion"]
+
+def product_tasks() -> list[str]:
+    """The product tasks the bundled suites test (suite.toml `task`): the gateway routes these."""
+    from autarky.evals.suite import bundled_suite_names, load_suite
+
+    return sorted({load_suite(name).config.task for name in bundled_suite_names()})
+
+
+TASKS = product_tasks()
 KEY_ENV = "AUTARKY_DEMO_KEY"
 
 
@@ -57,7 +65,6 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
                     "--api-key-env", KEY_ENV, "--gateway-config", settings.workdir / "gateway.toml",
                     "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
-        runner.run(["eval", "leaderboard"])
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])
         runner.console.print((settings.workdir / "routes.toml").read_text(), markup=False, highlight=False)
         runner.run(["eval", "report", "--out", settings.workdir / "report"])
@@ -67,12 +74,32 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
         result = _burst(ports["gateway_ss"], settings, drill=None)
         _print_burst(runner, "self_sufficient", result)
         summary["self_sufficient"] = _burst_summary(result)
+        summary["partner_request"] = _ask_partner(runner, ports)
 
     with runner.section("outage drill: a model server dies mid-burst"):
         result = _burst(ports["gateway"], settings, drill=runner)
         _print_burst(runner, "drill", result)
         summary["drill"] = _burst_summary(result)
     return summary
+
+
+def _ask_partner(runner: DemoRunner, ports: dict[str, int]) -> dict[str, int]:
+    """The same request for the partner's model through both gateways: policy, not luck, keeps it in house."""
+    statuses = {}
+    for name in ("gateway", "gateway_ss"):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports[name]}/v1", api_key=os.environ[KEY_ENV],
+                               max_retries=0, timeout=300)
+        try:
+            client.chat.completions.create(model="partner-mini", max_tokens=8,
+                                           messages=[{"role": "user", "content": "Hello"}])
+            statuses[name] = 200
+            outcome = "served by partner-sim"
+        except openai.APIStatusError as exc:
+            statuses[name] = exc.status_code
+            outcome = f"{exc.status_code}: {exc.message}"
+        label = "self_sufficient = true " if name == "gateway_ss" else "self_sufficient = false"
+        runner.console.print(f"{label}  model=partner-mini → {outcome}", markup=False, highlight=False)
+    return statuses
 
 
 def _first_requests(runner: DemoRunner, ports: dict[str, int]) -> None:

@@ -64,10 +64,10 @@ class BurstResult:
 
 
 PRODUCT_PROMPTS = {
-    "chat-qa": "What is 12 plus 30? Answer with the number only.",
+    "chat": "What is 12 plus 30? Answer with the number only.",
     "spreadsheet": "Write a spreadsheet formula that sums the cells A1 to A10.",
     "slides": "Outline a 3-slide deck about quarterly sales as JSON.",
-    "python-functions": "Write a Python function add(a, b) that returns a + b.",
+    "code": "Write a Python function add(a, b) that returns a + b.",
     "code-completion": "def read_lines(path):\n",
 }
 

@@ -136,8 +136,20 @@ async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str,
     cfg = suite.config
     max_tokens = min(cfg.max_tokens, cap or cfg.max_tokens)
     if cfg.kind != "loglikelihood":
-        return await client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=max_tokens,
-                                     temperature=cfg.temperature, stop=cfg.stop or None)
+        def ask(tokens: int) -> Awaitable[Reply]:
+            return client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=tokens,
+                                   temperature=cfg.temperature, stop=cfg.stop or None)
+
+        try:
+            return await ask(max_tokens)
+        except EndpointError as exc:
+            # A short-context model gets less room to answer rather than a cut instruction; if even the
+            # instruction does not fit, the item is this model's failure.
+            overflow = exc.context_overflow
+            room = max_tokens - (overflow[1] - overflow[0]) if overflow else 0
+            if room < 1:
+                raise
+            return await ask(room)
     # Likelihood of the reference continuation, then a greedy continuation whose first non-blank line is compared
     # (no stop sequence: a body may begin with a blank line). Both need /completions. A model with a
     # short context sees the prompt cut from the left (as lm-evaluation-harness truncates), never the body.

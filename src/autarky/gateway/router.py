@@ -147,6 +147,12 @@ class Router:
             task_cfg = self.config.tasks.get(task)
             if task in table.tasks:
                 candidates = list(table.tasks[task].candidates)
+                if task_cfg is not None:
+                    # The config's candidates the table lacks (e.g. a partner no eval has run) stay behind the
+                    # table's as fallbacks: measured models first, a pragmatic fallback after them.
+                    listed = {c.model for c in candidates}
+                    candidates += [Candidate(model=m, score=-math.inf) for m in task_cfg.candidates
+                                   if m not in listed]
             elif task_cfg is not None:
                 candidates = [Candidate(model=m, score=-i) for i, m in enumerate(task_cfg.candidates)]  # listed order
             else:

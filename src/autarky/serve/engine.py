@@ -129,7 +129,19 @@ class Engine:
     # ---- called from the asyncio side -------------------------------------------------------------------
 
     def start(self) -> None:
+        self.warm_up()
         self._thread.start()
+
+    def warm_up(self) -> None:
+        """One tiny prefill and decode step before serving: the first calls into the math libraries and the
+        first allocations are slow, and that cost belongs to startup, not to the first client."""
+        with torch.inference_mode():
+            self.cache.begin_prefill(0, 2)
+            self._forward(torch.zeros(1, 2, dtype=torch.long, device=self.device),
+                          torch.arange(2, device=self.device)[None], last=[1])
+            positions = torch.tensor([2], device=self.device)
+            self.cache.begin_decode(positions)
+            self._forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), positions[:, None], last=[0])
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reject what can never run, before anything is queued (400s)."""
