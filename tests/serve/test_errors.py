@@ -192,3 +192,22 @@ def test_health_is_503_while_loading(tiny_model_and_codec):
         assert httpx.get(f"{server.url}/health").status_code == 200
         assert httpx.post(f"{server.url}/v1/completions",
                           json={"model": "late", "prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_api_key_is_required_when_set(tiny_model_and_codec):
+    from autarky.serve.server import Server
+
+    model, codec = tiny_model_and_codec
+    registry = ModelRegistry()
+    registry.add("keyed", model, codec, max_batch=2)
+    server = Server(registry, api_key="sekret").start()
+    try:
+        wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        assert_envelope(httpx.get(f"{server.url}/v1/models"), 401)
+        right = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sekret", max_retries=0)
+        assert right.completions.create(model="keyed", prompt="x", max_tokens=2).usage.completion_tokens == 2
+        assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ from autarky.serve.errors import (
     BadRequest,
     ContextOverflow,
     EngineFailure,
+    Unauthorized,
     error_body,
     install_error_handlers,
 )
@@ -148,9 +149,10 @@ def _sse_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = None,
-               on_failure: Callable[[], None] | None = None) -> FastAPI:
+               on_failure: Callable[[], None] | None = None, api_key: str | None = None) -> FastAPI:
     """The ASGI app. Models listed in the registry's specs load in a background thread at startup, so /health
-    answers 503 until they are in; shutdown finishes in-flight requests before stopping the engines."""
+    answers 503 until they are in; shutdown finishes in-flight requests before stopping the engines. With
+    `api_key`, every /v1 route wants `Authorization: Bearer <api_key>` (as vLLM's --api-key)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -172,6 +174,13 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
 
     app = FastAPI(title="autarky serve", lifespan=lifespan)
     install_error_handlers(app)
+
+    if api_key:
+        @app.middleware("http")
+        async def check_key(request: Request, call_next: Callable) -> Response:
+            if request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {api_key}":
+                return JSONResponse(Unauthorized().body(), status_code=401)
+            return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict:

@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
         threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),
+        api_key: str | None = typer.Option(None, envvar="AUTARKY_SERVE_API_KEY",
+                                           help="Require `Authorization: Bearer KEY` on /v1 routes."),
     ) -> None:
         """Serve models behind an OpenAI-compatible API (/v1/completions, /v1/chat/completions, ...)."""
         import torch
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             server = Server(registry, host, port, on_ready=lambda: announce(), log_level=log_level,
-                            exit_on_load_failure=True)
+                            exit_on_load_failure=True, api_key=api_key)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port} ({exc}); pick another --port") from None
         server.run()

@@ -39,6 +39,14 @@ class ContextOverflow(APIError):
         super().__init__(message, param="messages", code="context_length_exceeded")
 
 
+class Unauthorized(APIError):
+    status = 401
+    type = "authentication_error"
+
+    def __init__(self) -> None:
+        super().__init__("Missing or invalid API key; send `Authorization: Bearer <key>`.", code="invalid_api_key")
+
+
 class ModelNotFound(APIError):
     status = 404
 

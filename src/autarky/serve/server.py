@@ -25,6 +25,7 @@ class Server:
         on_ready: Callable[[], None] | None = None,
         log_level: str = "warning",
         exit_on_load_failure: bool = False,
+        api_key: str | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -34,7 +35,7 @@ class Server:
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
         on_failure = self._exit if exit_on_load_failure else None
-        app = create_app(registry, on_ready, on_failure)
+        app = create_app(registry, on_ready, on_failure, api_key)
         config = uvicorn.Config(app, log_level=log_level, access_log=False)
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
