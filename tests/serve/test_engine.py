@@ -1,4 +1,4 @@
-"""The engine without HTTP: exact batching, seeds, n, logprobs, stops, cancellation, failures, int8."""
+"""The engine without HTTP: exact batching, seeds, n, logprobs, stops, cancellation, failures, int8, bf16."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from autarky.errors import UserError
 from autarky.model.generate import SamplingParams as RefParams
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder
 from autarky.serve.engine import Engine, ErrorEvent, PromptEvent, Request, TokenEvent
+from autarky.serve.packed import PackedBF16Linear, bf16_packing_supported
 from autarky.serve.quantize import Int8Linear, quantize_int8
+from autarky.serve.registry import ModelSpec, load_model
 from autarky.serve.sampling import SamplingParams
 from autarky.serve.text import TextCodec
 
@@ -238,6 +241,40 @@ def test_int8_weights_stay_close_and_decode(tiny_hf_model_dir: Path):
     finally:
         eng.shutdown(timeout=30)
     assert got == list(generate_tokens(model, ids[0].tolist(), RefParams(max_tokens=8, temperature=0.0)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bf16_matmuls_stay_close_decode_like_the_reference_and_batch_exactly(tiny_hf_model_dir: Path, tiny, dtype):
+    """--quantize bf16: every projection in bf16 on prepacked weights, the rest in the model's dtype."""
+    reference_model, codec = tiny
+    model, _ = load_model(ModelSpec(str(tiny_hf_model_dir), dtype=dtype, quantize="bf16"))
+    linears = [m for m in model.modules() if isinstance(m, PackedBF16Linear)]
+    assert len(linears) == 7 * model.config.n_layers + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert all(m.packed == bf16_packing_supported() for m in linears)
+    assert model.tok_embeddings.weight.dtype == getattr(torch, dtype)
+    ids = torch.tensor([codec.encode(PROMPTS[0])])
+    with torch.inference_mode():
+        reference = reference_model(ids).float()
+        packed = model(ids).float()
+    assert ((packed - reference).norm() / reference.norm()) < 0.02
+    eng = Engine(model, codec, max_batch=4)
+    eng.start()
+    try:
+        jobs = [(codec.encode(p), greedy(n)) for p, n in zip(PROMPTS, (16, 5, 11, 8), strict=True)]
+        alone = [run(eng, [job])[0][0] for job in jobs]
+        together = [r[0] for r in run(eng, jobs, stagger_after=3)]
+    finally:
+        eng.shutdown(timeout=30)
+    assert alone[0]["ids"] == list(generate_tokens(model, jobs[0][0], RefParams(max_tokens=16, temperature=0.0)))
+    for a, b in zip(alone, together, strict=True):
+        assert a["ids"] == b["ids"] and a["text"] == b["text"]
+        torch.testing.assert_close(torch.tensor(b["lps"]), torch.tensor(a["lps"]), rtol=0, atol=1e-2)
+
+
+def test_unknown_quantization_is_a_clear_error(tiny_hf_model_dir: Path):
+    with pytest.raises(UserError, match="int8, bf16"):
+        load_model(ModelSpec(str(tiny_hf_model_dir), quantize="int4"))
 
 
 def test_token_event_fields(tiny, engine):

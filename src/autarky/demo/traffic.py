@@ -24,7 +24,8 @@ class StreamTiming:
         return (self.tokens - 1) / decode_s if self.tokens > 1 and decode_s > 0 else float("nan")
 
 
-def timed_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int, chat: bool = True) -> StreamTiming:
+def timed_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int, chat: bool = True,
+               temperature: float = 0.0) -> StreamTiming:
     """One streamed request; time to first token and decode tokens/s as the client sees them."""
     start = time.perf_counter()
     first: float | None = None
@@ -32,11 +33,11 @@ def timed_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int, 
     tokens = 0
     if chat:
         stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-            stream=True, stream_options={"include_usage": True})
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+            temperature=temperature, seed=0, stream=True, stream_options={"include_usage": True})
     else:
-        stream = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                           stream=True, stream_options={"include_usage": True})
+        stream = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                           temperature=temperature, seed=0, stream=True, stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens

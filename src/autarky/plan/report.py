@@ -137,7 +137,8 @@ def render_comparison(results: list[PlanResult], labels: list[str] | None = None
         ("parameters", lambda d: _si(d["model"]["params"])),
         ("tokens", lambda d: _si(d["tokens"])),
         ("hardware", lambda d: f"{d['gpus']:,} × {d['hardware']['name']}"),
-        ("peak / GPU", lambda d: f"{d['hardware']['peak_tflops']:,.3g} TFLOP/s {d['hardware']['precision']}"),
+        ("peak / GPU", lambda d: f"{d['hardware']['peak_tflops']:,.3g} TFLOP/s "
+                           f"{'measured' if d['hardware']['name'] == 'local' else d['hardware']['precision']}"),
         ("MFU", lambda d: f"{d['mfu']:.1%}"),
         ("total FLOPs", lambda d: f"{d['total_flops']:.2e}"),
         ("GPU-hours", lambda d: _si(d["gpu_hours"])),

@@ -25,7 +25,10 @@ def register(app: typer.Typer) -> None:
         max_queue: int = typer.Option(256, min=1, help="Waiting requests per model before answering 429."),
         max_model_len: int | None = typer.Option(None, min=2, help="Context limit (default: the model's)."),
         dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
-        quantize: str | None = typer.Option(None, help="int8 = weight-only int8 (fast CPU decode)."),
+        quantize: str | None = typer.Option(
+            None, help="bf16 = bf16 matmuls on prepacked weights (fastest CPU decode where the CPU has avx512_bf16/"
+                       "AMX); int8 = weight-only int8 (fast CPU decode elsewhere).",
+        ),
         device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
         threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),

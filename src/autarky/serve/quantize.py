@@ -4,8 +4,9 @@ CPU decode is bound by reading weights from memory. Each matmul converts its int
 into a small reused buffer right before multiplying: DRAM delivers 1 byte per weight and the float copy stays in
 cache. (A fresh full-size float copy per call is slower than fp32 weights: big allocations page-fault.) Scales
 apply to the output (one per channel); activations stay in float.
-Rejected, with measurements on this AVX2 machine: torch's `_weight_int8pack_mm` (7-20x slower than fp32 without
-AVX-512) and fbgemm's dynamic int8 linear (fast, but per-tensor 7-bit activations put SmolLM2's logits 30% off).
+Rejected, with measurements here: torch's `_weight_int8pack_mm` (7-20x slower than fp32 with fp32 activations;
+with bf16 activations on avx512_bf16 no faster than `--quantize bf16`, see autarky.serve.packed, which is more
+accurate) and fbgemm's dynamic int8 linear (fast, but per-tensor 7-bit activations put SmolLM2's logits 30% off).
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ from autarky.model.llama import Llama
 from autarky.serve.engine import Engine
 from autarky.serve.errors import ModelNotFound, NotReady
 from autarky.serve.metrics import MetricFamilies
+from autarky.serve.packed import pack_bf16
 from autarky.serve.quantize import quantize_int8
 from autarky.serve.text import TextCodec
 
 log = logging.getLogger("autarky.serve")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZE = {"int8": quantize_int8, "bf16": pack_bf16}  # what --quantize does to the loaded model
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class ModelSpec:
     source: str
     name: str | None = None
     dtype: str = "float32"
-    quantize: str | None = None  # None or "int8"
+    quantize: str | None = None  # None, "int8" or "bf16" (see QUANTIZE)
     max_batch: int = 32
     max_queue: int = 256
     max_model_len: int | None = None
@@ -72,12 +74,12 @@ def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
 
     if spec.dtype not in DTYPES:
         raise UserError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if spec.quantize not in (None, "int8"):
-        raise UserError(f"unknown quantization {spec.quantize!r}; the only option is int8")
+    if spec.quantize is not None and spec.quantize not in QUANTIZE:
+        raise UserError(f"unknown quantization {spec.quantize!r}; choose one of {', '.join(QUANTIZE)}")
     folder = resolve_model_source(spec.source)
     model, _ = load_hf_folder(folder, dtype=DTYPES[spec.dtype], device=spec.device)
-    if spec.quantize == "int8":
-        quantize_int8(model)
+    if spec.quantize is not None:
+        QUANTIZE[spec.quantize](model)
     return model, TextCodec.from_folder(folder)
 
 

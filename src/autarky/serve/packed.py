@@ -1,0 +1,62 @@
+"""bf16 matmuls on CPU through oneDNN with weights reordered once at load time (`--quantize bf16`).
+
+Batch-1 decode on CPU is bound by reading weights from memory, so halving their bytes is what speeds it up.
+Plain `F.linear` on bf16 tensors re-lays out the weight on every call and ends up barely faster than fp32;
+oneDNN's prepacked weight (`torch.ops.mkldnn._reorder_linear_weight`, the path inductor's CPU backend uses) runs
+the GEMV on avx512_bf16 at memory speed: about half the fp32 time for SmolLM2's layers and output projection
+(measured numbers in bench/serve_decode.py). Only the matmul inputs are rounded to bf16; the residual stream,
+norms, attention, KV cache and logits keep the model's dtype, so an fp32 model keeps most of its precision.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("autarky.serve")
+
+
+def bf16_packing_supported() -> bool:
+    """oneDNN with native bf16 (avx512_bf16 / AMX); elsewhere bf16 GEMV is emulated and slower than fp32."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class PackedBF16Linear(nn.Module):
+    """A bias-free nn.Linear whose weight lives in bf16, prepacked for oneDNN on CPU (plain bf16 elsewhere)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("PackedBF16Linear packs bias-free projections only (Llama has no biases)")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.packed = weight.device.type == "cpu" and bf16_packing_supported()
+        # A plain attribute, not a buffer: an mkldnn-layout tensor cannot be moved, saved or cloned like one.
+        self.weight_bf16 = torch.ops.mkldnn._reorder_linear_weight(weight, None) if self.packed else weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = x.to(torch.bfloat16)
+        if self.packed:
+            out = torch.ops.mkldnn._linear_pointwise(xb, self.weight_bf16, None, "none", [], "")
+        else:
+            out = F.linear(xb, self.weight_bf16)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed}"
+
+
+def pack_bf16(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear in place (a tied output projection gets its own bf16 copy; embeddings stay)."""
+    on_cpu = any(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and not bf16_packing_supported():
+        log.warning("this CPU has no native bf16 matmul (avx512_bf16/AMX): --quantize bf16 will be slow; "
+                    "try --quantize int8")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, PackedBF16Linear(child))
+    return model
