@@ -69,7 +69,6 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
                     "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])
-        runner.console.print((settings.workdir / "routes.toml").read_text(), markup=False, highlight=False)
         runner.run(["eval", "report", "--out", settings.workdir / "report"])
         runner.console.print(f"report: [bold]{settings.workdir / 'report' / 'index.html'}[/bold]")
 
@@ -139,7 +138,7 @@ def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> Bu
 
 def _print_burst(runner: DemoRunner, label: str, result: BurstResult) -> None:
     table = Table(title=f"{label}: {result.served}/{result.sent} served, {result.failed} failed, "
-                        f"p50 {result.p50_ms():.0f} ms")
+                        f"{result.failovers} failovers, p50 {result.p50_ms():.0f} ms")
     table.add_column("served by (model@provider)")
     table.add_column("requests", justify="right")
     for who, count in result.served_by.most_common():
@@ -150,7 +149,7 @@ def _print_burst(runner: DemoRunner, label: str, result: BurstResult) -> None:
 
 
 def _burst_summary(result: BurstResult) -> dict:
-    return {"sent": result.sent, "served": result.served, "failed": result.failed,
+    return {"sent": result.sent, "served": result.served, "failed": result.failed, "failovers": result.failovers,
             "served_by": dict(result.served_by), "p50_ms": result.p50_ms()}
 
 

@@ -55,6 +55,7 @@ class BurstResult:
     sent: int = 0
     served: int = 0
     failed: int = 0
+    failovers: int = 0  # attempts the gateway moved to another candidate (x-autarky-failovers)
     served_by: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
@@ -98,6 +99,7 @@ async def product_burst(base_url: str, api_key: str, tasks: list[str], requests:
                     messages=[{"role": "user", "content": PRODUCT_PROMPTS.get(task, "Hello")}])
                 raw.parse()
                 result.served += 1
+                result.failovers += int(raw.headers.get("x-autarky-failovers") or 0)
                 result.served_by[f"{raw.headers.get('x-autarky-model')}@{raw.headers.get('x-autarky-provider')}"] += 1
                 result.latencies_s.append(time.perf_counter() - start)
             except openai.APIError as exc:
