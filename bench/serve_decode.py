@@ -85,7 +85,7 @@ class OursDecode:
         self.engine.start()
 
     def measure(self, tokens: int) -> float:
-        from autarky.serve.engine import Request
+        from autarky.serve.events import Request
         from autarky.serve.sampling import SamplingParams
 
         async def generate() -> float:

@@ -12,7 +12,8 @@ from autarky.errors import UserError
 from autarky.model.generate import SamplingParams as RefParams
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder
-from autarky.serve.engine import Engine, ErrorEvent, PromptEvent, Request, TokenEvent
+from autarky.serve.engine import Engine
+from autarky.serve.events import ErrorEvent, PromptEvent, Request, TokenEvent
 from autarky.serve.packed import PackedBF16Linear, bf16_packing_supported
 from autarky.serve.quantize import Int8Linear, quantize_int8
 from autarky.serve.registry import ModelSpec, load_model

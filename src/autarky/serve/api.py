@@ -14,8 +14,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from autarky.serve import responses as R
-from autarky.serve.engine import ErrorEvent, Event, PromptEvent, TokenEvent
-from autarky.serve.engine import Request as EngineRequest
 from autarky.serve.errors import (
     BadRequest,
     ContextOverflow,
@@ -24,6 +22,8 @@ from autarky.serve.errors import (
     error_body,
     install_error_handlers,
 )
+from autarky.serve.events import ErrorEvent, Event, PromptEvent, TokenEvent
+from autarky.serve.events import Request as EngineRequest
 from autarky.serve.protocol import (
     ChatCompletionRequest,
     ChatMessage,

@@ -14,67 +14,21 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from autarky.model.llama import Llama
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.errors import BadRequest, ContextOverflow, NotReady, QueueFull
+from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
 from autarky.serve.metrics import ServeMetrics
 from autarky.serve.sampling import SamplingParams, sample_rows, token_logprobs
 from autarky.serve.text import IncrementalText, TextCodec
 
 log = logging.getLogger("autarky.serve")
 
-TopLogprobs = list[tuple[int, float]]
 MAX_PREFILL_TOKENS = 4096  # padded prompt tokens per batched prefill
-
-
-@dataclass
-class TokenEvent:
-    """One generated token of choice `index` (text may be empty while held back), or its end."""
-
-    index: int
-    token_id: int | None
-    text: str
-    logprob: float | None = None
-    top_logprobs: TopLogprobs | None = None
-    finish_reason: str | None = None
-
-
-@dataclass
-class PromptEvent:
-    """Prompt log-probabilities of the prompt behind choices index .. index + count - 1 (first entry None)."""
-
-    index: int
-    count: int
-    token_ids: list[int]
-    logprobs: list[float | None]
-    top_logprobs: list[TopLogprobs | None]
-
-
-@dataclass
-class ErrorEvent:
-    message: str
-
-
-Event = TokenEvent | PromptEvent | ErrorEvent
-
-
-@dataclass(eq=False)
-class Request:
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
-    index: int = 0  # index of this request's first choice in the HTTP response
-    arrival: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-    open_choices: int = 0
-
-    def cancel(self) -> None:
-        self.cancelled = True  # read by the engine thread between steps
 
 
 @dataclass(eq=False)

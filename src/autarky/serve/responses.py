@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from autarky.serve.engine import PromptEvent, TokenEvent, TopLogprobs
+from autarky.serve.events import PromptEvent, TokenEvent, TopLogprobs
 from autarky.serve.text import TextCodec
 
 
