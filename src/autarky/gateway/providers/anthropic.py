@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import orjson
 
 from autarky.gateway.errors import bad_request
 from autarky.gateway.providers.base import (
-    TRANSPORT_ERRORS,
     Provider,
     UpstreamError,
     post,
     read_body,
-    sse_lines,
+    relay_stream,
     status_error,
-    transport_error,
 )
 from autarky.gateway.router import Target
 from autarky.gateway.translate import (
@@ -61,42 +60,21 @@ class AnthropicProvider(Provider):
         who = target.provider
         resp = await post(self.session, target, *request)
         chunks = AnthropicToOpenAIChunks(target.model)
-        stopped = False
-        try:
-            if resp.status >= 400:
-                raise status_error(resp, await read_body(resp, who), who)
-            async for lines in sse_lines(resp):
-                batch: list[dict] = []
-                failure: UpstreamError | None = None
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    try:
-                        event = orjson.loads(line[5:].strip())
-                    except orjson.JSONDecodeError:
-                        failure = UpstreamError(f"{who} sent a malformed stream event", status=502)
-                        break
-                    kind = event.get("type")
-                    if kind == "error":
-                        msg = (event.get("error") or {}).get("message", "error")
-                        failure = UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
-                        break
-                    if kind == "message_stop":
-                        stopped = True
-                        break
-                    batch.extend(chunks.feed(event))
-                if batch:
-                    yield batch
-                if failure is not None:
-                    raise failure
-                if stopped:
-                    break
-            if not stopped:
-                raise UpstreamError(f"{who} ended the stream without message_stop", status=502)
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, who) from exc
-        finally:
-            if stopped:
-                resp.release()
-            else:
-                resp.close()
+
+        def parse(data: bytes) -> tuple[list[dict], bool]:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"{who} sent a malformed stream event", status=502) from None
+            kind = event.get("type")
+            if kind == "error":
+                msg = (event.get("error") or {}).get("message", "error")
+                raise UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
+            if kind == "message_stop":
+                return [], True
+            return chunks.feed(event), False
+
+        # aclosing: when the client goes away, the relay closes the upstream connection at once.
+        async with aclosing(relay_stream(resp, who, parse, "message_stop")) as batches:
+            async for batch in batches:
+                yield batch

@@ -7,7 +7,7 @@ timeouts, dropped connections, malformed bodies, 408/429/5xx are retryable; othe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
@@ -111,3 +111,48 @@ class Provider:
     def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:
         """OpenAI chat chunks, in batches (one per network read)."""
         raise NotImplementedError
+
+
+# One `data:` payload → (OpenAI chunks, whether it ended the stream); raises UpstreamError for in-band errors.
+PayloadParser = Callable[[bytes], tuple[list[dict], bool]]
+
+
+async def relay_stream(resp: aiohttp.ClientResponse, who: str, parse: PayloadParser,
+                       end_marker: str) -> AsyncIterator[list[dict]]:
+    """Batches of OpenAI chunks from an upstream's SSE response, one batch per network read.
+
+    What arrived before a failure still reaches the client. A finished stream returns its connection to the
+    pool; an abandoned one is closed, which is what cancels the generation upstream."""
+    done = False
+    try:
+        if resp.status >= 400:
+            raise status_error(resp, await read_body(resp, who), who)
+        async for lines in sse_lines(resp):
+            batch: list[dict] = []
+            failure: UpstreamError | None = None
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, comments (keep-alives), `event:` lines
+                try:
+                    chunks, done = parse(line[5:].strip())
+                except UpstreamError as exc:
+                    failure = exc
+                    break
+                batch.extend(chunks)
+                if done:
+                    break
+            if batch:
+                yield batch
+            if failure is not None:
+                raise failure
+            if done:
+                break
+        if not done:
+            raise UpstreamError(f"{who} ended the stream without {end_marker}", status=502)
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, who) from exc
+    finally:
+        if done:
+            resp.release()
+        else:
+            resp.close()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import orjson
 
 from autarky.gateway.providers.base import (
-    TRANSPORT_ERRORS,
     Provider,
     UpstreamError,
     post,
     read_body,
-    sse_lines,
+    relay_stream,
     status_error,
-    transport_error,
 )
 from autarky.gateway.router import Target
 
@@ -53,45 +52,21 @@ class OpenAIProvider(Provider):
     async def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:
         who = target.provider
         resp = await post(self.session, target, *self._request(target, body, endpoint, stream=True))
-        done = False
-        try:
-            if resp.status >= 400:
-                raise status_error(resp, await read_body(resp, who), who)
-            async for lines in sse_lines(resp):
-                batch: list[dict] = []
-                failure: UpstreamError | None = None
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments (keep-alives), `event:` lines
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        failure = UpstreamError(f"{who} sent a malformed stream chunk", status=502)
-                        break
-                    if "error" in chunk:
-                        err = chunk["error"]
-                        msg = err.get("message", "error") if isinstance(err, dict) else err
-                        failure = UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
-                        break
-                    batch.append(chunk)
-                if batch:
-                    yield batch  # what arrived before a failure still reaches the client
-                if failure is not None:
-                    raise failure
-                if done:
-                    break
-            if not done:
-                raise UpstreamError(f"{who} ended the stream without [DONE]", status=502)
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, who) from exc
-        finally:
-            # A finished stream returns its connection to the pool; an abandoned one is closed, which is
-            # what cancels the generation upstream.
-            if done:
-                resp.release()
-            else:
-                resp.close()
+
+        def parse(data: bytes) -> tuple[list[dict], bool]:
+            if data == b"[DONE]":
+                return [], True
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"{who} sent a malformed stream chunk", status=502) from None
+            if "error" in chunk:
+                err = chunk["error"]
+                msg = err.get("message", "error") if isinstance(err, dict) else err
+                raise UpstreamError(f"{who} reported an error mid-stream: {msg}", status=502)
+            return [chunk], False
+
+        # aclosing: when the client goes away, the relay closes the upstream connection at once.
+        async with aclosing(relay_stream(resp, who, parse, "[DONE]")) as batches:
+            async for batch in batches:
+                yield batch
