@@ -12,9 +12,8 @@ from autarky.gateway.providers.base import (
     Provider,
     UpstreamError,
     post,
-    read_body,
+    post_json,
     relay_stream,
-    status_error,
 )
 from autarky.gateway.router import Target
 from autarky.gateway.translate import (
@@ -41,18 +40,9 @@ class AnthropicProvider(Provider):
         return p.base_url.rstrip("/") + "/v1/messages", orjson.dumps(payload), headers
 
     async def complete(self, target: Target, body: dict, endpoint: str = "chat") -> dict:
-        request = self._request(target, body, endpoint)
-        who = target.provider
-        resp = await post(self.session, target, *request)
-        content = await read_body(resp, who)
-        if resp.status >= 400:
-            raise status_error(resp, content, who)
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{who} sent malformed JSON", status=502) from exc
-        if not isinstance(data, dict) or data.get("type") != "message":
-            raise UpstreamError(f"{who} sent a body that is not a message", status=502)
+        data = await post_json(self.session, target, *self._request(target, body, endpoint))
+        if data.get("type") != "message":
+            raise UpstreamError(f"{target.provider} sent a body that is not a message", status=502)
         return anthropic_response_to_openai(data, target.model)
 
     async def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
+import orjson
 
 from autarky.gateway.router import Target
 
@@ -87,6 +88,23 @@ async def post(session: aiohttp.ClientSession, target: Target, url: str, payload
         return await session.post(url, data=payload, headers=headers, timeout=timeout_for(target))
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc, target.provider) from exc
+
+
+async def post_json(session: aiohttp.ClientSession, target: Target, url: str, payload: bytes,
+                    headers: dict[str, str]) -> dict:
+    """A non-streamed exchange: the upstream's JSON object, or UpstreamError for a status, transport or body fault."""
+    who = target.provider
+    resp = await post(session, target, url, payload, headers)
+    content = await read_body(resp, who)
+    if resp.status >= 400:
+        raise status_error(resp, content, who)
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"{who} sent malformed JSON", status=502) from exc
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{who} sent JSON that is not an object", status=502)
+    return data
 
 
 async def read_body(resp: aiohttp.ClientResponse, who: str) -> bytes:

@@ -11,9 +11,8 @@ from autarky.gateway.providers.base import (
     Provider,
     UpstreamError,
     post,
-    read_body,
+    post_json,
     relay_stream,
-    status_error,
 )
 from autarky.gateway.router import Target
 
@@ -36,17 +35,9 @@ class OpenAIProvider(Provider):
         return p.base_url.rstrip("/") + _PATHS[endpoint], orjson.dumps(payload), headers
 
     async def complete(self, target: Target, body: dict, endpoint: str = "chat") -> dict:
-        who = target.provider
-        resp = await post(self.session, target, *self._request(target, body, endpoint, stream=False))
-        content = await read_body(resp, who)
-        if resp.status >= 400:
-            raise status_error(resp, content, who)
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{who} sent malformed JSON", status=502) from exc
-        if not isinstance(data, dict) or "choices" not in data:
-            raise UpstreamError(f"{who} sent a body without `choices`", status=502)
+        data = await post_json(self.session, target, *self._request(target, body, endpoint, stream=False))
+        if "choices" not in data:
+            raise UpstreamError(f"{target.provider} sent a body without `choices`", status=502)
         return data
 
     async def stream(self, target: Target, body: dict, endpoint: str = "chat") -> AsyncIterator[list[dict]]:
