@@ -68,6 +68,7 @@ def test_serve_two_named_models_and_finish_in_flight_on_sigterm(tiny_hf_model_di
             proc.kill()
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
+    assert "error" not in chunks[-1], chunks[-1]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert sum(1 for c in chunks if c["choices"][0]["text"]) > 0
 

@@ -12,6 +12,7 @@ from autarky.errors import UserError
 from autarky.model.generate import SamplingParams as RefParams
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder
+from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
 from autarky.serve.events import ErrorEvent, PromptEvent, Request, TokenEvent
 from autarky.serve.packed import PackedBF16Linear, bf16_packing_supported
@@ -25,9 +26,13 @@ pytestmark = pytest.mark.timeout(120)
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, item):", "x = [1, 2"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_hf_model_dir: Path):
+@pytest.fixture(scope="module", params=["eager", "decode_kernels"])
+def tiny(tiny_hf_model_dir: Path, request):
+    """The tiny model as loaded, and with the compiled CPU decode kernels that `autarky serve` uses by default:
+    every engine test runs on both."""
     model, _ = load_hf_folder(tiny_hf_model_dir)
+    if request.param == "decode_kernels":
+        assert use_decode_kernels(model), "the compiled decode kernels did not build on this machine"
     return model, TextCodec.from_folder(tiny_hf_model_dir)
 
 

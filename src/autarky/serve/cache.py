@@ -68,6 +68,11 @@ class SlotKVCache:
         keys = torch.arange(span, device=positions.device)
         self._mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
 
+    @property
+    def decoding(self) -> bool:
+        """Whether the next forward is a decode step (one new token per row), not a prefill."""
+        return self._prefill_slot is None and self._mask is not None
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

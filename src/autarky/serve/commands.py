@@ -30,6 +30,10 @@ def register(app: typer.Typer) -> None:
                        "AMX); int8 = weight-only int8 (fast CPU decode elsewhere).",
         ),
         device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+        decode_kernels: bool = typer.Option(
+            True, help="On CPU, decode through compiled matrix-vector kernels (about twice as fast; needs a C++ "
+                       "compiler, else falls back by itself).",
+        ),
         threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),
         api_key: str | None = typer.Option(None, envvar="AUTARKY_SERVE_API_KEY",
@@ -47,7 +51,8 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         options = dict(dtype=dtype, quantize=quantize, max_batch=max_batch, max_queue=max_queue,
-                       max_model_len=max_model_len, device=device)
+                       max_model_len=max_model_len, device=device,
+                       decode_kernels=decode_kernels)
         specs = [ModelSpec.parse(m, **options) for m in models]
         if name:
             specs = [ModelSpec(**{**specs[0].__dict__, "name": name})]

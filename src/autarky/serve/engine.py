@@ -20,6 +20,7 @@ import torch
 
 from autarky.model.llama import Llama
 from autarky.serve.cache import SlotKVCache
+from autarky.serve.decode_kernels import MAX_ROWS, decode_block
 from autarky.serve.errors import BadRequest, ContextOverflow, NotReady, QueueFull
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
 from autarky.serve.metrics import ServeMetrics
@@ -93,9 +94,11 @@ class Engine:
             self.cache.begin_prefill(0, 2)
             self._forward(torch.zeros(1, 2, dtype=torch.long, device=self.device),
                           torch.arange(2, device=self.device)[None], last=[1])
-            positions = torch.tensor([2], device=self.device)
-            self.cache.begin_decode(positions)
-            self._forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), positions[:, None], last=[0])
+            for rows in (1, 2)[: self.max_batch]:  # one row and several: compiled kernels specialise on 1
+                positions = torch.full((rows,), 2, device=self.device)
+                self.cache.begin_decode(positions)
+                self._forward(torch.zeros(rows, 1, dtype=torch.long, device=self.device), positions[:, None],
+                              last=[0] * rows)
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reject what can never run, before anything is queued (400s)."""
@@ -199,8 +202,9 @@ class Engine:
         m = self.model
         cos, sin = m.rope_cos[positions], m.rope_sin[positions]
         h = m.tok_embeddings(tokens)
+        fused = getattr(m, "decode_kernels", False) and self.cache.decoding and tokens.shape[0] <= MAX_ROWS
         for block in self._blocks:
-            h = block(h, cos, sin, self.cache)
+            h = decode_block(block, h, cos, sin, self.cache) if fused else block(h, cos, sin, self.cache)
         if last is not None:
             h = h[:, 0] if h.shape[1] == 1 else h[torch.arange(len(last)), torch.tensor(last)]
         return m.output(m.norm(h)).float()

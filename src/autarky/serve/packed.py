@@ -24,6 +24,16 @@ def bf16_packing_supported() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def prepack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight (N, K) reordered once into oneDNN's blocked layout for `packed_linear` (a copy)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight.T through oneDNN, weight prepacked by `prepack` in x's dtype."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
 class PackedBF16Linear(nn.Module):
     """A bias-free nn.Linear whose weight lives in bf16, prepacked for oneDNN on CPU (plain bf16 elsewhere)."""
 
@@ -35,12 +45,12 @@ class PackedBF16Linear(nn.Module):
         weight = linear.weight.detach().to(torch.bfloat16)
         self.packed = weight.device.type == "cpu" and bf16_packing_supported()
         # A plain attribute, not a buffer: an mkldnn-layout tensor cannot be moved, saved or cloned like one.
-        self.weight_bf16 = torch.ops.mkldnn._reorder_linear_weight(weight, None) if self.packed else weight
+        self.weight_bf16 = prepack(weight) if self.packed else weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.to(torch.bfloat16)
         if self.packed:
-            out = torch.ops.mkldnn._linear_pointwise(xb, self.weight_bf16, None, "none", [], "")
+            out = packed_linear(xb, self.weight_bf16)
         else:
             out = F.linear(xb, self.weight_bf16)
         return out.to(x.dtype)

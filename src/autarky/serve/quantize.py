@@ -16,6 +16,8 @@ import threading
 import torch
 from torch import nn
 
+from autarky.serve.decode_kernels import decode_rows, matvec_int8
+
 PIECE_ELEMENTS = 1 << 20  # weights converted at a time: 4 MB of fp32, cache-resident (measured best here)
 _scratch = threading.local()  # one buffer per engine thread
 
@@ -41,8 +43,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
         self.rows_per_piece = max(1, min(self.out_features, PIECE_ELEMENTS // self.in_features))
+        self.decode_kernels = False  # set by autarky.serve.decode_kernels.use_decode_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode_kernels and decode_rows(x):
+            return matvec_int8(x, self.weight_int8, self.scales)
         rows, n_in = self.rows_per_piece, self.in_features
         if x.device.type != "cpu":  # accelerators have bandwidth to spare: one conversion, one matmul
             return nn.functional.linear(x, self.weight_int8.to(x.dtype)) * self.scales.to(x.dtype)

@@ -12,6 +12,7 @@ import torch
 
 from autarky.errors import UserError
 from autarky.model.llama import Llama
+from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
 from autarky.serve.errors import ModelNotFound, NotReady
 from autarky.serve.metrics import MetricFamilies
@@ -38,6 +39,7 @@ class ModelSpec:
     max_queue: int = 256
     max_model_len: int | None = None
     device: str = "cpu"
+    decode_kernels: bool = True  # CPU: few-row matmuls through autarky.serve.decode_kernels
 
     def served_name(self) -> str:
         if self.name:
@@ -80,6 +82,9 @@ def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
     model, _ = load_hf_folder(folder, dtype=DTYPES[spec.dtype], device=spec.device)
     if spec.quantize is not None:
         QUANTIZE[spec.quantize](model)
+    # bf16 packing has its own oneDNN kernels, which inductor cannot trace.
+    if spec.decode_kernels and torch.device(spec.device).type == "cpu" and spec.quantize != "bf16":
+        use_decode_kernels(model)
     return model, TextCodec.from_folder(folder)
 
 

@@ -1,0 +1,167 @@
+"""Compiled matrix–vector kernels for decoding a few rows at a time on CPU.
+
+A decode step multiplies one activation row per sequence by every weight matrix, so on CPU it is bound by how
+fast the weights stream from memory. torch's default path for that, MKL's sgemv, streams fp32 weights at about
+8 GB/s on the AMD EPYC this project runs on, while one core reads memory at about 19 GB/s. One reduction per
+output element, compiled by inductor into vectorized C++, gets close to the read speed (bench/serve_decode.py):
+  - fp32 weights: about twice MKL's rate, same arithmetic (fp32 products, fp32 sums; only the order of the
+    additions differs, a few ulp);
+  - int8 weights (autarky.serve.quantize): converted to float inside the loop, so memory delivers one byte
+    per weight.
+Each output is (N, B) with the weight row outer and the batch row inner, so a weight row is read from memory
+once for all B rows, and each row's dot product is computed the same way whatever B is.
+
+The kernels run with one thread: inductor's OpenMP regions, entered from an engine thread (not the main
+thread), cost about 100 us each to start here, more than a whole SmolLM2 matrix–vector product.
+Rows beyond MAX_ROWS (prefill, big batches) go to MKL's GEMM, which is compute-efficient there.
+Needs a C++ compiler at run time; without one, `kernels_available()` is False and everything stays eager.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autarky.model.llama import Block, KVCache
+from autarky.serve.packed import packed_linear, prepack
+
+log = logging.getLogger("autarky.serve")
+
+MAX_ROWS = 4  # decode batches up to this many rows use the kernels (batch-invariant among themselves)
+_OPTIONS = {"cpp.threads": 1}
+
+
+def _products_summed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight[:, None, :] * x[None, :, :]).sum(-1)  # (N, B) from x (B, K), weight (N, K)
+
+
+@torch.compile(dynamic=True, options=_OPTIONS)
+def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _products_summed(x, weight)
+
+
+# Matrices this big (the output projection) are worth the OpenMP start-up: they use all of torch's threads.
+PARALLEL_BYTES = 16 << 20
+
+
+@torch.compile(dynamic=True)
+def _matvec_parallel(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _products_summed(x, weight)
+
+
+@torch.compile(dynamic=True, options=_OPTIONS)
+def _matvec_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return (weight[:, None, :].to(x.dtype) * x[None, :, :]).sum(-1) * scales[:, None]  # (N, B)
+
+
+@functools.cache
+def kernels_available() -> bool:
+    """Compile and check a tiny kernel once per process (needs a C++ compiler)."""
+    try:
+        x, w = torch.randn(1, 8), torch.randn(4, 8)
+        ok = torch.allclose(_matvec(x, w).t(), x @ w.t(), atol=1e-5)
+    except Exception as exc:  # no compiler, or an inductor that cannot target this machine
+        log.warning("compiled decode kernels unavailable (%s); decoding with torch's eager matmuls",
+                    str(exc).splitlines()[0][:200])
+        return False
+    return ok
+
+
+def decode_rows(x: torch.Tensor) -> int:
+    """How many activation rows x (..., K) holds, or 0 when the kernels should not take it."""
+    rows = x.numel() // x.shape[-1]
+    return rows if x.device.type == "cpu" and rows <= MAX_ROWS and not x.requires_grad else 0
+
+
+def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T for a few rows."""
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    kernel = _matvec_parallel if weight.numel() * weight.element_size() >= PARALLEL_BYTES else _matvec
+    return kernel(x.reshape(rows, k), weight).t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def matvec_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ (weight (N, K) int8 · scales (N,)).T for a few rows."""
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    out = _matvec_int8(x.reshape(rows, k), weight, scales.to(x.dtype))
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+@torch.compile(dynamic=True, options=_OPTIONS)
+def _block_head(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return block.attention.project(block.attention_norm(h), cos, sin)
+
+
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """autarky.model.llama.attention for one query per row, written as reductions so that inductor fuses it
+    into loops (its matmul form becomes MKL bmm calls of ~80 us each here, SDPA's CPU kernel ~200 us).
+    q (B, 1, H, E); k, v (B, S, K, E); mask (B, 1, 1, S) → (B, 1, H·E)."""
+    B, _, H, E = q.shape
+    K = k.shape[2]
+    qg = q.view(B, K, H // K, 1, E)  # each key/value head's query group
+    keys, values = k.permute(0, 2, 1, 3)[:, :, None], v.permute(0, 2, 1, 3)[:, :, None]  # (B, K, 1, S, E)
+    scores = (qg * keys).sum(-1) * E**-0.5  # (B, K, H/K, S)
+    weights = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf")).softmax(dim=-1)
+    return (weights[..., None] * values).sum(-2).reshape(B, 1, H * E)  # (B, K, H/K, E) → (B, 1, H·E)
+
+
+@torch.compile(dynamic=True, options=_OPTIONS)
+def _block_tail(block: Block, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    h = h + block.attention.wo(_one_query_attention(q, k, v, mask))
+    return h + block.feed_forward(block.ffn_norm(h))
+
+
+def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 cache: KVCache) -> torch.Tensor:  # fmt: skip
+    """Block.forward for a decode step of at most MAX_ROWS rows, in two compiled pieces around the cache
+    update: norms, rotary, attention and the SwiGLU are fused with the matrix–vector kernels, and a layer
+    costs 2 compiled calls instead of about 30 eager ones."""
+    q, k, v = _block_head(block, h, cos, sin)
+    k, v, mask = cache.update(block.attention.layer, k, v)
+    assert mask is not None, "decode_block needs a cache in decode mode (begin_decode)"
+    return _block_tail(block, h, q, k, v, mask)
+
+
+class DecodeLinear(nn.Module):
+    """A bias-free nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
+    batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32 and
+    bf16; float16 stays on F.linear). The plain weight is a buffer sharing the original's storage (a tied output
+    projection stays tied); the packed copy doubles the weight memory, the price of both speeds."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("DecodeLinear takes bias-free projections only (Llama has no biases)")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # A buffer, not a Parameter: the compiled kernel then takes every matrix shape with one graph.
+        self.register_buffer("weight", linear.weight.detach())
+        packable = self.weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+        # A plain attribute: an mkldnn-layout tensor cannot be moved, saved or cloned like a buffer.
+        self.packed = prepack(self.weight) if packable else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if decode_rows(x):
+            return matvec(x, self.weight)
+        if self.packed is not None:
+            return packed_linear(x, self.packed)
+        return F.linear(x, self.weight)
+
+
+def use_decode_kernels(model: nn.Module) -> bool:
+    """Route the few-row matmuls of a CPU model through the compiled kernels: nn.Linear becomes DecodeLinear,
+    and quantized layers that know the kernels switch them on. False (model unchanged) when unavailable."""
+    if not kernels_available():
+        return False
+    model.decode_kernels = True  # the engine runs decode steps through decode_block
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, DecodeLinear(child))
+            elif hasattr(child, "decode_kernels"):
+                child.decode_kernels = True
+    return True

@@ -1,0 +1,89 @@
+"""The compiled CPU decode kernels compute what the eager model computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autarky.model.hf import load_hf_folder
+from autarky.serve import decode_kernels
+from autarky.serve.cache import SlotKVCache
+from autarky.serve.decode_kernels import DecodeLinear, decode_block, matvec, matvec_int8, use_decode_kernels
+from autarky.serve.quantize import Int8Linear
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_matvec_equals_linear(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weight, x = torch.randn(300, 96, generator=gen), torch.randn(rows, 1, 96, generator=gen)
+    torch.testing.assert_close(matvec(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_the_output_projection_takes_the_threaded_kernel_and_agrees():
+    weight = torch.randn((decode_kernels.PARALLEL_BYTES // 4) // 64 + 64, 64)
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(matvec(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
+
+
+def test_int8_matvec_equals_the_dequantized_linear():
+    layer = Int8Linear(torch.nn.Linear(96, 200, bias=False))
+    x = torch.randn(3, 96)
+    dequantized = layer.weight_int8.float() * layer.scales[:, None]
+    torch.testing.assert_close(matvec_int8(x, layer.weight_int8, layer.scales), x @ dequantized.t(),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_decode_linear_prefill_rows_go_through_onednn_and_agree():
+    linear = torch.nn.Linear(96, 200, bias=False)
+    layer = DecodeLinear(linear)
+    assert layer.packed is not None
+    x = torch.randn(2, 9, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+        assert layer.weight.data_ptr() == linear.weight.data_ptr()  # shared, not copied
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_block_equals_the_blocks_own_forward(tiny_hf_model_dir: Path, rows):
+    eager, _ = load_hf_folder(tiny_hf_model_dir)
+    fused, _ = load_hf_folder(tiny_hf_model_dir)
+    assert use_decode_kernels(fused)
+    cfg = eager.config
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, cfg.vocab_size, (rows, 6), generator=gen)
+    positions = torch.tensor([6, 4, 5][:rows])
+    outputs = []
+    with torch.inference_mode():
+        for model, step in ((eager, None), (fused, decode_block)):
+            cache = SlotKVCache(cfg.n_layers, rows, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
+            cache.begin_prefill(0, 6)
+            model(prompt, cache=cache)
+            cache.begin_decode(positions)
+            cos, sin = model.rope_cos[positions][:, None], model.rope_sin[positions][:, None]
+            h = model.tok_embeddings(prompt[:, :1])
+            for block in model.layers.values():
+                h = step(block, h, cos, sin, cache) if step else block(h, cos, sin, cache)
+            outputs.append((h, cache.k.clone()))
+    (h_eager, k_eager), (h_fused, k_fused) = outputs
+    torch.testing.assert_close(h_fused, h_eager, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(k_fused, k_eager, rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_compiler_the_model_stays_eager(tiny_hf_model_dir: Path, monkeypatch):
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(decode_kernels, "_matvec", no_compiler)
+    decode_kernels.kernels_available.cache_clear()
+    try:
+        model, _ = load_hf_folder(tiny_hf_model_dir)
+        assert not use_decode_kernels(model)
+        assert not getattr(model, "decode_kernels", False)
+        assert not any(isinstance(m, DecodeLinear) for m in model.modules())
+    finally:
+        decode_kernels.kernels_available.cache_clear()
