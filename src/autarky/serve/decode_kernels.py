@@ -11,9 +11,12 @@ output element, compiled by inductor into vectorized C++, gets close to the read
 Each output is (N, B) with the weight row outer and the batch row inner, so a weight row is read from memory
 once for all B rows, and each row's dot product is computed the same way whatever B is.
 
+`decode_block` fuses a whole layer's decode step around these products (2 compiled calls instead of ~30 eager
+ops, whose per-op overhead was as large as the arithmetic), with attention written as reductions too.
 The kernels run with one thread: inductor's OpenMP regions, entered from an engine thread (not the main
-thread), cost about 100 us each to start here, more than a whole SmolLM2 matrix–vector product.
-Rows beyond MAX_ROWS (prefill, big batches) go to MKL's GEMM, which is compute-efficient there.
+thread), cost about 100 us each to start here, more than a whole SmolLM2 matrix–vector product. Only matrices of
+PARALLEL_BYTES or more (the output projection) use all of torch's threads.
+Rows beyond MAX_ROWS (prefill, big batches) go to oneDNN (DecodeLinear), which is compute-efficient there.
 Needs a C++ compiler at run time; without one, `kernels_available()` is False and everything stays eager.
 """
 
@@ -33,6 +36,9 @@ log = logging.getLogger("autarky.serve")
 
 MAX_ROWS = 4  # decode batches up to this many rows use the kernels (batch-invariant among themselves)
 _OPTIONS = {"cpp.threads": 1}
+# Shapes are dynamic, but the KV cache's strides change as it grows and row counts of 1 are specialised:
+# a few compiles per function, which dynamo's default limit of 8 could cut short.
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 def _products_summed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -44,8 +50,7 @@ def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _products_summed(x, weight)
 
 
-# Matrices this big (the output projection) are worth the OpenMP start-up: they use all of torch's threads.
-PARALLEL_BYTES = 16 << 20
+PARALLEL_BYTES = 16 << 20  # weight bytes from which a product is worth the OpenMP start-up
 
 
 @torch.compile(dynamic=True)
@@ -53,17 +58,27 @@ def _matvec_parallel(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _products_summed(x, weight)
 
 
+def _int8_products_summed(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return (weight[:, None, :].to(x.dtype) * x[None, :, :]).sum(-1) * scales[:, None]  # (N, B)
+
+
 @torch.compile(dynamic=True, options=_OPTIONS)
 def _matvec_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return (weight[:, None, :].to(x.dtype) * x[None, :, :]).sum(-1) * scales[:, None]  # (N, B)
+    return _int8_products_summed(x, weight, scales)
+
+
+@torch.compile(dynamic=True)
+def _matvec_int8_parallel(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return _int8_products_summed(x, weight, scales)
 
 
 @functools.cache
 def kernels_available() -> bool:
     """Compile and check a tiny kernel once per process (needs a C++ compiler)."""
     try:
-        x, w = torch.randn(1, 8), torch.randn(4, 8)
-        ok = torch.allclose(_matvec(x, w).t(), x @ w.t(), atol=1e-5)
+        with torch.inference_mode():  # as the engine runs: grad mode is part of what a compiled graph assumes
+            x, w = torch.randn(1, 8), torch.randn(4, 8)
+            ok = torch.allclose(_matvec(x, w).t(), x @ w.t(), atol=1e-5)
     except Exception as exc:  # no compiler, or an inductor that cannot target this machine
         log.warning("compiled decode kernels unavailable (%s); decoding with torch's eager matmuls",
                     str(exc).splitlines()[0][:200])
@@ -77,17 +92,23 @@ def decode_rows(x: torch.Tensor) -> int:
     return rows if x.device.type == "cpu" and rows <= MAX_ROWS and not x.requires_grad else 0
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as (rows, K) with the same strides every time: dynamo specialises on strides, and every new layout
+    would be one more compile (and past its recompile limit, a silent fall back to eager)."""
+    x = x.reshape(-1, x.shape[-1])
+    return x if x.stride() == (x.shape[1], 1) else x.clone(memory_format=torch.contiguous_format)
+
+
 def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T for a few rows."""
-    rows, k = x.numel() // x.shape[-1], x.shape[-1]
     kernel = _matvec_parallel if weight.numel() * weight.element_size() >= PARALLEL_BYTES else _matvec
-    return kernel(x.reshape(rows, k), weight).t().reshape(*x.shape[:-1], weight.shape[0])
+    return kernel(_rows(x), weight).t().reshape(*x.shape[:-1], weight.shape[0])
 
 
 def matvec_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ (weight (N, K) int8 · scales (N,)).T for a few rows."""
-    rows, k = x.numel() // x.shape[-1], x.shape[-1]
-    out = _matvec_int8(x.reshape(rows, k), weight, scales.to(x.dtype))
+    kernel = _matvec_int8_parallel if weight.numel() >= PARALLEL_BYTES else _matvec_int8
+    out = kernel(_rows(x), weight, scales.to(x.dtype))
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -121,6 +142,7 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     """Block.forward for a decode step of at most MAX_ROWS rows, in two compiled pieces around the cache
     update: norms, rotary, attention and the SwiGLU are fused with the matrix–vector kernels, and a layer
     costs 2 compiled calls instead of about 30 eager ones."""
+    h = _rows(h).unsqueeze(1)  # (B, 1, D) with the same strides every step
     q, k, v = _block_head(block, h, cos, sin)
     k, v, mask = cache.update(block.attention.layer, k, v)
     assert mask is not None, "decode_block needs a cache in decode mode (begin_decode)"
