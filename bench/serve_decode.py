@@ -19,10 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def smollm2_folder() -> Path:
@@ -42,6 +47,21 @@ def small_folder(tokenizer_dir: Path, out: Path) -> Path:
     model = Llama(preset("small", vocab_size=vocab))
     model.init_weights(seed=0)
     return save_hf_folder(model, tokenizer_dir, out, torch.float32)
+
+
+def in_own_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run fn in a thread that ends with it. Each thread that runs multi-threaded torch ops keeps an OpenMP
+    team for its life, and when more OpenMP threads exist than cores, libgomp stops spinning between parallel
+    regions: every region of every thread then pays a sleep/wake-up (measured here: a 2x slower 32-row decode
+    step). `autarky serve` computes only in its engine threads and a loader thread that exits; the script's
+    main thread must not keep a team either, or it would slow whatever runs after it."""
+    result: list[T] = []
+    worker = threading.Thread(target=lambda: result.append(fn(*args)))
+    worker.start()
+    worker.join()
+    if not result:
+        raise SystemExit(f"{fn.__name__} failed (traceback above)")
+    return result[0]
 
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -193,9 +213,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folders = {"smollm2": smollm2}
         if "small" in args.models:
-            folders["small"] = small_folder(smollm2, Path(tmp) / "small")
+            folders["small"] = in_own_thread(small_folder, smollm2, Path(tmp) / "small")
         for name in args.models:
-            rates = batch1(folders[name], args.tokens, args.repeats, args.ours)
+            rates = in_own_thread(batch1, folders[name], args.tokens, args.repeats, args.ours)
             base = {"transformers fp32": rates.pop("transformers fp32")}
             if "transformers bf16" in rates:
                 base["transformers bf16"] = rates.pop("transformers bf16")
