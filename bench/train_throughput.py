@@ -11,6 +11,7 @@ The two alternate in short rounds so background load hits both alike; each side'
 
     .venv/bin/python bench/train_throughput.py                    # nano, CPU
     .venv/bin/python bench/train_throughput.py --compile          # both sides torch.compile'd
+    .venv/bin/python bench/train_throughput.py --bf16             # both sides bf16 autocast on this CPU
     .venv/bin/python bench/train_throughput.py --gpu-presets small,1b   # on CUDA: bf16, tokens/s and MFU
 """
 
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile each block of both models")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides on CPU too (avx512_bf16/AMX)")
     parser.add_argument("--gpu-presets", default="small,1b", help="presets measured in bf16 when CUDA is present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,8 +137,9 @@ def main() -> None:
     peak, device_name = peak_flops(cpu)
     cfg = preset(args.preset)
     print(f"{args.preset} ({cfg.dim}d × {cfg.n_layers} layers, vocab {cfg.vocab_size}), batch {args.batch_size} × "
-          f"{args.seq_len} tokens, fp32, compile={args.compile}; {device_name}, peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    tps = measure(cfg, args.batch_size, args.seq_len, cpu, bf16=False, compile_=args.compile,
+          f"{args.seq_len} tokens, {'bf16 autocast' if args.bf16 else 'fp32'}, compile={args.compile}; "
+          f"{device_name}, fp32 peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    tps = measure(cfg, args.batch_size, args.seq_len, cpu, bf16=args.bf16, compile_=args.compile,
                   rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
     report("cpu", cfg, args.seq_len, tps, peak)
 
