@@ -1,9 +1,10 @@
 """int8 weight-only quantization: per-output-channel symmetric scales, a quarter of the fp32 bytes.
 
-CPU decode is bound by reading weights from memory. Each matmul converts its int8 weights to float piece by piece
-into a small reused buffer right before multiplying: DRAM delivers 1 byte per weight and the float copy stays in
-cache. (A fresh full-size float copy per call is slower than fp32 weights: big allocations page-fault.) Scales
-apply to the output (one per channel); activations stay in float.
+CPU decode is bound by reading weights from memory. Decode steps of a few rows go through a compiled kernel that
+converts each weight to float inside its loop (autarky.serve.decode_kernels). More rows convert the int8 weights
+piece by piece into a small reused buffer and multiply with oneDNN: DRAM delivers 1 byte per weight and the float
+copy stays in cache. (A fresh full-size float copy per call is slower than fp32 weights: big allocations
+page-fault.) Scales apply to the output (one per channel); activations stay in float.
 Rejected, with measurements here: torch's `_weight_int8pack_mm` (7-20x slower than fp32 with fp32 activations;
 with bf16 activations on avx512_bf16 no faster than `--quantize bf16`, see autarky.serve.packed, which is more
 accurate) and fbgemm's dynamic int8 linear (fast, but per-tensor 7-bit activations put SmolLM2's logits 30% off).
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from autarky.serve.decode_kernels import decode_rows, matvec_int8
+from autarky.serve.packed import packed_linear
 
 PIECE_ELEMENTS = 1 << 20  # weights converted at a time: 4 MB of fp32, cache-resident (measured best here)
 _scratch = threading.local()  # one buffer per engine thread
@@ -57,7 +59,7 @@ class Int8Linear(nn.Module):
             n = min(rows, self.out_features - start)
             weight = scratch[: n * n_in].view(n, n_in)
             weight.copy_(self.weight_int8[start : start + n])
-            pieces.append(nn.functional.linear(x, weight))
+            pieces.append(packed_linear(x, weight))
         out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
         return out * self.scales.to(x.dtype)
 
