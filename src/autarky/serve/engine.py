@@ -67,9 +67,12 @@ class Engine:
         self.metrics = metrics
         param = next(model.parameters())
         self.device = param.device
-        self.cache = SlotKVCache(
-            cfg.n_layers, max_batch, cfg.n_kv_heads, cfg.head_dim, self.max_model_len, param.dtype, self.device
-        )
+        # Inference tensors from the start, like the ones the cache grows into later inside the engine thread:
+        # compiled kernels would recompile for the change of tensor kind.
+        with torch.inference_mode():
+            self.cache = SlotKVCache(
+                cfg.n_layers, max_batch, cfg.n_kv_heads, cfg.head_dim, self.max_model_len, param.dtype, self.device
+            )
         self._blocks = list(model.layers.values())
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
