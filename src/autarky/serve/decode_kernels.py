@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.model.llama import Block, KVCache
-from autarky.serve.packed import packed_linear, prepack
+from autarky.serve.packed import bf16_packing_supported, packed_linear, prepack
 
 log = logging.getLogger("autarky.serve")
 
@@ -151,8 +151,8 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 class DecodeLinear(nn.Module):
     """A bias-free nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
-    batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32 and
-    bf16; float16 stays on F.linear). The plain weight is a buffer sharing the original's storage (a tied output
+    batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32, and
+    bf16 where the CPU has it natively; otherwise F.linear). The plain weight is a buffer sharing the original's storage (a tied output
     projection stays tied); the packed copy doubles the weight memory, the price of both speeds."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -162,7 +162,9 @@ class DecodeLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # A buffer, not a Parameter: the compiled kernel then takes every matrix shape with one graph.
         self.register_buffer("weight", linear.weight.detach())
-        packable = self.weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+        packable = torch.backends.mkldnn.is_available() and (
+            self.weight.dtype == torch.float32 or (self.weight.dtype == torch.bfloat16 and bf16_packing_supported())
+        )
         # A plain attribute: an mkldnn-layout tensor cannot be moved, saved or cloned like a buffer.
         self.packed = prepack(self.weight) if packable else None
 
