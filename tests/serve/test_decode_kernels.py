@@ -52,7 +52,7 @@ def test_decode_linear_agrees_with_linear_for_decode_and_prefill_rows(dtype):
     assert layer.weight.data_ptr() == linear.weight.data_ptr()  # shared, not copied
 
 
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", sorted({1, decode_kernels.MAX_ROWS}))
 def test_decode_block_equals_the_blocks_own_forward(tiny_hf_model_dir: Path, rows):
     eager, _ = load_hf_folder(tiny_hf_model_dir)
     fused, _ = load_hf_folder(tiny_hf_model_dir)

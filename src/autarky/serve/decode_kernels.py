@@ -1,4 +1,4 @@
-"""Compiled matrix–vector kernels for decoding a few rows at a time on CPU.
+"""Compiled matrix–vector kernels for decoding one sequence at a time on CPU.
 
 A decode step multiplies one activation row per sequence by every weight matrix, so on CPU it is bound by how
 fast the weights stream from memory. torch's default path for that, MKL's sgemv, streams fp32 weights at about
@@ -8,15 +8,14 @@ output element, compiled by inductor into vectorized C++, gets close to the read
     additions differs, a few ulp);
   - int8 weights (autarky.serve.quantize): converted to float inside the loop, so memory delivers one byte
     per weight.
-Each output is (N, B) with the weight row outer and the batch row inner, so a weight row is read from memory
-once for all B rows, and each row's dot product is computed the same way whatever B is.
+The kernels take B rows as an (N, B) output, weight row outer, but at 2-4 rows oneDNN is faster (MAX_ROWS).
 
 `decode_block` fuses a whole layer's decode step around these products (2 compiled calls instead of ~30 eager
 ops, whose per-op overhead was as large as the arithmetic), with attention written as reductions too.
-The kernels run with one thread: inductor's OpenMP regions, entered from an engine thread (not the main
-thread), cost about 100 us each to start here, more than a whole SmolLM2 matrix–vector product. Only matrices of
-PARALLEL_BYTES or more (the output projection) use all of torch's threads.
-Rows beyond MAX_ROWS (prefill, big batches) go to oneDNN (DecodeLinear), which is compute-efficient there.
+The kernels run with one thread: an OpenMP region costs ~100 us to start once libgomp throttles (as soon as
+more OpenMP threads exist in the process than cores), more than a whole SmolLM2 matrix–vector product. Only
+matrices of PARALLEL_BYTES or more (the output projection) use all of torch's threads.
+Rows beyond MAX_ROWS (prefill, batched decode) go to oneDNN (DecodeLinear), which is efficient there.
 Needs a C++ compiler at run time; without one, `kernels_available()` is False and everything stays eager.
 """
 
@@ -34,7 +33,9 @@ from autarky.serve.packed import bf16_packing_supported, packed_linear, prepack
 
 log = logging.getLogger("autarky.serve")
 
-MAX_ROWS = 4  # decode batches up to this many rows use the kernels (batch-invariant among themselves)
+# Decode steps of at most this many rows use the kernels. Measured: at 2-4 rows oneDNN (DecodeLinear's packed
+# path) with the eager block is twice as fast as these reductions, so only single-sequence steps take them.
+MAX_ROWS = 1
 _OPTIONS = {"cpp.threads": 1}
 # Shapes are dynamic, but the KV cache's strides change as it grows and row counts of 1 are specialised:
 # a few compiles per function, which dynamo's default limit of 8 could cut short.

@@ -97,8 +97,8 @@ class Engine:
             self.cache.begin_prefill(0, 2)
             self._forward(torch.zeros(1, 2, dtype=torch.long, device=self.device),
                           torch.arange(2, device=self.device)[None], last=[1])
-            # One row and several (compiled kernels specialise on 1), at a position whose length matches no
-            # other size of the model: the compiler would otherwise assume the two stay equal.
+            # One row (the compiled kernels) and two (oneDNN), at a position whose length matches no other size
+            # of the model: the compiler would otherwise assume the two stay equal.
             for rows in (1, 2)[: self.max_batch]:
                 positions = torch.full((rows,), min(12, self.max_model_len - 1), device=self.device)
                 self.cache.begin_decode(positions)
