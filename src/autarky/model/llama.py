@@ -129,10 +129,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     B, T, H, E = q.shape
     K = k.shape[2]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T|S, E)
-    if K != H and not share_kv_heads:
+    gqa = K != H and share_kv_heads
+    if K != H and not gqa:
         k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                         enable_gqa=K != H)  # (B, H, T, E)
+                                         enable_gqa=gqa)  # (B, H, T, E)
     return out.transpose(1, 2).reshape(B, T, -1)
 
 
