@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.model.llama import Block, KVCache
-from autarky.serve.packed import bf16_packing_supported, packed_linear, prepack
+from autarky.serve.packed import (
+    PackedBF16Linear,
+    bf16_packing_supported,
+    packed_linear,
+    prepack,
+    replace_linears,
+)
 
 log = logging.getLogger("autarky.serve")
 
@@ -178,15 +184,14 @@ class DecodeLinear(nn.Module):
 
 
 def use_decode_kernels(model: nn.Module) -> bool:
-    """Route the few-row matmuls of a CPU model through the compiled kernels: nn.Linear becomes DecodeLinear,
-    and quantized layers that know the kernels switch them on. False (model unchanged) when unavailable."""
-    if not kernels_available():
+    """Route the single-row matmuls of a CPU model through the compiled kernels: nn.Linear becomes
+    DecodeLinear, and quantized layers that know the kernels switch them on. False (model unchanged) when the
+    kernels are unavailable, or for `--quantize bf16` models, whose packed oneDNN op inductor cannot trace."""
+    if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
         return False
     model.decode_kernels = True  # the engine runs decode steps through decode_block
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, DecodeLinear(child))
-            elif hasattr(child, "decode_kernels"):
-                child.decode_kernels = True
+    for child in model.modules():
+        if hasattr(child, "decode_kernels"):
+            child.decode_kernels = True
+    replace_linears(model, DecodeLinear)
     return True

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autarky.serve.decode_kernels import decode_rows, matvec_int8
-from autarky.serve.packed import packed_linear
+from autarky.serve.packed import packed_linear, replace_linears
 
 PIECE_ELEMENTS = 1 << 20  # weights converted at a time: 4 MB of fp32, cache-resident (measured best here)
 _scratch = threading.local()  # one buffer per engine thread
@@ -66,8 +66,4 @@ class Int8Linear(nn.Module):
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear in place (a tied output projection gets its own int8 copy)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child))
-    return model
+    return replace_linears(model, Int8Linear)

@@ -82,8 +82,7 @@ def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
     model, _ = load_hf_folder(folder, dtype=DTYPES[spec.dtype], device=spec.device)
     if spec.quantize is not None:
         QUANTIZE[spec.quantize](model)
-    # bf16 packing has its own oneDNN kernels, which inductor cannot trace.
-    if spec.decode_kernels and torch.device(spec.device).type == "cpu" and spec.quantize != "bf16":
+    if spec.decode_kernels and torch.device(spec.device).type == "cpu":
         use_decode_kernels(model)
     return model, TextCodec.from_folder(folder)
 
