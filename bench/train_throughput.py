@@ -3,14 +3,17 @@
 Like for like: the same shape (ModelConfig → LlamaConfig via autarky.model.hf), the same initial weights (copied,
 and the first losses are checked to agree), the same batch, sequence length, dtype, threads, AdamW hyper-
 parameters and gradient clipping. What differs is each side's own code path:
-  ours      autarky.train.step.train_step: our Llama, SDPA, fp32 loss, foreach AdamW (fused on CUDA)
+  ours      autarky.train.step.train_step: our Llama, SDPA, fp32 loss, fused AdamW;
+            compiled: each block and the loss, as `autarky train --compile` does (its default on CUDA)
   baseline  the standard Hugging Face recipe: model(input_ids, labels=...) → .loss, torch.optim.AdamW with
-            its defaults (what transformers.Trainer's "adamw_torch" builds), clip_grad_norm_
+            fused=True (what transformers.Trainer's default "adamw_torch_fused" builds), clip_grad_norm_;
+            compiled: the whole model, loss included, as Trainer's torch_compile=True does (off by default)
 The two alternate in short rounds so background load hits both alike; each side's best round is reported
 (as timeit does: on a shared machine the minimum is the least disturbed measurement).
 
     .venv/bin/python bench/train_throughput.py                    # nano, CPU
-    .venv/bin/python bench/train_throughput.py --compile          # both sides torch.compile'd
+    .venv/bin/python bench/train_throughput.py --compile both     # both sides torch.compile'd
+    .venv/bin/python bench/train_throughput.py --compile ours     # each side as it runs out of the box on CUDA
     .venv/bin/python bench/train_throughput.py --bf16             # both sides bf16 autocast on this CPU
     .venv/bin/python bench/train_throughput.py --gpu-presets small,1b   # on CUDA: bf16, tokens/s and MFU
 """
@@ -28,38 +31,43 @@ from autarky.model.llama import Llama, ModelConfig, flops_per_token
 from autarky.model.sizes import preset
 from autarky.train.config import OptimSection
 from autarky.train.metrics import peak_flops
-from autarky.train.step import autocast_for, build_optimizer, train_step
+from autarky.train.step import autocast_for, build_optimizer, train_step, training_loss
 
 OPTIM = OptimSection(lr=1e-3)  # our defaults otherwise (betas, eps, weight decay, clip 1.0)
 
 
-def build_pair(cfg: ModelConfig, device: torch.device, compile_: bool) -> tuple[Llama, torch.nn.Module]:
+def build_pair(cfg: ModelConfig, device: torch.device, compile_ours: bool,
+               compile_hf: bool) -> tuple[Llama, torch.nn.Module]:  # fmt: skip
     from transformers import LlamaConfig, LlamaForCausalLM
 
     ours = Llama(cfg)
     ours.init_weights(0)
     hf_cfg = LlamaConfig(**hf_config_dict(cfg, bos_token_id=0, eos_token_id=0, dtype=torch.float32))
     hf_cfg._attn_implementation = "sdpa"
+    hf_cfg.use_cache = False  # training: no KV cache (a cache object also makes compiled layers recompile)
     theirs = LlamaForCausalLM(hf_cfg)
     weights = {to_hf_name(k): v for k, v in ours.state_dict().items()}
     missing, unexpected = theirs.load_state_dict(weights, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     ours.to(device).train()
     theirs.to(device).train()
-    if compile_:
-        for block in ours.layers.values():
+    if compile_ours:
+        for block in ours.layers.values():  # as autarky.train.parallelize does (the loss: training_loss)
             block.compile()
-        for layer in theirs.model.layers:
-            layer.compile()
+    if compile_hf:
+        theirs.compile()  # as transformers.Trainer does with torch_compile=True: the whole model, loss included
     return ours, theirs
 
 
-def ours_step(model: Llama, device: torch.device, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    optimizer = build_optimizer(model, OPTIM, device)
+def ours_step(model: Llama, device: torch.device, bf16: bool,
+              compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:  # fmt: skip
+    optimizer = build_optimizer(model, OPTIM)
     autocast = autocast_for(device, bf16)
+    loss_fn = training_loss(compile_)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        loss, _ = train_step(model, optimizer, [(inputs, targets)], grad_clip=OPTIM.grad_clip, autocast=autocast)
+        loss, _ = train_step(model, optimizer, [(inputs, targets)], grad_clip=OPTIM.grad_clip, autocast=autocast,
+                             loss_fn=loss_fn)  # fmt: skip
         return loss.item()
 
     return step
@@ -70,7 +78,8 @@ def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), eps=OPTIM.eps)  # fmt: skip
+                                  lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), eps=OPTIM.eps,
+                                  fused=True)  # fmt: skip
     device_type = next(model.parameters()).device.type
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -86,12 +95,13 @@ def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch
     return step
 
 
-def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *, bf16: bool, compile_: bool,
+def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *, bf16: bool, compile_: str,
             rounds: int, steps: int, warmup: int) -> dict[str, float]:  # fmt: skip
-    ours, theirs = build_pair(cfg, device, compile_)
+    compile_ours, compile_hf = compile_ in ("both", "ours"), compile_ == "both"
+    ours, theirs = build_pair(cfg, device, compile_ours, compile_hf)
     gen = torch.Generator().manual_seed(0)
     windows = torch.randint(0, cfg.vocab_size, (steps + warmup, batch, seq_len + 1), generator=gen).to(device)
-    steps_by_name = {"ours": ours_step(ours, device, bf16), "hf": hf_step(theirs, bf16)}
+    steps_by_name = {"ours": ours_step(ours, device, bf16, compile_ours), "hf": hf_step(theirs, bf16)}
     first = {name: fn(windows[0, :, :-1], windows[0, :, 1:]) for name, fn in steps_by_name.items()}
     if abs(first["ours"] - first["hf"]) > (2e-2 if bf16 else 1e-4):
         raise SystemExit(f"not the same model: first losses differ {first}")
@@ -128,11 +138,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block of both models")
+    parser.add_argument("--compile", choices=("none", "both", "ours"), default="none",
+                        help="torch.compile neither side, both (each its own way), or ours only")  # fmt: skip
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides on CPU too (avx512_bf16/AMX)")
     parser.add_argument("--gpu-presets", default="small,1b", help="presets measured in bf16 when CUDA is present")
+    parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA presets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.skip_cpu:
+        measure_cpu(args)
+    if torch.cuda.is_available():
+        measure_cuda(args)
+
+
+def measure_cpu(args: argparse.Namespace) -> None:
     cpu = torch.device("cpu")
     peak, device_name = peak_flops(cpu)
     cfg = preset(args.preset)
@@ -143,19 +162,20 @@ def main() -> None:
                   rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
     report("cpu", cfg, args.seq_len, tps, peak)
 
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda", 0)
-        gpu_peak, gpu_name = peak_flops(gpu)
-        shapes = {"small": (16, 1024), "1b": (4, 2048)}
-        for name in args.gpu_presets.split(","):
-            cfg = preset(name)
-            batch, seq_len = shapes.get(name, (4, 1024))
-            print(f"{name} on {gpu_name}: bf16 autocast, batch {batch} × {seq_len}, compile={args.compile}, "
-                  f"peak {gpu_peak / 1e12:.0f} TFLOP/s")  # fmt: skip
-            tps = measure(cfg, batch, seq_len, gpu, bf16=True, compile_=args.compile,
-                          rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
-            report(name, cfg, seq_len, tps, gpu_peak)
-            torch.cuda.empty_cache()
+
+def measure_cuda(args: argparse.Namespace) -> None:
+    gpu = torch.device("cuda", 0)
+    gpu_peak, gpu_name = peak_flops(gpu)
+    shapes = {"small": (16, 1024), "1b": (4, 2048)}
+    for name in args.gpu_presets.split(","):
+        cfg = preset(name)
+        batch, seq_len = shapes.get(name, (4, 1024))
+        print(f"{name} on {gpu_name}: bf16 autocast, batch {batch} × {seq_len}, compile={args.compile}, "
+              f"peak {gpu_peak / 1e12:.0f} TFLOP/s")  # fmt: skip
+        tps = measure(cfg, batch, seq_len, gpu, bf16=True, compile_=args.compile,
+                      rounds=args.rounds, steps=args.steps, warmup=args.warmup)  # fmt: skip
+        report(name, cfg, seq_len, tps, gpu_peak)
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

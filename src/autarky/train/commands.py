@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(None, "--seed", help=f"[default: {_D.run.seed}]"),
         grad_accum: int = typer.Option(None, "--grad-accum", help="micro-steps per optimizer step"),
         tp: int = typer.Option(None, "--tp", help="tensor-parallel degree (FSDP2 over the other ranks)"),
-        compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile each block"),
+        compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the blocks and the loss [default: on CUDA only]"),
         eval_every: int = typer.Option(None, "--eval-every", help=f"validation loss every N steps [default: {_D.run.eval_every}]"),
         ckpt_every: int = typer.Option(None, "--ckpt-every", help=f"DCP checkpoint every N steps [default: {_D.checkpoint.every}]"),
         keep: int = typer.Option(None, "--keep", help=f"keep the newest N checkpoints [default: {_D.checkpoint.keep}]"),

@@ -90,7 +90,7 @@ class DataSection(_Section):
 
 class ParallelSection(_Section):
     tp: int = Field(1, gt=0, description="tensor-parallel degree; FSDP2 shards over world / tp ranks")
-    compile: bool = False
+    compile: bool | None = Field(None, description="torch.compile the blocks and the loss; unset: on CUDA only")
 
 
 class CheckpointSection(_Section):

@@ -41,7 +41,7 @@ from autarky.train.parallelize import (
 )
 from autarky.train.prepare import CONFIG_FILE, RunPlan, prepare
 from autarky.train.schedule import lr_at
-from autarky.train.step import autocast_for, build_optimizer, next_token_loss, train_step
+from autarky.train.step import autocast_for, build_optimizer, next_token_loss, train_step, training_loss
 
 CRASH_ENV = "AUTARKY_CRASH_AT_STEP"  # test hook: SIGKILL one rank after this step (first attempt only)
 CRASH_RANK_ENV = "AUTARKY_CRASH_RANK"
@@ -106,6 +106,8 @@ class _Trainer:
         self.dp_group = dp_group(mesh)
         precision = self.cfg.run.precision
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        compile_ = self.cfg.parallel.compile
+        self.compile = self.device.type == "cuda" if compile_ is None else compile_
         self.console = Console(stderr=True)
         self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's attempt number
 
@@ -115,8 +117,9 @@ class _Trainer:
 
         torch.manual_seed(self.cfg.run.seed)
         self.model = self._build_model(mesh)
-        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.autocast = autocast_for(self.device, self.bf16)
+        self.loss_fn = training_loss(self.compile)
         self.fsdp = mesh is not None and mesh["dp"].size() > 1
 
         d = self.cfg.data
@@ -129,7 +132,7 @@ class _Trainer:
         self.peak, self.device_name = peak_flops(self.device)
 
     def _build_model(self, mesh: Any) -> torch.nn.Module:
-        cfg, compile_ = self.plan.model_cfg, self.cfg.parallel.compile
+        cfg, compile_ = self.plan.model_cfg, self.compile
         if mesh is None or parameter_count(cfg) <= _FULL_INIT_MAX_PARAMS:
             model = Llama(cfg)
             model.init_weights(self.cfg.run.seed)  # seeded CPU generator: the same weights for every world size
@@ -153,7 +156,7 @@ class _Trainer:
     def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
         batches = self.train_windows.step_batches(step, self.device)
         return train_step(self.model, self.optimizer, batches, grad_clip=self.cfg.optim.grad_clip,
-                          autocast=self.autocast, fsdp=self.fsdp)  # fmt: skip
+                          autocast=self.autocast, loss_fn=self.loss_fn, fsdp=self.fsdp)  # fmt: skip
 
     @torch.no_grad()
     def _evaluate(self) -> float:

@@ -14,6 +14,7 @@ from autarky.train.config import OptimSection
 from autarky.train.parallelize import clip_grad_norm
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # inputs, targets: (b, T) each
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, V) logits, (N,) targets → mean loss
 
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable[[], AbstractContextManager[Any]]:
@@ -61,20 +62,34 @@ class FusedCrossEntropy(torch.autograd.Function):
         return grad.mul_(grad_output / grad.shape[0]), None  # in place: the buffer is used exactly once
 
 
+def fp32_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets)
+
+
+def training_loss(compile: bool) -> LossFn:
+    """The loss the train step differentiates. Compiled, inductor folds the upcast, log-sum-exp and gradient
+    into a couple of passes over the (N, V) logits (on an H100 the eager passes were ~12% of a 1b step);
+    eager, FusedCrossEntropy is the fastest we have."""
+    if compile:
+        return torch.compile(fp32_cross_entropy)
+    return FusedCrossEntropy.apply  # type: ignore[return-value]
+
+
 def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> torch.Tensor:  # fmt: skip
+                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                    loss_fn: LossFn | None = None) -> torch.Tensor:  # fmt: skip
     """Mean cross-entropy of the model's logits against the targets (taken in fp32)."""
     with autocast():
         logits = model(inputs)  # (b, T, V)
     flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
     if torch.is_grad_enabled() and flat_logits.requires_grad:
-        return FusedCrossEntropy.apply(flat_logits, flat_targets)
-    return F.cross_entropy(flat_logits.float(), flat_targets)
+        return (loss_fn or FusedCrossEntropy.apply)(flat_logits, flat_targets)
+    return fp32_cross_entropy(flat_logits, flat_targets)
 
 
-def build_optimizer(model: nn.Module, optim: OptimSection, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused on CUDA and foreach elsewhere; weight decay on matrices only. Params on different DTensor
-    meshes (TP vs FSDP-only) go to separate groups, because one foreach/fused kernel call cannot mix meshes."""
+def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (on CPU too: 8x faster than foreach for nano); weight decay on matrices only.
+    Params on different DTensor meshes (TP vs FSDP-only) go to separate groups: one fused call cannot mix meshes."""
     from torch.distributed.tensor import DTensor
 
     groups: dict[tuple[bool, int], list[nn.Parameter]] = {}
@@ -86,9 +101,8 @@ def build_optimizer(model: nn.Module, optim: OptimSection, device: torch.device)
         groups.setdefault((p.ndim >= 2, meshes.index(mesh)), []).append(p)
     param_groups = [{"params": ps, "weight_decay": optim.weight_decay if decay else 0.0}
                     for (decay, _), ps in groups.items()]  # fmt: skip
-    fused = device.type == "cuda"
     return torch.optim.AdamW(param_groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
-                             fused=fused, foreach=not fused)  # fmt: skip
+                             fused=True)  # fmt: skip
 
 
 def train_step(
@@ -98,6 +112,7 @@ def train_step(
     *,
     grad_clip: float,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    loss_fn: LossFn | None = None,
     fsdp: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Accumulate gradients over the micro-batches, clip, step; returns (mean loss, grad norm before clipping)."""
@@ -106,7 +121,7 @@ def train_step(
     for i, (inputs, targets) in enumerate(micro_batches):
         if fsdp and accum > 1:
             model.set_requires_gradient_sync(i == accum - 1)  # type: ignore[operator]  # reduce-scatter once
-        loss = next_token_loss(model, inputs, targets, autocast)
+        loss = next_token_loss(model, inputs, targets, autocast, loss_fn)
         (loss / accum).backward()
         loss_sum += loss.detach()
     params = [p for group in optimizer.param_groups for p in group["params"]]
