@@ -15,7 +15,7 @@ The two alternate in short rounds so background load hits both alike; each side'
     .venv/bin/python bench/train_throughput.py --compile both     # both sides torch.compile'd
     .venv/bin/python bench/train_throughput.py --compile ours     # each side as it runs out of the box on CUDA
     .venv/bin/python bench/train_throughput.py --bf16             # both sides bf16 autocast on this CPU
-    .venv/bin/python bench/train_throughput.py --gpu-presets small,1b   # on CUDA: bf16, tokens/s and MFU
+    .venv/bin/python bench/train_throughput.py --skip-cpu --gpu-runs small=32x1024   # CUDA: bf16 tokens/s, MFU
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("none", "both", "ours"), default="none",
                         help="torch.compile neither side, both (each its own way), or ours only")  # fmt: skip
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides on CPU too (avx512_bf16/AMX)")
-    parser.add_argument("--gpu-presets", default="small,1b", help="presets measured in bf16 when CUDA is present")
+    parser.add_argument("--gpu-runs", default="small=16x1024,small=64x1024,1b=4x2048",
+                        help="PRESET=BATCHxSEQ_LEN, comma-separated: measured in bf16 when CUDA is present")  # fmt: skip
     parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA presets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -166,10 +167,10 @@ def measure_cpu(args: argparse.Namespace) -> None:
 def measure_cuda(args: argparse.Namespace) -> None:
     gpu = torch.device("cuda", 0)
     gpu_peak, gpu_name = peak_flops(gpu)
-    shapes = {"small": (16, 1024), "1b": (4, 2048)}
-    for name in args.gpu_presets.split(","):
+    for run in args.gpu_runs.split(","):
+        name, shape = run.split("=")
+        batch, seq_len = (int(n) for n in shape.split("x"))
         cfg = preset(name)
-        batch, seq_len = shapes.get(name, (4, 1024))
         print(f"{name} on {gpu_name}: bf16 autocast, batch {batch} × {seq_len}, compile={args.compile}, "
               f"peak {gpu_peak / 1e12:.0f} TFLOP/s")  # fmt: skip
         tps = measure(cfg, batch, seq_len, gpu, bf16=True, compile_=args.compile,
