@@ -15,7 +15,7 @@ The two alternate in short rounds so background load hits both alike; each side'
     .venv/bin/python bench/train_throughput.py --compile both     # both sides torch.compile'd
     .venv/bin/python bench/train_throughput.py --compile ours     # each side as it runs out of the box on CUDA
     .venv/bin/python bench/train_throughput.py --bf16             # both sides bf16 autocast on this CPU
-    .venv/bin/python bench/train_throughput.py --skip-cpu --gpu-runs small=32x1024   # CUDA: bf16 tokens/s, MFU
+    .venv/bin/python bench/train_throughput.py --skip-cpu --gpu-runs small=32x1024  # CUDA: bf16 tokens/s, MFU
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from autarky.errors import UserError
 from autarky.model.hf import hf_config_dict, to_hf_name
 from autarky.model.llama import Llama, ModelConfig, flops_per_token
 from autarky.model.sizes import preset
@@ -129,6 +130,18 @@ def report(label: str, cfg: ModelConfig, seq_len: int, tps: dict[str, float], pe
     print(f"  {label:<6} ratio ours/hf = {tps['ours'] / tps['hf']:.2f}x")
 
 
+def gpu_run(text: str) -> tuple[str, int, int]:
+    """'small=16x1024' → ("small", 16, 1024)."""
+    try:
+        name, shape = text.split("=")
+        batch, seq_len = (int(n) for n in shape.split("x"))
+        preset(name)
+    except (ValueError, UserError) as exc:
+        message = f"{text!r}: expected PRESET=BATCHxSEQ_LEN, e.g. small=16x1024 ({exc})"
+        raise argparse.ArgumentTypeError(message) from None
+    return name, batch, seq_len
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nano")
@@ -141,8 +154,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=("none", "both", "ours"), default="none",
                         help="torch.compile neither side, both (each its own way), or ours only")  # fmt: skip
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides on CPU too (avx512_bf16/AMX)")
-    parser.add_argument("--gpu-runs", default="small=16x1024,small=64x1024,1b=4x2048",
-                        help="PRESET=BATCHxSEQ_LEN, comma-separated: measured in bf16 when CUDA is present")  # fmt: skip
+    parser.add_argument("--gpu-runs", nargs="+", type=gpu_run, metavar="PRESET=BATCHxSEQ_LEN",
+                        default=[("small", 16, 1024), ("small", 64, 1024), ("1b", 4, 2048)],
+                        help="measured in bf16 when CUDA is present")  # fmt: skip
     parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA presets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -167,9 +181,7 @@ def measure_cpu(args: argparse.Namespace) -> None:
 def measure_cuda(args: argparse.Namespace) -> None:
     gpu = torch.device("cuda", 0)
     gpu_peak, gpu_name = peak_flops(gpu)
-    for run in args.gpu_runs.split(","):
-        name, shape = run.split("=")
-        batch, seq_len = (int(n) for n in shape.split("x"))
+    for name, batch, seq_len in args.gpu_runs:
         cfg = preset(name)
         print(f"{name} on {gpu_name}: bf16 autocast, batch {batch} × {seq_len}, compile={args.compile}, "
               f"peak {gpu_peak / 1e12:.0f} TFLOP/s")  # fmt: skip
