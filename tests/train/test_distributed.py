@@ -1,4 +1,4 @@
-"""torchrun jobs on gloo: FSDP2 and FSDP2×TP match one process; a killed worker is restarted and resumes.
+"""torchrun jobs on gloo: FSDP2 (compiled) and FSDP2×TP match one process; a killed worker is restarted and resumes.
 
 Each torchrun job costs ~15-30 s of launcher and import time on 2 cores, so each job checks several things.
 """
@@ -26,11 +26,13 @@ def _assert_same_curve(run: Path, reference: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_one_and_resume_after_a_worker_is_killed(
+def test_fsdp2_two_ranks_compiled_match_one_and_resume_after_a_worker_is_killed(
     parity_run: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    config = write_config(parity_config(tiny_data_dir, out), tmp_path / "run.toml")
+    # Compiled blocks and loss under fully_shard: the default on CUDA, checked here on gloo against eager.
+    cfg = parity_config(tiny_data_dir, out, **{"parallel.compile": True})
+    config = write_config(cfg, tmp_path / "run.toml")
     # Rank 1 SIGKILLs itself after step 5 on the first attempt; torchrun restarts both workers, which resume
     # from checkpoint 3 and replay steps 4-6.
     job = torchrun(2, config, env={"AUTARKY_CRASH_AT_STEP": "5"})
