@@ -54,7 +54,7 @@ class RunSummary:
     step: int  # the last completed optimizer step
     loss: float | None
     val_loss: float | None
-    tokens_per_s: float  # mean over this process's training time (excludes eval and checkpoints)
+    tokens_per_s: float  # mean over this attempt's training steps after its first (which compiles and warms up)
     mfu: float
     wall_s: float
     checkpoint: Path | None
@@ -189,6 +189,7 @@ class _Trainer:
         total = cfg.run.steps
         wall_start = time.perf_counter()
         train_time, window_time, window_steps = 0.0, 0.0, 0
+        first_step_s = 0.0
         loss_value = last_val = None
         last_ckpt: Path | None = None
         step = start_step
@@ -203,6 +204,7 @@ class _Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 elapsed = time.perf_counter() - t0
+                first_step_s = first_step_s or elapsed
                 train_time, window_time, window_steps = train_time + elapsed, window_time + elapsed, window_steps + 1
                 tokens += self.tokens_per_step
                 evaluate = step == total or (cfg.run.eval_every and step % cfg.run.eval_every == 0)
@@ -231,7 +233,10 @@ class _Trainer:
                     break
         if topo.is_main and step > start_step:
             plot_losses(self.plan.run_dir)
-        tokens_per_s = (step - start_step) * self.tokens_per_step / train_time if train_time else 0.0
+        steps_run = step - start_step
+        if steps_run > 1:  # steady state: on CUDA the first step includes compiling every block and the loss
+            steps_run, train_time = steps_run - 1, train_time - first_step_s
+        tokens_per_s = steps_run * self.tokens_per_step / train_time if train_time > 0 else 0.0
         return RunSummary(self.plan.run_dir, step, loss_value, last_val, tokens_per_s, self._mfu(tokens_per_s),
                           time.perf_counter() - wall_start, last_ckpt, stop.signum)  # fmt: skip
 
