@@ -9,7 +9,8 @@ parameters and gradient clipping. What differs is each side's own code path:
             fused=True (what transformers.Trainer's default "adamw_torch_fused" builds), clip_grad_norm_;
             compiled: the whole model, loss included, as Trainer's torch_compile=True does (off by default)
 The two alternate in short rounds so background load hits both alike; each side's best round is reported
-(as timeit does: on a shared machine the minimum is the least disturbed measurement).
+(as timeit does: on a shared machine the minimum is the least disturbed measurement). Neither side reads its
+loss back between steps (on CUDA that would make the host wait for the device every step).
 
     .venv/bin/python bench/train_throughput.py                    # nano, CPU
     .venv/bin/python bench/train_throughput.py --compile both     # both sides torch.compile'd
@@ -61,20 +62,20 @@ def build_pair(cfg: ModelConfig, device: torch.device, compile_ours: bool,
 
 
 def ours_step(model: Llama, device: torch.device, bf16: bool,
-              compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:  # fmt: skip
+              compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:  # fmt: skip
     optimizer = build_optimizer(model, OPTIM)
     autocast = autocast_for(device, bf16)
     loss_fn = training_loss(compile_)
 
-    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss, _ = train_step(model, optimizer, [(inputs, targets)], grad_clip=OPTIM.grad_clip, autocast=autocast,
                              loss_fn=loss_fn)  # fmt: skip
-        return loss.item()
+        return loss
 
     return step
 
 
-def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
+def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM.weight_decay},
@@ -83,7 +84,7 @@ def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch
                                   fused=True)  # fmt: skip
     device_type = next(model.parameters()).device.type
 
-    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             # shift_labels: HF's loss takes the targets as given, so both sides score the same T tokens.
             loss = model(input_ids=inputs, labels=inputs, shift_labels=targets.contiguous()).loss
@@ -91,7 +92,7 @@ def hf_step(model: torch.nn.Module, bf16: bool) -> Callable[[torch.Tensor, torch
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     return step
 
@@ -103,7 +104,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, device: torch.device, *,
     gen = torch.Generator().manual_seed(0)
     windows = torch.randint(0, cfg.vocab_size, (steps + warmup, batch, seq_len + 1), generator=gen).to(device)
     steps_by_name = {"ours": ours_step(ours, device, bf16, compile_ours), "hf": hf_step(theirs, bf16)}
-    first = {name: fn(windows[0, :, :-1], windows[0, :, 1:]) for name, fn in steps_by_name.items()}
+    first = {name: float(fn(windows[0, :, :-1], windows[0, :, 1:])) for name, fn in steps_by_name.items()}
     if abs(first["ours"] - first["hf"]) > (2e-2 if bf16 else 1e-4):
         raise SystemExit(f"not the same model: first losses differ {first}")
     for fn in steps_by_name.values():

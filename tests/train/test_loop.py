@@ -11,6 +11,7 @@ import torch
 
 from autarky.train import load_config, load_model_from_run, read_metrics
 from autarky.train.checkpoint import complete_checkpoints
+from autarky.train.loop import _StepClock
 from fixtures.train import TINY_RUN_STEPS
 
 
@@ -69,3 +70,20 @@ def test_load_model_from_run_reproduces_the_logged_val_loss(tiny_run_dir: Path, 
         batches = sampler.val_batches(run_cfg.data.eval_batches, torch.device("cpu"))
         val = torch.stack([model.loss(x, y) for x, y in batches]).mean().item()
     assert abs(val - read_metrics(tiny_run_dir)[-1]["val_loss"]) < 1e-5
+
+
+def test_step_clock_rates_each_window_and_leaves_the_first_step_out_of_the_summary() -> None:
+    ticks = iter([0.0, 10.0, 10.0, 14.0, 30.0, 32.0])  # start/stop pairs; 14 → 30 is a checkpoint, off the clock
+    clock = _StepClock(torch.device("cpu"), now=lambda: next(ticks))
+    clock.start()
+    clock.steps += 1
+    clock.stop()  # step 1: 10 s (it compiles)
+    clock.start()
+    clock.start()  # already running: the loop calls start() every step
+    clock.steps += 4
+    clock.stop()  # steps 2-5: 4 s
+    assert clock.take_window() == pytest.approx(5 / 14)
+    clock.start()
+    clock.steps += 2
+    clock.stop()  # steps 6-7: 2 s
+    assert clock.steady_steps_per_s() == pytest.approx(6 / 6)  # steps 2-7 in 6 s

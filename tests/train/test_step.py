@@ -43,7 +43,7 @@ def test_gradient_accumulation_equals_one_big_batch() -> None:
         micro = list(zip(inputs.chunk(split), targets.chunk(split), strict=True))
         with single_thread():
             loss, grad_norm = train_step(model, optimizer, micro, grad_clip=0.5)
-        results.append((loss.item(), grad_norm, model.layers["0"].attention.wq.weight.detach().clone()))
+        results.append((loss.item(), grad_norm.item(), model.layers["0"].attention.wq.weight.detach().clone()))
     (loss1, norm1, w1), (loss4, norm4, w4) = results
     assert abs(loss1 - loss4) < 1e-6 and abs(norm1 - norm4) < 1e-5 and norm1 > 0.5  # clipping was active
     assert (w1 - w4).abs().max().item() < 1e-4  # an update is ~lr = 1e-2; Adam amplifies rounding in tiny grads

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,7 @@ class _Trainer:
         log = MetricsLog(self.plan.run_dir, start_step) if topo.is_main else None
         total = cfg.run.steps
         wall_start = time.perf_counter()
-        train_time, window_time, window_steps = 0.0, 0.0, 0
-        first_step_s = 0.0
+        clock = _StepClock(self.device)
         loss_value = last_val = None
         last_ckpt: Path | None = None
         step = start_step
@@ -199,21 +199,20 @@ class _Trainer:
             for step in range(start_step + 1, total + 1):
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr = self._lr(step)
-                t0 = time.perf_counter()
+                clock.start()
                 local_loss, grad_norm = self._train_step(step)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                elapsed = time.perf_counter() - t0
-                first_step_s = first_step_s or elapsed
-                train_time, window_time, window_steps = train_time + elapsed, window_time + elapsed, window_steps + 1
+                clock.steps += 1
                 tokens += self.tokens_per_step
                 evaluate = step == total or (cfg.run.eval_every and step % cfg.run.eval_every == 0)
+                report = evaluate or step % cfg.run.log_every == 0
+                if report or step == start_step + 1:
+                    clock.stop()
                 val_loss = self._evaluate() if evaluate else None
                 last_val = val_loss if evaluate else last_val
-                if evaluate or step % cfg.run.log_every == 0:
+                if report:
                     loss_value = float(all_reduce_mean(local_loss, self.dp_group))
-                    tokens_per_s = window_steps * self.tokens_per_step / window_time
-                    row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                    tokens_per_s = clock.take_window() * self.tokens_per_step
+                    row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                            "tokens": tokens, "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
                            "peak_flops": self.peak, "device": self.device_name, "world": topo.world,
                            "elapsed_s": time.perf_counter() - wall_start, "restart": self.restart}  # fmt: skip
@@ -222,21 +221,18 @@ class _Trainer:
                     if log is not None:
                         log.write(row)
                     self._report(progress, task, row)
-                    window_time, window_steps = 0.0, 0
                 progress.update(task, completed=step)
                 _maybe_crash(step, topo.rank, topo.world)
                 stopping = any_rank(stop.signum is not None, self.device, topo.world)
                 every = cfg.checkpoint.every
                 if stopping or step == total or (every and step % every == 0):
+                    clock.stop()
                     last_ckpt = self._save(step, tokens, last_val, loss_value)
                 if stopping:
                     break
         if topo.is_main and step > start_step:
             plot_losses(self.plan.run_dir)
-        steps_run = step - start_step
-        if steps_run > 1:  # steady state: on CUDA the first step includes compiling every block and the loss
-            steps_run, train_time = steps_run - 1, train_time - first_step_s
-        tokens_per_s = steps_run * self.tokens_per_step / train_time if train_time > 0 else 0.0
+        tokens_per_s = clock.steady_steps_per_s() * self.tokens_per_step
         return RunSummary(self.plan.run_dir, step, loss_value, last_val, tokens_per_s, self._mfu(tokens_per_s),
                           time.perf_counter() - wall_start, last_ckpt, stop.signum)  # fmt: skip
 
@@ -254,6 +250,50 @@ class _Trainer:
         progress.update(task, loss=text)
         if self.topo.is_main and not self.console.is_terminal and "val_loss" in row:
             self.console.print(f"step {row['step']}/{self.cfg.run.steps} {text}")
+
+
+class _StepClock:
+    """Training time, read only where the loop leaves its steps (to log, validate or checkpoint) and after the
+    first step. On CUDA, steps are queued without waiting for the device in between, so the host prepares the
+    next step while the GPU runs this one; reading the clock synchronizes first."""
+
+    def __init__(self, device: torch.device, now: Callable[[], float] = time.perf_counter) -> None:
+        self.device, self._now = device, now
+        self.steps = 0  # steps run since the window opened
+        self._started: float | None = None
+        self._window_s = self._total_s = 0.0
+        self._total_steps = 0
+        self._first_step_s: float | None = None  # run() stops the clock after the first step
+
+    def start(self) -> None:
+        if self._started is None:
+            self._started = self._now()
+
+    def stop(self) -> None:
+        if self._started is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = self._now() - self._started
+        self._started = None
+        self._window_s += elapsed
+        self._total_s += elapsed
+        if self._first_step_s is None:
+            self._first_step_s = elapsed
+
+    def take_window(self) -> float:
+        """Steps per second since the last call; the clock must be stopped."""
+        rate = self.steps / self._window_s if self._window_s > 0 else 0.0
+        self._total_steps += self.steps
+        self.steps, self._window_s = 0, 0.0
+        return rate
+
+    def steady_steps_per_s(self) -> float:
+        """Over the whole attempt, leaving out its first step (on CUDA it compiles every block and the loss)."""
+        steps, seconds = self._total_steps + self.steps, self._total_s
+        if steps > 1 and self._first_step_s is not None:
+            steps, seconds = steps - 1, seconds - self._first_step_s
+        return steps / seconds if seconds > 0 else 0.0
 
 
 def _progress(console: Console, enabled: bool) -> Progress:

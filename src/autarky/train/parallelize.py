@@ -143,11 +143,12 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Global L2 grad norm (and clip to max_norm if > 0) over plain tensors and DTensors on any meshes.
 
     torch's clip_grad_norm_ wants every grad on one mesh; with TP-only weights on the 2-D mesh and the rest
-    sharded over dp only, we reduce each (mesh, placements) group separately and combine.
+    sharded over dp only, we reduce each (mesh, placements) group separately and combine. The norm stays a
+    tensor and the scale is applied unconditionally (×1 is exact), so on CUDA no step waits for the device.
     """
     from torch.distributed.tensor import DTensor
 
@@ -163,9 +164,11 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         squares.append(norm.float().square())
-    total = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-    if max_norm > 0 and total > max_norm:
-        coef = max_norm / (total + 1e-6)
+    if not squares:
+        return torch.zeros(())
+    total = torch.stack(squares).sum().sqrt()
+    if max_norm > 0:
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
         for grads in groups.values():
-            torch._foreach_mul_(grads, coef)
+            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
     return total

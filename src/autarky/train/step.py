@@ -114,8 +114,9 @@ def train_step(
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     loss_fn: LossFn | None = None,
     fsdp: bool = False,
-) -> tuple[torch.Tensor, float]:
-    """Accumulate gradients over the micro-batches, clip, step; returns (mean loss, grad norm before clipping)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate gradients over the micro-batches, clip, step; returns (mean loss, grad norm before clipping),
+    both as tensors on the device: reading them is the caller's choice of when to wait for it."""
     accum = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     for i, (inputs, targets) in enumerate(micro_batches):
