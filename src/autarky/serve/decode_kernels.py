@@ -159,8 +159,9 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 class DecodeLinear(nn.Module):
     """A bias-free nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
     batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32, and
-    bf16 where the CPU has it natively; otherwise F.linear). The plain weight is a buffer sharing the original's storage (a tied output
-    projection stays tied); the packed copy doubles the weight memory, the price of both speeds."""
+    bf16 where the CPU has it natively; otherwise F.linear). The plain weight is a buffer sharing the
+    original's storage (a tied output projection stays tied); the packed copy doubles the weight memory, the
+    price of both speeds."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()

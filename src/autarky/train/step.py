@@ -77,13 +77,13 @@ def training_loss(compile: bool) -> LossFn:
 
 def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                    loss_fn: LossFn | None = None) -> torch.Tensor:  # fmt: skip
+                    loss_fn: LossFn = FusedCrossEntropy.apply) -> torch.Tensor:  # fmt: skip
     """Mean cross-entropy of the model's logits against the targets (taken in fp32)."""
     with autocast():
         logits = model(inputs)  # (b, T, V)
     flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
     if torch.is_grad_enabled() and flat_logits.requires_grad:
-        return (loss_fn or FusedCrossEntropy.apply)(flat_logits, flat_targets)
+        return loss_fn(flat_logits, flat_targets)
     return fp32_cross_entropy(flat_logits, flat_targets)
 
 
@@ -112,7 +112,7 @@ def train_step(
     *,
     grad_clip: float,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn = FusedCrossEntropy.apply,
     fsdp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate gradients over the micro-batches, clip, step; returns (mean loss, grad norm before clipping),
