@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 
 def smollm2_folder() -> Path:
-    from autarky.model.source import resolve_model_source
+    from autarky.export.source import resolve_model_source
 
     return resolve_model_source("smollm2")
 

@@ -5,6 +5,7 @@ import typer
 from autarky.data.commands import register as register_data
 from autarky.demo import register as register_demo
 from autarky.evals.commands import register as register_eval
+from autarky.export.commands import register as register_export
 from autarky.gateway.commands import register as register_gateway
 from autarky.model.commands import register as register_model
 from autarky.plan.commands import register as register_plan
@@ -26,6 +27,7 @@ for register in (
     register_data,
     register_model,
     register_train,
+    register_export,
     register_serve,
     register_eval,
     register_gateway,

@@ -71,8 +71,8 @@ class ServedModel:
 
 def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
     """Load weights and tokenizer for one spec (the slow part: runs in the loader thread)."""
+    from autarky.export.source import resolve_model_source
     from autarky.model.hf import load_hf_folder
-    from autarky.model.source import resolve_model_source
 
     if spec.dtype not in DTYPES:
         raise UserError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}")

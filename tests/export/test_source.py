@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from autarky.errors import UserError
+from autarky.export.source import load_model, resolve_model_source
 from autarky.model.gguf_import import smollm2_gguf_path
 from autarky.model.hf import load_hf_folder
-from autarky.model.source import load_model, resolve_model_source
 from autarky.train import load_model_from_run
 
 

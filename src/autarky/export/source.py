@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from autarky.errors import UserError
-from autarky.model.export import export_run, is_run_dir, load_run
+from autarky.export.hf_folder import export_run, is_run_dir, load_run
 from autarky.model.gguf_import import import_gguf, smollm2_gguf_path
 from autarky.model.hf import load_hf_folder
 from autarky.model.llama import Llama
