@@ -6,7 +6,7 @@ process, and the ratios.
   .venv/bin/python bench/gateway_overhead.py [--requests 2000] [--concurrency 32] [--sequential 300] [--stream]
       [--litellm-venv /tmp/litellm-venv | --litellm-url http://127.0.0.1:4001 --litellm-key KEY [--litellm-pid N]]
 
-Everything runs on 127.0.0.1: the upstream is autarky's fake OpenAI-compatible server in its own process,
+Everything runs on 127.0.0.1: the upstream is autarky's partner simulator (autarky.demo.partners) in its own process,
 the gateway and LiteLLM each in their own process, the load generator (aiohttp) in this one. On a shared
 2-vCPU box the absolute numbers are pessimistic; CPU per request and the ratios are the robust part.
 """
@@ -155,7 +155,7 @@ def main() -> None:
     try:
         up_port = free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        procs.append(start([sys.executable, "-m", "autarky.gateway.fake_upstream", "--port", str(up_port)],
+        procs.append(start([sys.executable, "-m", "autarky.demo.partners", "--port", str(up_port)],
                            upstream + "/v1/models"))
         gw_port = free_port()
         procs.append(start([sys.executable, "-m", "autarky.gateway", "gateway", "--config",

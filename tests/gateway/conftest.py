@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from autarky.demo.partners import Faults, make_app
 from autarky.gateway.app import Gateway
 from autarky.gateway.config import parse_config
-from autarky.gateway.fake_upstream import Faults, make_app
 from autarky.gateway.server import ServerThread, free_port
 
 MASTER = "sk-master-test-0123456789abcdef"

@@ -1,7 +1,7 @@
 """The outage drill: stop the preferred model's server mid-burst; every request is still served."""
 
-from autarky.gateway.drill import run_burst
-from autarky.gateway.fake_upstream import Faults, make_app
+from autarky.demo.drill import run_burst
+from autarky.demo.partners import Faults, make_app
 from autarky.gateway.server import ServerThread
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from autarky.demo.drill import burst
 from autarky.gateway.auth import create_key
 from autarky.gateway.server import free_port, start_gateway_process, wait_for_http
 from autarky.store.database import open_store
@@ -26,34 +27,14 @@ def ledger_rows(gw):
         return conn.execute(select(gateway_usage)).all()
 
 
-async def burst(url: str, n: int, concurrency: int) -> list[tuple[str, int]]:
-    """n requests (chat, streamed chat, Anthropic messages) from `concurrency` workers -> (request id, status).
-    aiohttp rather than httpx as the load generator: it needs a tenth of the CPU on these 2 shared cores."""
-    import aiohttp
-
-    results: list[tuple[str, int]] = []
-    counter = iter(range(n))
-    async with aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def worker() -> None:
-            for i in counter:
-                kind = i % 4
-                if kind == 3:
-                    path, body = "/v1/messages", {"model": "task:spreadsheet", "max_tokens": 4,
-                                                  "messages": [{"role": "user", "content": "hi"}]}
-                else:
-                    path, body = "/v1/chat/completions", {"model": "task:spreadsheet", "max_tokens": 4,
-                                                          "messages": [{"role": "user", "content": f"row {i}"}],
-                                                          "stream": kind == 2}
-                async with session.post(path, json=body) as r:
-                    text = (await r.read()).decode()
-                    status = r.status
-                    if status == 200 and kind == 2 and '"error"' in text:
-                        status = 502  # an in-band error: the ledger records it as a failed request
-                    results.append((r.headers.get("x-autarky-request-id", ""), status))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results
+def mixed(i: int) -> tuple[str, dict]:
+    """Chat, streamed chat and Anthropic messages, in turn."""
+    kind = i % 4
+    if kind == 3:
+        return "/v1/messages", {"model": "task:spreadsheet", "max_tokens": 4,
+                                "messages": [{"role": "user", "content": "hi"}]}
+    return "/v1/chat/completions", {"model": "task:spreadsheet", "max_tokens": 4,
+                                    "messages": [{"role": "user", "content": f"row {i}"}], "stream": kind == 2}
 
 
 @pytest.mark.slow
@@ -61,7 +42,7 @@ def test_load_with_faults_loses_no_ledger_row(tmp_path):
     """5,000 requests at concurrency 100 through a gateway process to an upstream process that faults on
     ~20% of requests; then SIGTERM: every request has exactly one ledger row with the status the client saw."""
     up_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "autarky.gateway.fake_upstream", "--port", str(up_port),
+    upstream = subprocess.Popen([sys.executable, "-m", "autarky.demo.partners", "--port", str(up_port),
                                  "--chaos", "0.2", "--seed", "5"])
     try:
         wait_for_http(f"http://127.0.0.1:{up_port}/v1/models", proc=upstream)
@@ -73,7 +54,7 @@ def test_load_with_faults_loses_no_ledger_row(tmp_path):
         n = 5000
         start = time.monotonic()
         try:
-            results = asyncio.run(burst(url, n, 100))
+            results = asyncio.run(burst(url, n, 100, request=mixed)).results
         finally:
             elapsed = time.monotonic() - start
             gateway.send_signal(signal.SIGTERM)  # graceful: drain, then flush the ledger

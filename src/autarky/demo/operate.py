@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 from rich.table import Table
 
+from autarky.demo.drill import BurstReport, burst
 from autarky.demo.runner import DemoRunner
-from autarky.demo.traffic import BurstResult, product_burst, timed_chat
+from autarky.demo.traffic import timed_chat
+from autarky.gateway.server import free_port
 
 
 def product_tasks() -> list[str]:
@@ -38,7 +39,7 @@ class OperateSettings:
 
 
 def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
-    ports = {name: _free_port() for name in ("nano", "smollm2", "gateway", "gateway_ss")}
+    ports = {name: free_port() for name in ("nano", "smollm2", "gateway", "gateway_ss")}
     summary: dict = {}
     with runner.section("serve: the in-house model and SmolLM2-135M-Instruct, OpenAI-compatible"):
         # One thread per server: two servers on two cores; oversubscribed OpenMP threads slow decode 2-4x.
@@ -119,11 +120,11 @@ def _first_requests(runner: DemoRunner, ports: dict[str, int]) -> None:
     runner.console.print(table)
 
 
-def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> BurstResult:
+def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> BurstReport:
     """A burst of product traffic; with a drill, the busiest model's server is killed a third of the way in."""
     state = {"killed": None}
 
-    def pull_the_plug(done: int, result: BurstResult) -> None:
+    def pull_the_plug(done: int, result: BurstReport) -> None:
         if drill is None or state["killed"] or done < settings.burst_requests // 3:
             return
         busiest = result.served_by.most_common(1)[0][0].split("@")[0] if result.served_by else "nano-demo"
@@ -132,12 +133,11 @@ def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> Bu
         state["killed"] = server
         drill.console.print(f"[bold red]killed {server} (serving {busiest}) after {done} requests[/bold red]")
 
-    return asyncio.run(product_burst(f"http://127.0.0.1:{port}/v1", os.environ[KEY_ENV], TASKS,
-                                     settings.burst_requests, settings.burst_concurrency,
-                                     on_progress=pull_the_plug))
+    return asyncio.run(burst(f"http://127.0.0.1:{port}", settings.burst_requests, settings.burst_concurrency,
+                             key=os.environ[KEY_ENV], tasks=TASKS, max_tokens=16, on_progress=pull_the_plug))
 
 
-def _print_burst(runner: DemoRunner, label: str, result: BurstResult) -> None:
+def _print_burst(runner: DemoRunner, label: str, result: BurstReport) -> None:
     table = Table(title=f"{label}: {result.served}/{result.sent} served, {result.failed} failed, "
                         f"{result.failovers} failovers, p50 {result.p50_ms():.0f} ms")
     table.add_column("served by (model@provider)")
@@ -149,7 +149,7 @@ def _print_burst(runner: DemoRunner, label: str, result: BurstResult) -> None:
         runner.console.print(f"errors: {dict(result.errors)}")
 
 
-def _burst_summary(result: BurstResult) -> dict:
+def _burst_summary(result: BurstReport) -> dict:
     return {"sent": result.sent, "served": result.served, "failed": result.failed, "failovers": result.failovers,
             "served_by": dict(result.served_by), "p50_ms": result.p50_ms()}
 
@@ -200,9 +200,3 @@ usd_per_1m_output = 0.60
 context_window = 2048
 """ + "".join(f'\n[tasks.{task}]\ncandidates = ["smollm2", "nano-demo", "partner-mini"]\n' for task in TASKS))
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

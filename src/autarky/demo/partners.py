@@ -1,5 +1,6 @@
-"""A small real model server for tests, the benchmark and drills: speaks the OpenAI and Anthropic wire
-formats and misbehaves on demand. It stands in for paid partner APIs only; it generates no text of value.
+"""The partner simulator: a small real server that stands in for paid partner APIs (OpenAI and Anthropic wire
+formats) and misbehaves on demand, for drills, the gateway's tests and its benchmark. It generates no text of
+value. It lives with the demo, not in the gateway: the gateway never needs it to run.
 
 Faults are scripted per model (`faults.script("m", "500", "429:1", "ok")`) or set as a default
 (`faults.default["m"] = "latency:0.05"`):
@@ -7,7 +8,7 @@ Faults are scripted per model (`faults.script("m", "500", "429:1", "ok")`) or se
   malformed (invalid JSON) | stall:S (stream: first chunk, then silence for S) | die:N (stream: N chunks then
   drop the connection) | inband (stream: an in-band error event after one chunk)
 `Faults(chaos=0.2, seed=5)` also picks a random fault from CHAOS for that share of unscripted requests.
-Run it standalone with `python -m autarky.gateway.fake_upstream --port 9000 [--chaos 0.2] [--seed 5]`.
+Run it standalone with `python -m autarky.demo.partners --port 9000 [--chaos 0.2] [--seed 5]`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from autarky.contracts import wire
 
 CHAOS = ("500", "503", "reset", "429:0", "malformed", "die:2", "inband", "latency:0.02")
 
@@ -80,8 +83,7 @@ def _json(data: object, status: int = 200, headers: dict | None = None) -> Respo
 
 
 def _error(status: int, headers: dict | None = None) -> Response:
-    return _json({"error": {"message": f"injected {status}", "type": "server_error", "param": None,
-                            "code": None}}, status, headers)
+    return _json(wire.error_envelope(f"injected {status}", "server_error"), status, headers)
 
 
 async def _prelude(fault: str) -> Response | None:
@@ -124,8 +126,7 @@ def make_app(faults: Faults | None = None, max_words: int = 8) -> Starlette:
         prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
         words = _reply(model, min(max_words, int(body.get("max_tokens") or max_words)))
         cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                 "total_tokens": prompt_tokens + len(words)}
+        usage = wire.usage(prompt_tokens, len(words))
         if not body.get("stream"):
             if fault.startswith("stall"):
                 await asyncio.sleep(float(fault.partition(":")[2] or 30))
@@ -234,7 +235,7 @@ def make_app(faults: Faults | None = None, max_words: int = 8) -> Starlette:
 def main() -> None:
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="a misbehaving OpenAI/Anthropic-compatible test upstream")
+    parser = argparse.ArgumentParser(description="the partner simulator: a misbehaving OpenAI/Anthropic-compatible upstream")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--chaos", type=float, default=0.0, help="share of requests that get a random fault")
     parser.add_argument("--seed", type=int, default=0)
