@@ -23,7 +23,7 @@ def router_for(tmp_path: Path, self_sufficient: bool) -> Router:
 def test_every_product_task_routes_in_house_first(tmp_path: Path) -> None:
     router = router_for(tmp_path, self_sufficient=False)
     for task in TASKS:
-        plan = router.plan(f"task:{task}", team="product")
+        plan = router.decide(f"task:{task}", team="product")
         models = [target.model for target in plan.targets]
         assert models[-1] == "partner-mini", f"{task}: the partner is the last resort, got {models}"
         assert set(models[:-1]) == {"nano-demo", "smollm2"}
@@ -32,10 +32,10 @@ def test_every_product_task_routes_in_house_first(tmp_path: Path) -> None:
 def test_self_sufficient_never_routes_to_the_partner(tmp_path: Path) -> None:
     router = router_for(tmp_path, self_sufficient=True)
     for task in TASKS:
-        models = [target.model for target in router.plan(f"task:{task}", team="product").targets]
+        models = [target.model for target in router.decide(f"task:{task}", team="product").targets]
         assert "partner-mini" not in models and models
     with pytest.raises(GatewayError):
-        router.plan("partner-mini", team="product")
+        router.decide("partner-mini", team="product")
 
 
 def test_partner_stays_a_fallback_behind_an_eval_routing_table(tmp_path: Path) -> None:
@@ -46,5 +46,5 @@ def test_partner_stays_a_fallback_behind_an_eval_routing_table(tmp_path: Path) -
     path = write_gateway_config(tmp_path / "gateway.toml", PORTS, self_sufficient=False)
     router = Router(load_config(path), RoutesWatcher(str(routes)))
     for task in TASKS:
-        models = [target.model for target in router.plan(f"task:{task}", team="product").targets]
+        models = [target.model for target in router.decide(f"task:{task}", team="product").targets]
         assert models == ["smollm2", "nano-demo", "partner-mini"]

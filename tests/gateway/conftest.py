@@ -106,14 +106,15 @@ def merge(base: dict, extra: dict) -> dict:
 
 @pytest.fixture
 def make_gateway(upstream_server, tmp_path, monkeypatch):
-    """make_gateway(**overrides) -> (Gateway, base_url); stopped (and its ledger flushed) at teardown."""
+    """make_gateway(**overrides) -> (Gateway, base_url); stopped (and its ledger flushed) at teardown.
+    `accounting=` replaces the key limiter and ledger (e.g. a MemoryAccounting)."""
     server, _ = upstream_server
     monkeypatch.setenv("AUTARKY_TEST_MASTER_KEY", MASTER)
     running: list[ServerThread] = []
 
-    def factory(store: str | None = None, **overrides) -> tuple[Gateway, str]:
+    def factory(store: str | None = None, accounting=None, **overrides) -> tuple[Gateway, str]:
         cfg = merge(base_config(server.url, store or f"sqlite:///{tmp_path}/gw-{len(running)}.db"), overrides)
-        gateway = Gateway(parse_config(cfg))
+        gateway = Gateway(parse_config(cfg), accounting)
         thread = ServerThread(gateway.app, log_level="critical").start()
         running.append(thread)
         return gateway, thread.url

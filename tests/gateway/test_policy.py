@@ -77,7 +77,7 @@ def test_router_never_plans_outside_policy(cfg, key_models, header_class):
     router = Router(parse_config(cfg), RoutesWatcher(None))
     expected = [m for m in cfg["tasks"]["t"]["candidates"] if allowed_by_hand(cfg, m, key_models, header_class)]
     try:
-        plan = router.plan("task:t", team="team", key_models=key_models, data_class=header_class)
+        plan = router.decide("task:t", team="team", key_models=key_models, data_class=header_class)
     except GatewayError as exc:
         assert exc.status == 403 and exc.code == "no_allowed_route"
         assert expected == []
@@ -109,8 +109,8 @@ def test_live_gateway_only_calls_allowed_providers(policy_gateway, faults, team,
         b.success()
     allowed_upstreams = set()
     try:
-        plan = gw.router.plan(target, team=team, data_class=data_class)
-        allowed_upstreams = {t.model_config.upstream_id for t in plan.targets}
+        plan = gw.router.decide(target, team=team, data_class=data_class)
+        allowed_upstreams = {t.model_entry.upstream_id for t in plan.targets}
     except GatewayError:
         pass
     r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}",

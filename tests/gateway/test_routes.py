@@ -130,10 +130,10 @@ def test_table_written_by_the_eval_stage_keeps_its_rank(make_gateway, faults, tm
     gw, url = make_gateway(routes=str(table))
     r = ask(url)
     assert r.headers["x-autarky-model"] == "small" and "by table rank" in r.headers["x-autarky-route-reason"]
-    plan = gw.router.plan("task:spreadsheet")
+    plan = gw.router.decide("task:spreadsheet")
     # The config's task candidate that the table lacks (claude) follows as a fallback.
     assert [t.model for t in plan.targets] == ["small", "gpt", "small2", "claude"]
-    scored = make_gateway(routes=str(table), policy={"order": "score"})[0].router.plan("task:spreadsheet")
+    scored = make_gateway(routes=str(table), policy={"order": "score"})[0].router.decide("task:spreadsheet")
     assert [t.model for t in scored.targets] == ["gpt", "small", "small2", "claude"]  # nan, then -inf, rank last
 
 

@@ -1,20 +1,32 @@
-"""`autarky gateway`: one OpenAI/Anthropic-compatible endpoint in front of every model.
+"""The gateway stage: one OpenAI/Anthropic-compatible endpoint in front of every model, routing each product
+task by policy, score and cost, with virtual keys, limits, budgets, a usage ledger and a hash-chained audit log.
 
-Modules: config (gateway.toml), routes (routing table + hot reload), router (policy filter + order),
-dispatch (retries, failover, breaker use), providers/ (OpenAI- and Anthropic-kind egress), translate,
-streaming, auth (keys, limits, budgets), ledger (usage rows), audit (hash chain), admin (HTTP admin API),
-metrics, errors, app (the Starlette app), server (running it), drill (traffic bursts), fake_upstream (a
-misbehaving test upstream), commands (CLI).
+    from autarky.gateway import start_gateway, start_gateway_process
+    gateway, server = start_gateway("gateway.toml")     # in-process, background thread; server.url
+    ...; server.stop()                                   # drains in-flight requests, flushes the ledger
+    proc, url = start_gateway_process("gateway.toml")    # `autarky gateway` as a subprocess
+    ...; proc.terminate(); proc.wait()                   # SIGTERM: same graceful shutdown
 
-Running it from Python (the demo does this):
-
-    from autarky.gateway.server import start_gateway, start_gateway_process
-    gateway, server = start_gateway("gateway.toml")        # in-process, background thread; server.url
-    ...; server.stop()                                      # drains in-flight requests, flushes the ledger
-    proc, url = start_gateway_process("gateway.toml")       # `autarky gateway` as a subprocess
-    ...; proc.terminate(); proc.wait()                      # SIGTERM: same graceful shutdown
-
-    from autarky.gateway.drill import run_burst
-    report = run_burst(url, n=200, concurrency=8, model="task:spreadsheet", midway=stop_one_server)
-    print(report.summary())
+Inside: config (gateway.toml), routes (routing table, hot reload), router (policy → RouteDecision), dispatch
+(retries, failover, breakers), providers/ (egress), exchange (one request's accounting over the `Accounting`
+interface in accounting), streaming, auth (keys, limits), ledger, audit, admin, metrics, errors, app, server.
 """
+
+from autarky.lazy import public
+
+__all__, __getattr__ = public(__name__, {
+    "GatewayConfig": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "Gateway": "app",
+    "run_gateway": "server",
+    "start_gateway": "server",
+    "start_gateway_process": "server",
+    "ServerThread": "server",
+    "wait_for_http": "server",
+    "free_port": "server",
+    "Exchange": "exchange",
+    "Accounting": "accounting",
+    "MemoryAccounting": "accounting",
+    "GatewayError": "errors",
+})

@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING
 
 import orjson
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from autarky.errors import UserError
 from autarky.gateway import audit
-from autarky.gateway.auth import create_key, list_keys, revoke_key
+from autarky.gateway.auth import KeyCache, create_key, list_keys, revoke_key
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
 
-if TYPE_CHECKING:
-    from autarky.gateway.app import Gateway
 
+def routes(engine: Engine, keys: KeyCache, master_key: str | None, master_key_env: str) -> list[Route]:
+    """The admin endpoints over the key store `engine`; `keys` is the gateway's key cache (a revocation clears
+    it); no master key (its variable `master_key_env` unset) disables them."""
 
-def routes(gw: Gateway) -> list[Route]:
     def guarded(handler):  # noqa: ANN001, ANN202
         async def endpoint(request: Request) -> Response:
             try:
                 auth = request.headers.get("authorization", "")
                 given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-                if not gw.master_key:
-                    raise GatewayError(403, f"admin API disabled: set {gw.config.master_key_env} to enable it",
+                if not master_key:
+                    raise GatewayError(403, f"admin API disabled: set {master_key_env} to enable it",
                                        type="permission_error", code="admin_disabled")
-                if not given or not secrets.compare_digest(given, gw.master_key):
+                if not given or not secrets.compare_digest(given, master_key):
                     raise unauthorized("the admin API needs `Authorization: Bearer <master key>`")
                 data, status = await handler(request)
                 return Response(orjson.dumps(data), status_code=status, media_type="application/json")
@@ -51,23 +51,23 @@ def routes(gw: Gateway) -> list[Route]:
         if unknown:
             raise bad_request(f"unknown fields {sorted(unknown)}")
         key, record = await asyncio.to_thread(
-            create_key, gw.engine, body["team"], budget_usd=body.get("budget_usd"), rpm=body.get("rpm"),
+            create_key, engine, body["team"], budget_usd=body.get("budget_usd"), rpm=body.get("rpm"),
             tpm=body.get("tpm"), models=body.get("models"), actor="admin-api",
         )
         return {"key": key, "id": record.id, "team": record.team, "budget_usd": record.budget_usd,
                 "rpm": record.rpm, "tpm": record.tpm, "models": list(record.models) if record.models else None}, 201
 
     async def listing(request: Request) -> tuple[dict, int]:
-        return {"object": "list", "data": await asyncio.to_thread(list_keys, gw.engine)}, 200
+        return {"object": "list", "data": await asyncio.to_thread(list_keys, engine)}, 200
 
     async def revoke(request: Request) -> tuple[dict, int]:
         key_id = request.path_params["key_id"]
-        await asyncio.to_thread(revoke_key, gw.engine, key_id, "admin-api")
-        gw.keys.invalidate()  # this replica stops accepting it at once; others within the cache TTL
+        await asyncio.to_thread(revoke_key, engine, key_id, "admin-api")
+        keys.invalidate()  # this replica stops accepting it at once; others within the cache TTL
         return {"id": key_id, "revoked": True}, 200
 
     async def verify(request: Request) -> tuple[dict, int]:
-        rows, problems = await asyncio.to_thread(audit.verify, gw.engine)
+        rows, problems = await asyncio.to_thread(audit.verify, engine)
         return {"rows": rows, "ok": not problems, "problems": problems}, 200
 
     return [

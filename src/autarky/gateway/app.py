@@ -1,7 +1,8 @@
 """The gateway: a plain Starlette app (few layers on the hot path) over router, dispatcher, limits and ledger.
 
 Hot path per request: one orjson parse, a cached key lookup, a cached routing decision, the upstream call
-on one shared pooled aiohttp session, one orjson dump, and an append to the ledger queue.
+on one shared pooled aiohttp session, one orjson dump, and an append to the ledger queue. Each request's
+accounting lives in its `Exchange` (exchange.py), created and finished by `ExchangeEndpoint`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import itertools
 import logging
 import secrets
 import time
@@ -20,26 +20,26 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from autarky.gateway import admin
+from autarky.gateway.accounting import Accounting, LedgerAccounting
 from autarky.gateway.auth import KeyCache, KeyRecord, Limiter
 from autarky.gateway.breaker import Breaker
 from autarky.gateway.config import DATA_CLASSES, GatewayConfig
-from autarky.gateway.dispatch import Dispatcher, Outcome
+from autarky.gateway.dispatch import Dispatcher
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
-from autarky.gateway.ledger import Ledger, Usage
+from autarky.gateway.exchange import Exchange
+from autarky.gateway.ledger import Ledger
 from autarky.gateway.metrics import Metrics
 from autarky.gateway.providers import KINDS
-from autarky.gateway.router import Plan, Router
+from autarky.gateway.router import Router
 from autarky.gateway.routes import RoutesWatcher
-from autarky.gateway.streaming import stream_response
+from autarky.gateway.streaming import ExchangeStream
 from autarky.gateway.translate import anthropic_request_to_openai, openai_response_to_anthropic
 from autarky.store.database import open_store
 
 log = logging.getLogger("autarky.gateway")
-# Request ids: a random per-process prefix plus a counter, unique across replicas without a syscall each.
-_ID_PREFIX = secrets.token_hex(6)
-_ids = itertools.count(1)
 ANONYMOUS = KeyRecord(id="", team="default", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
 ADMIN = KeyRecord(id="", team="admin", budget_usd=None, spent_usd=0.0, rpm=None, tpm=None, models=None)
 
@@ -49,7 +49,10 @@ def json_response(data: dict, status: int = 200, headers: dict | None = None) ->
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    """The app and everything it shares across requests. `accounting` replaces the key limiter and ledger as
+    what requests settle through (tests pass a `MemoryAccounting`)."""
+
+    def __init__(self, config: GatewayConfig, accounting: Accounting | None = None) -> None:
         self.config = config
         self.engine = open_store(config.store)
         self.metrics = Metrics()
@@ -58,6 +61,7 @@ class Gateway:
         self.router = Router(config, self.routes)
         self.keys = KeyCache(self.engine, config.key_cache_ttl_s)
         self.limiter = Limiter(self.engine, shared=config.shared_limits())
+        self.accounting = accounting or LedgerAccounting(self.limiter, self.ledger)
         self.breakers = {name: Breaker(config.breaker.failure_threshold, config.breaker.cooldown_s)
                          for name in config.providers}
         self.session: aiohttp.ClientSession | None = None
@@ -103,13 +107,13 @@ class Gateway:
 
     def _routes(self) -> list[Route]:
         return [
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/chat/completions", ExchangeEndpoint(self, "chat"), methods=["POST"]),
+            Route("/v1/completions", ExchangeEndpoint(self, "completions"), methods=["POST"]),
+            Route("/v1/messages", ExchangeEndpoint(self, "messages"), methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-            *admin.routes(self),
+            *admin.routes(self.engine, self.keys, self.master_key, self.config.master_key_env),
         ]
 
     # ---- small endpoints --------------------------------------------------------------------------------
@@ -132,15 +136,6 @@ class Gateway:
 
     # ---- the hot path -----------------------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> Response:
-        return await self.handle(request, "chat")
-
-    async def completions(self, request: Request) -> Response:
-        return await self.handle(request, "completions")
-
-    async def messages(self, request: Request) -> Response:
-        return await self.handle(request, "messages")
-
     async def authenticate(self, request: Request) -> KeyRecord:
         auth = request.headers.get("authorization")
         key = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
@@ -157,118 +152,71 @@ class Gateway:
             raise unauthorized("invalid or revoked API key")
         return record
 
-    async def handle(self, request: Request, endpoint: str) -> Response:
-        started = time.perf_counter()
-        anthropic = endpoint == "messages"
-        usage = Usage(request_id=f"{_ID_PREFIX}{next(_ids):012x}", ts=time.time(), endpoint=endpoint, status=0)
-        plan: Plan | None = None
-        key: KeyRecord | None = None
-        admission = None
-        outcome: Outcome | None = None
+    async def handle(self, request: Request, ex: Exchange) -> Response:
+        """The response to one API request; every failure becomes the client's error envelope. The caller
+        finishes `ex` (its one ledger row) after the response went out."""
+        anthropic = ex.usage.endpoint == "messages"
         try:
-            key = await self.authenticate(request)
-            usage.key_id, usage.team = key.id or None, key.team
-            body = parse_body(await request.body(), endpoint)
-            name = body.get("model")
-            data_class = request.headers.get("x-autarky-data-class")
-            if data_class is not None and data_class not in DATA_CLASSES:
-                raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
-            try:
-                plan = self.router.plan(name, request.headers.get("x-autarky-task"), key.team, key.models, data_class)
-            except GatewayError as exc:
-                if exc.status == 403:
-                    self.ledger.audit("gateway", "policy.deny",
-                                      {"key_id": key.id, "team": key.team, "model": name, "reason": exc.message})
-                raise
-            usage.task = plan.task
-            targets = plan.targets
-            if endpoint == "completions":
-                targets = tuple(t for t in targets if t.provider_config.kind == "openai")
-                if not targets:
-                    raise bad_request(f"{name!r} has no OpenAI-kind provider; /v1/completions needs one")
-            estimate = self._estimate(key, body, targets)
-            try:
-                admission = await self.limiter.admit(key, estimate)
-            except GatewayError as exc:
-                if exc.code == "budget_exceeded":
-                    self.ledger.audit("gateway", "policy.budget_deny", {"key_id": key.id, "team": key.team})
-                raise
-            usage.reserved_usd, usage.window = admission.reserved_usd, admission.window
-            outcome = Outcome()
-            store_content = self._stores_content(key.team)
-            if body.get("stream"):
-                first, rest = await self.dispatcher.open_stream(targets, body, _egress(endpoint), outcome)
-                return stream_response(self, request, plan, outcome, body, first, rest, usage, key, admission,
-                                       started, anthropic, store_content)
-            result = await _until_disconnect(request, self.dispatcher.complete(targets, body, _egress(endpoint),
-                                                                               outcome))
-            target = outcome.target
-            u = result.get("usage") or {}
-            usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
-            usage.completion_tokens = int(u.get("completion_tokens") or 0)
-            self.settle(usage, key, admission, target, outcome)
-            if store_content:
-                usage.content = orjson.dumps({"request": body, "response": result}).decode()
-            result["model"] = target.model
-            payload = openai_response_to_anthropic(result, target.model) if anthropic else result
-            usage.status = 200
-            return json_response(payload, headers=route_headers(plan, outcome, usage.request_id))
+            return await self._respond(request, ex, anthropic)
         except GatewayError as exc:
-            return self._failed(exc, usage, key, admission, plan, outcome, anthropic)
+            ex.fail(exc.status, exc.message)
+            return exc.response(anthropic, ex.error_headers())
         except ClientGone:
-            usage.status, usage.error = 499, "client disconnected"
-            self._release(key, admission)
+            ex.fail(499, "client disconnected")
             return Response(status_code=499)
         except asyncio.CancelledError:
-            usage.status, usage.error = 499, "cancelled"
-            self._release(key, admission)
+            ex.fail(499, "cancelled")
             raise
         except Exception as exc:  # a bug: still one envelope, one ledger row, and a traceback in the log
-            log.exception("request %s failed inside the gateway", usage.request_id)
+            log.exception("request %s failed inside the gateway", ex.request_id)
             internal = GatewayError(500, f"internal gateway error ({type(exc).__name__}); see the gateway log",
                                     type="api_error", code="internal_error")
-            return self._failed(internal, usage, key, admission, plan, outcome, anthropic)
-        finally:
-            if usage.status and not (usage.status == 200 and usage.stream):
-                self.finish(usage, started)
+            ex.fail(internal.status, internal.message)
+            return internal.response(anthropic, ex.error_headers())
 
-    def settle(self, usage: Usage, key: KeyRecord, admission, target, outcome: Outcome) -> None:  # noqa: ANN001
-        usage.model, usage.provider = target.model, target.provider
-        usage.retries, usage.failovers = outcome.retries, outcome.failovers
-        usage.cost_usd = target.model_config.cost(usage.prompt_tokens, usage.completion_tokens)
-        if key.id:
-            self.limiter.settle_local(key.id, admission, usage.cost_usd, usage.prompt_tokens + usage.completion_tokens)
-
-    def _failed(self, exc: GatewayError, usage: Usage, key: KeyRecord | None, admission, plan: Plan | None,  # noqa: ANN001
-                outcome: Outcome | None, anthropic: bool) -> Response:
-        usage.status, usage.error = exc.status, exc.message
-        if outcome is not None:
-            usage.retries, usage.failovers = outcome.retries, outcome.failovers
-        self._release(key, admission)
-        headers = {"x-autarky-request-id": usage.request_id}
-        if plan is not None:
-            headers["x-autarky-route-reason"] = _ascii(plan.reason)
-        return exc.response(anthropic, headers)
-
-    def _release(self, key: KeyRecord | None, admission) -> None:  # noqa: ANN001
-        """A request that was admitted but failed costs nothing: give back its local reservation.
-        (Shared reservations are released by the ledger writer from the usage row.)"""
-        if key is not None and key.id and admission is not None:
-            self.limiter.settle_local(key.id, admission, 0.0, 0)
-
-    def finish(self, usage: Usage, started: float) -> None:
-        """Account for a finished request: ledger row (queued, never awaited) and metrics."""
-        elapsed = time.perf_counter() - started
-        usage.latency_ms = elapsed * 1000
-        self.ledger.record(usage)
-        m = self.metrics
-        m.requests.labels(usage.endpoint, usage.model or "", str(usage.status)).inc()
-        m.latency.labels(usage.endpoint).observe(elapsed)
-        if usage.model:
-            m.tokens.labels(usage.model, "prompt").inc(usage.prompt_tokens)
-            m.tokens.labels(usage.model, "completion").inc(usage.completion_tokens)
-            if usage.cost_usd:
-                m.cost.labels(usage.model).inc(usage.cost_usd)
+    async def _respond(self, request: Request, ex: Exchange, anthropic: bool) -> Response:
+        endpoint = ex.usage.endpoint
+        key = await self.authenticate(request)
+        ex.authenticated(key, store_content=self._stores_content(key.team))
+        body = parse_body(await request.body(), endpoint)
+        name = body.get("model")
+        data_class = request.headers.get("x-autarky-data-class")
+        if data_class is not None and data_class not in DATA_CLASSES:
+            raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
+        try:
+            decision = self.router.decide(name, request.headers.get("x-autarky-task"), key.team, key.models,
+                                          data_class)
+        except GatewayError as exc:
+            if exc.status == 403:
+                ex.audit("policy.deny", {"key_id": key.id, "team": key.team, "model": name, "reason": exc.message})
+            raise
+        ex.routed(decision)
+        targets = decision.targets
+        if endpoint == "completions":
+            targets = tuple(t for t in targets if t.provider_config.kind == "openai")
+            if not targets:
+                raise bad_request(f"{name!r} has no OpenAI-kind provider; /v1/completions needs one")
+        try:
+            await ex.admit(self._estimate(key, body, targets))
+        except GatewayError as exc:
+            if exc.code == "budget_exceeded":
+                ex.audit("policy.budget_deny", {"key_id": key.id, "team": key.team})
+            raise
+        egress = "completions" if endpoint == "completions" else "chat"
+        if body.get("stream"):
+            first, rest = await self.dispatcher.open_stream(targets, body, egress, ex.outcome)
+            return ExchangeStream(ex, body, first, rest, self.breakers[ex.outcome.target.provider], anthropic)
+        result = await _until_disconnect(request, self.dispatcher.complete(targets, body, egress, ex.outcome))
+        u = result.get("usage") or {}
+        ex.settle(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        if ex.store_content:
+            ex.usage.content = orjson.dumps({"request": body, "response": result}).decode()
+        model = ex.outcome.target.model
+        result["model"] = model
+        response = json_response(openai_response_to_anthropic(result, model) if anthropic else result,
+                                 headers=ex.headers())
+        ex.succeeded()
+        return response
 
     def _estimate(self, key: KeyRecord, body: dict, targets) -> float:  # noqa: ANN001
         """A spend reservation: the most this request can cost on any allowed target."""
@@ -276,11 +224,28 @@ class Gateway:
             return 0.0
         prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
         max_out = int(body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens)
-        return max(t.model_config.cost(prompt, max_out) for t in targets)
+        return max(t.model_entry.cost(prompt, max_out) for t in targets)
 
     def _stores_content(self, team: str) -> bool:
         t = self.config.teams.get(team)
         return bool(t and t.store_prompts)
+
+
+class ExchangeEndpoint:
+    """The ASGI endpoint of one API route, and the one place that guarantees one ledger row per request: the
+    exchange is created here and finished after its response went out, streamed or not, whatever happened."""
+
+    def __init__(self, gateway: Gateway, endpoint: str) -> None:
+        self.gateway = gateway
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange(self.gateway.accounting, self.endpoint, self.gateway.metrics)
+        try:
+            response = await self.gateway.handle(Request(scope, receive), ex)
+            await response(scope, receive, send)
+        finally:
+            ex.finish()
 
 
 class ClientGone(Exception):
@@ -306,22 +271,6 @@ async def _until_disconnect(request: Request, coro):  # noqa: ANN001, ANN202
     with contextlib.suppress(BaseException):
         await call
     raise ClientGone
-
-
-def _egress(endpoint: str) -> str:
-    return "completions" if endpoint == "completions" else "chat"
-
-
-def _ascii(value: str) -> str:
-    return value.encode("ascii", "replace").decode()
-
-
-def route_headers(plan: Plan, outcome: Outcome, request_id: str) -> dict[str, str]:
-    target = outcome.target
-    reason = plan.reason if not outcome.notes else plan.reason + "; " + "; ".join(outcome.notes)
-    return {"x-autarky-model": target.model, "x-autarky-provider": target.provider,
-            "x-autarky-route-reason": _ascii(reason), "x-autarky-request-id": request_id,
-            "x-autarky-failovers": str(outcome.failovers)}
 
 
 def parse_body(raw: bytes, endpoint: str) -> dict:

@@ -48,7 +48,10 @@ class ProviderConfig(_Strict):
         return DATA_CLASSES.index(data_class) <= DATA_CLASSES.index(ceiling)
 
 
-class ModelConfig(_Strict):
+class ModelEntry(_Strict):
+    """One `[models.NAME]` table: a model the gateway serves, its provider and its price (not the network's
+    shape, which is `autarky.model.ModelConfig`)."""
+
     provider: str
     upstream_id: str | None = None  # the id the provider knows it by; defaults to the gateway name
     usd_per_1m_input: float = Field(0.0, ge=0)
@@ -112,7 +115,7 @@ class GatewayConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     providers: dict[str, ProviderConfig] = {}
-    models: dict[str, ModelConfig] = {}
+    models: dict[str, ModelEntry] = {}
     tasks: dict[str, TaskConfig] = {}
     teams: dict[str, TeamConfig] = {}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
+from autarky.contracts.wire import error_envelope
+
 # OpenAI error `type` -> Anthropic error `type`, by HTTP status family.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -43,7 +45,7 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def openai_body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_envelope(self.message, self.type, self.param, self.code)
 
     def anthropic_body(self) -> dict:
         kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")

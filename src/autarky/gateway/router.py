@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autarky.gateway.config import DATA_CLASSES, GatewayConfig, ModelConfig, ProviderConfig
+from autarky.gateway.config import DATA_CLASSES, GatewayConfig, ModelEntry, ProviderConfig
 from autarky.gateway.errors import GatewayError, forbidden, not_found
 from autarky.gateway.routes import Candidate, RoutesWatcher
 
@@ -21,7 +21,7 @@ TASK_PREFIX = "task:"
 class Target:
     rank: int  # position in the routing table (or the task's candidate list)
     model: str
-    model_config: ModelConfig
+    model_entry: ModelEntry
     provider: str
     provider_config: ProviderConfig
     score: float
@@ -43,7 +43,9 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class RouteDecision:
+    """Where one request may go: the allowed targets best first, and why (sent as x-autarky-route-reason)."""
+
     targets: tuple[Target, ...]
     task: str | None
     reason: str
@@ -95,7 +97,7 @@ class Router:
     def __init__(self, config: GatewayConfig, routes: RoutesWatcher) -> None:
         self.config = config
         self.routes = routes
-        self._cache: dict[tuple, Plan | GatewayError] = {}
+        self._cache: dict[tuple, RouteDecision | GatewayError] = {}
         self._generation = -1
 
     def policy_for(self, team: str | None, key_models: tuple[str, ...] | None, data_class: str | None) -> Policy:
@@ -114,14 +116,14 @@ class Router:
             by_score=g.order == "score",
         )
 
-    def plan(
+    def decide(
         self,
         name: str,
         task_header: str | None = None,
         team: str | None = None,
         key_models: tuple[str, ...] | None = None,
         data_class: str | None = None,
-    ) -> Plan:
+    ) -> RouteDecision:
         """The ordered targets for a request naming `name` (a model or `task:NAME`); raises GatewayError."""
         table = self.routes.current()
         if self.routes.generation != self._generation:
@@ -131,7 +133,7 @@ class Router:
         hit = self._cache.get(cache_key)
         if hit is None:
             try:
-                hit = self._decide(table, name, task_header, team, key_models, data_class)
+                hit = self._compute(table, name, task_header, team, key_models, data_class)
             except GatewayError as exc:
                 hit = exc
             if len(self._cache) > 10_000:  # bounded: names come from clients
@@ -141,7 +143,7 @@ class Router:
             raise hit
         return hit
 
-    def _decide(self, table, name, task_header, team, key_models, data_class) -> Plan:  # noqa: ANN001
+    def _compute(self, table, name, task_header, team, key_models, data_class) -> RouteDecision:  # noqa: ANN001
         task = task_header or (name[len(TASK_PREFIX) :] if name.startswith(TASK_PREFIX) else None)
         if task is not None:
             task_cfg = self.config.tasks.get(task)
@@ -192,7 +194,7 @@ class Router:
             reason += "; self_sufficient"
         if dropped:
             reason += "; dropped " + " ".join(dropped)
-        return Plan(tuple(ordered), task, reason)
+        return RouteDecision(tuple(ordered), task, reason)
 
     def _target(self, cand: Candidate, rank: int) -> Target | None:
         model_cfg = self.config.models.get(cand.model)
@@ -201,7 +203,7 @@ class Router:
         return Target(
             rank=rank,
             model=cand.model,
-            model_config=model_cfg,
+            model_entry=model_cfg,
             provider=model_cfg.provider,
             provider_config=self.config.providers[model_cfg.provider],
             score=cand.score,

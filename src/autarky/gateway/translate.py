@@ -12,6 +12,7 @@ import uuid
 
 import orjson
 
+from autarky.contracts import wire
 from autarky.gateway.errors import bad_request
 
 _STOP_TO_OPENAI = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -166,7 +167,7 @@ def anthropic_response_to_openai(resp: dict, model: str) -> dict:
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                      "finish_reason": _STOP_TO_OPENAI.get(resp.get("stop_reason"), "stop")}],
-        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+        "usage": wire.usage(p, c),
     }
 
 
@@ -199,7 +200,6 @@ class AnthropicToOpenAIChunks:
             stop = (event.get("delta") or {}).get("stop_reason")
             usage_chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                            "model": self.model, "choices": [],
-                           "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                                     "total_tokens": self.prompt_tokens + self.completion_tokens}}
+                           "usage": wire.usage(self.prompt_tokens, self.completion_tokens)}
             return [self._chunk({}, _STOP_TO_OPENAI.get(stop, "stop")), usage_chunk]
         return []

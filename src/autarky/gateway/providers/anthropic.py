@@ -31,7 +31,7 @@ class AnthropicProvider(Provider):
             raise bad_request(f"model {target.model!r} is served by an Anthropic provider, which has no "
                               "/v1/completions; use /v1/chat/completions")
         p = target.provider_config
-        payload = openai_request_to_anthropic(body, target.model_config.upstream_id or target.model,
+        payload = openai_request_to_anthropic(body, target.model_entry.upstream_id or target.model,
                                               self.default_max_tokens)
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         key = p.api_key()

@@ -23,7 +23,7 @@ class OpenAIProvider(Provider):
     def _request(self, target: Target, body: dict, endpoint: str, stream: bool) -> tuple[str, bytes, dict]:
         p = target.provider_config
         payload = dict(body)
-        payload["model"] = target.model_config.upstream_id or target.model
+        payload["model"] = target.model_entry.upstream_id or target.model
         if stream:
             payload["stream"] = True
             if p.stream_usage:
