@@ -1,6 +1,9 @@
-"""The outage drill: stop the preferred model's server mid-burst; every request is still served."""
+"""The traffic driver against a gateway: the outage drill (stop the preferred model's server mid-burst; every
+request is still served) and a product burst over tasks."""
 
-from autarky.demo.drill import run_burst
+import asyncio
+
+from autarky.demo.drill import burst, run_burst
 from autarky.demo.partners import Faults, make_app
 from autarky.gateway.server import ServerThread
 
@@ -20,3 +23,15 @@ def test_outage_mid_burst_loses_no_request(make_gateway, faults):
     assert report.by_model["small2"] >= 60 and report.by_model["small"] >= 10, report.summary()
     assert report.failovers >= 1
     assert gw.breakers["local2"].state == 1  # open: later requests skip the dead server without trying it
+
+
+def test_product_burst_spreads_over_tasks_and_reports_each_request(make_gateway, faults):
+    _, url = make_gateway(retry={"max_retries": 0}, breaker={"failure_threshold": 100})
+    faults.script("gpt-up", "500", "500", "500")  # spreadsheet's first choice fails over to `small`
+    seen: list[int] = []
+    report = asyncio.run(burst(url, 12, 3, tasks=["spreadsheet", "inhouse", "nope"],
+                               on_progress=lambda done, r: seen.append(done)))
+    assert report.sent == 12 and sorted(seen) == list(range(1, 13))
+    assert report.ok == 8 and report.errors == {"task_not_found": 4} and report.failed == 4
+    assert report.failovers == 3 and report.by_model["small"] >= 4
+    assert all(rid for rid, _ in report.results) and {s for _, s in report.results} == {200, 404}

@@ -46,8 +46,6 @@ class BurstReport:
     def ok(self) -> int:
         return self.statuses[200]
 
-    served = ok
-
     @property
     def failed(self) -> int:
         return self.sent - self.ok

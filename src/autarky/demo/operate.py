@@ -138,7 +138,7 @@ def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> Bu
 
 
 def _print_burst(runner: DemoRunner, label: str, result: BurstReport) -> None:
-    table = Table(title=f"{label}: {result.served}/{result.sent} served, {result.failed} failed, "
+    table = Table(title=f"{label}: {result.ok}/{result.sent} served, {result.failed} failed, "
                         f"{result.failovers} failovers, p50 {result.p50_ms():.0f} ms")
     table.add_column("served by (model@provider)")
     table.add_column("requests", justify="right")
@@ -150,7 +150,7 @@ def _print_burst(runner: DemoRunner, label: str, result: BurstReport) -> None:
 
 
 def _burst_summary(result: BurstReport) -> dict:
-    return {"sent": result.sent, "served": result.served, "failed": result.failed, "failovers": result.failovers,
+    return {"sent": result.sent, "served": result.ok, "failed": result.failed, "failovers": result.failovers,
             "served_by": dict(result.served_by), "p50_ms": result.p50_ms()}
 
 

@@ -83,9 +83,10 @@ class Exchange:
         self.usage.stream = True
         self.usage.status = 200
 
-    def succeeded(self, status: int = 200) -> None:
+    def succeeded(self) -> None:
+        """The upstream answered and the response is built: 200, unless a failure was already recorded."""
         if not self._failed:
-            self.usage.status = status
+            self.usage.status = 200
 
     # ---- closing: each idempotent ------------------------------------------------------------------------
 
@@ -109,10 +110,6 @@ class Exchange:
             return
         self._failed = True
         self.usage.status, self.usage.error = status, error
-
-    @property
-    def failed(self) -> bool:
-        return self._failed
 
     def finish(self) -> None:
         """The one ledger row (queued, never awaited) and the metrics; a reservation nothing settled is
