@@ -22,12 +22,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
+register_plan(app)
+register_data(app)
+model_app = register_model(app)
+register_train(app)
+register_export(app, model_app)  # `model export` and `model sample`: the model package is a leaf
 for register in (
-    register_plan,
-    register_data,
-    register_model,
-    register_train,
-    register_export,
     register_serve,
     register_eval,
     register_gateway,

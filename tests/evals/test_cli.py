@@ -72,3 +72,22 @@ def test_cli_errors_are_one_line(tmp_path, store_url):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Error:" in result.output and message in result.output, (args, result.output)
+
+
+def test_piped_tables_carry_full_model_names(stub_server, store_url):
+    name = "partner-model-with-a-name-longer-than-any-terminal-column-2026-11-01-preview"
+    good = stub_server(Script(answer=lambda p: "Paris"))
+    result = runner.invoke(app, ["eval", "run", "--suite", "chat-qa", "--model", f"{name}={good.base_url}",
+                                 "--limit", "2", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    assert name in result.output  # the leaderboard printed after the run
+    result = runner.invoke(app, ["eval", "leaderboard", "--store", store_url])  # stdout is not a terminal here
+    assert result.exit_code == 0 and name in result.stdout and "…" not in result.stdout, result.stdout
+
+
+def test_new_spelling_of_arena(tmp_path):
+    path = tmp_path / "battles.jsonl"
+    path.write_text("\n".join(json.dumps({"model_a": "A", "model_b": "B", "winner": "model_a"}) for _ in range(3)))
+    new = runner.invoke(app, ["eval", "arena", "--battles", str(path), "--json"])
+    old = runner.invoke(app, ["arena", "--battles", str(path), "--json"])
+    assert new.exit_code == 0 and json.loads(new.stdout) == json.loads(old.stdout)

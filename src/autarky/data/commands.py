@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from autarky.clikit import TableConsole, field_option
+from autarky.data.build import DataConfig
 
 
 def _summary(manifest: dict, out: Path) -> Table:
@@ -34,22 +36,18 @@ def register(app: typer.Typer) -> None:
     @data_app.command("build")
     def build(
         out: Path = typer.Option(..., "--out", help="the data dir to create (or reuse when up to date)"),
-        corpus: str = typer.Option(
-            "stdlib", "--corpus", help="'stdlib', a folder, or a .jsonl file with 'text'"
-        ),
-        glob: str = typer.Option("**/*.py", "--glob", help="files to take from a folder corpus"),
-        vocab_size: int = typer.Option(4096, "--vocab-size", help="BPE vocabulary size, specials included"),
-        val_fraction: float = typer.Option(
-            0.05, "--val-fraction", help="share of documents held out, in (0, 1)"
-        ),
-        max_mb: float | None = typer.Option(
-            None, "--max-mb", help="take a deterministic subset of ~this many MB"
-        ),
+        corpus: str = field_option(DataConfig, "corpus", "--corpus"),
+        glob: str = field_option(DataConfig, "glob", "--glob"),
+        vocab_size: int = field_option(DataConfig, "vocab_size", "--vocab-size",
+                                       help="BPE vocabulary size, specials included"),
+        val_fraction: float = field_option(DataConfig, "val_fraction", "--val-fraction",
+                                           help="share of documents held out, in (0, 1)"),
+        max_mb: float | None = field_option(DataConfig, "max_mb", "--max-mb"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
         as_json: bool = typer.Option(False, "--json", help="print the manifest (without documents) as JSON"),
     ) -> None:
         """Build a data dir: byte-level BPE tokenizer, train.bin/val.bin token shards and manifest.json."""
-        from autarky.data import DataConfig, build_dataset
+        from autarky.data import build_dataset
 
         cfg = DataConfig.create(
             out=out, corpus=corpus, glob=glob, vocab_size=vocab_size, val_fraction=val_fraction, max_mb=max_mb
@@ -60,7 +58,7 @@ def register(app: typer.Typer) -> None:
             return
         if manifest["reused"]:
             typer.echo(f"{out} is up to date (same config and documents); nothing rebuilt")
-        Console().print(_summary(manifest, out))
+        TableConsole().print(_summary(manifest, out))
 
     @data_app.command("verify")
     def verify(data_dir: Path = typer.Argument(..., help="a data dir built by `autarky data build`")) -> None:

@@ -40,11 +40,11 @@ def build_model(runner: DemoRunner, settings: BuildSettings) -> dict:
     with runner.section("export: a Hugging Face folder"):
         if settings.export_dir.exists():
             shutil.rmtree(settings.export_dir)
-        runner.run(["export", settings.run_dir, "--out", settings.export_dir])
+        runner.run(["model", "export", settings.run_dir, "--out", settings.export_dir])
 
     with runner.section("sample: the in-house model writes Python"):
         for seed, prompt in enumerate(SAMPLE_PROMPTS):
-            text = runner.run(["sample", settings.export_dir, "--prompt", prompt, "--max-tokens", 80,
+            text = runner.run(["model", "sample", settings.export_dir, "--prompt", prompt, "--max-tokens", 80,
                                "--temperature", 0.7, "--top-p", 0.95, "--seed", seed], capture=True)
             runner.console.print(f"[bold]prompt {prompt!r}[/bold]")
             runner.console.print(text.rstrip(), markup=False, highlight=False)

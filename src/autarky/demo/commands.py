@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autarky.clikit import TableConsole
 from autarky.paths import autarky_home
 
 
@@ -22,7 +23,7 @@ def run_demo(
     from autarky.demo.build import BuildSettings, build_model
     from autarky.demo.runner import DemoRunner
 
-    console = console or Console()
+    console = console or TableConsole()
     workdir = autarky_home() / "demo"
     runner = DemoRunner(console, workdir)
     started = time.perf_counter()

@@ -67,7 +67,7 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
     with runner.section("eval: every product suite, both models, through the gateway"):
         models = [f"--model=nano-demo={gateway_url}", f"--model=smollm2={gateway_url}"]
         runner.run(["eval", "run", *models, "--limit", settings.eval_limit, "--concurrency", 4,
-                    "--api-key-env", KEY_ENV, "--gateway-config", settings.workdir / "gateway.toml",
+                    "--api-key-env", KEY_ENV, "--config", settings.workdir / "gateway.toml",
                     "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])

@@ -1,4 +1,8 @@
-"""CLI commands of this stage: `autarky eval ...` and `autarky arena` (thin shells over autarky.evals.api)."""
+"""CLI commands of this stage: `autarky eval run|list|leaderboard|compare|routes|report|arena` (thin shells over
+autarky.evals.api). `autarky arena` stays as a hidden alias of `autarky eval arena` for one release.
+
+Every command here that reads or writes the store takes `--store` and `-c/--config` (autarky.clikit's rule).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from autarky.clikit import TableConsole, choose_store, config_option, hidden_alias, store_option
 from autarky.errors import UserError
 
-STORE_HELP = "SQLAlchemy store URL (default sqlite under AUTARKY_HOME)"
+WITHIN_HELP = "prefer an in-house model within this many score points (of 100) of the best"
+MAX_USD_HELP = "leave out candidates costing more than this many USD per 1k tokens"
+JSON_HELP = "print JSON for programs"
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the `autarky` app."""
-    eval_app = typer.Typer(help="Evaluate models on product task suites; leaderboard, routes and report.",
+    eval_app = typer.Typer(help="Evaluate models on product task suites; leaderboard, routes, report and arena.",
                            no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
 
@@ -32,16 +38,21 @@ def register(app: typer.Typer) -> None:
         in_house: list[str] = typer.Option([], help="NAME of a model you serve yourself (repeat)"),
         provider: list[str] = typer.Option([], help="NAME=PROVIDER as the gateway calls it (repeat)"),
         mode: list[str] = typer.Option([], help="NAME=chat|completions (default chat) for generate suites"),
-        gateway_config: Path = typer.Option(None, help="gateway.toml to take prices, in-house flags and providers from"),
+        config: Path = config_option("gateway.toml: prices, in-house flags and providers (explicit flags win); "
+                                     "its `store` is used when --store is not given"),
         data_dir: Path = typer.Option(None, help="data dir whose manifest must hold the code-completion files out of train"),
-        retries: int = typer.Option(3, min=0),
+        retries: int = typer.Option(3, min=0, help="retries of a failed request before it counts as an error"),
         timeout: float = typer.Option(300.0, help="seconds to wait for one reply (CPU servers are slow)"),
         fresh: bool = typer.Option(False, help="forget stored results of these models and suites first"),
         max_tokens_cap: int = typer.Option(None, min=1, help="cap every suite's max_tokens (slow CPU demos)"),
-        store: str = typer.Option(None, help=STORE_HELP),
+        store: str = store_option(),
+        gateway_config: Path = typer.Option(None, "--gateway-config", hidden=True, help="old spelling of --config"),
     ) -> None:
         """Run suites against model endpoints; resumes where an interrupted run stopped."""
         from autarky.evals.api import api_key_from_env, evaluate, parse_pairs, print_leaderboard
+
+        config = config or gateway_config
+        store = choose_store(store, config)
 
         summary = evaluate(
             model, suite or None, limit=limit, store_url=store, concurrency=concurrency, in_house=in_house,
@@ -49,12 +60,12 @@ def register(app: typer.Typer) -> None:
             modes=parse_pairs(mode, "--mode", "NAME=chat or NAME=completions"),
             providers=parse_pairs(provider, "--provider", "NAME=PROVIDER"),
             api_key=api_key_from_env(api_key_env), data_dir=data_dir, fresh=fresh, retries=retries, timeout_s=timeout,
-            gateway_config=gateway_config, max_tokens_cap=max_tokens_cap,
+            gateway_config=config, max_tokens_cap=max_tokens_cap,
         )
         typer.echo(f"{summary.done} items graded, {summary.skipped} already in the store, {summary.errors} request "
                    f"errors (retried next run), {summary.grader_failures} grader failures, "
                    f"{summary.requests_sent} requests")
-        print_leaderboard(store)
+        print_leaderboard(store, TableConsole())
 
     @eval_app.command("list")
     def list_suites() -> None:
@@ -67,29 +78,35 @@ def register(app: typer.Typer) -> None:
                        f"items={len(s.items)}")
 
     @eval_app.command("leaderboard")
-    def show_leaderboard(as_json: bool = typer.Option(False, "--json"), store: str = typer.Option(None, help=STORE_HELP)) -> None:
+    def show_leaderboard(
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        store: str = store_option(),
+        config: Path = config_option(),
+    ) -> None:
         """Per model per suite: mean score with bootstrap 95% CI, p50 latency, cost."""
         from autarky.evals.api import leaderboard_table
         from autarky.evals.results import leaderboard
         from autarky.store.database import open_store
 
-        board = leaderboard(open_store(store))
+        board = leaderboard(open_store(choose_store(store, config)))
         if as_json:
             typer.echo(json.dumps([asdict(r) for r in board], indent=2))
         else:
-            Console().print(leaderboard_table(board))
+            TableConsole().print(leaderboard_table(board))
 
     @eval_app.command("compare")
     def compare_models(
-        model_a: str, model_b: str,
+        model_a: str = typer.Argument(..., help="the first model's name in the store"),
+        model_b: str = typer.Argument(..., help="the second model's name in the store"),
         suite: list[str] = typer.Option([], help="suites to compare on (default: every suite both ran)"),
-        store: str = typer.Option(None, help=STORE_HELP),
+        store: str = store_option(),
+        config: Path = config_option(),
     ) -> None:
         """Paired comparison of two models on the same items (paired bootstrap and sign test)."""
         from autarky.evals.results import compare, suite_info
         from autarky.store.database import open_store
 
-        engine = open_store(store)
+        engine = open_store(choose_store(store, config))
         names = suite or sorted(suite_info(engine))
         if not names:
             raise UserError("no eval results in the store; run `autarky eval run` first (or pass --store)")
@@ -99,42 +116,45 @@ def register(app: typer.Typer) -> None:
     @eval_app.command("routes")
     def routes(
         out: Path = typer.Option(..., help="where to write routes.toml"),
-        prefer_in_house_within: float = typer.Option(None, help="prefer an in-house model within this many score points (of 100)"),
-        max_usd_per_1k: float = typer.Option(None, help="leave out candidates costing more per 1k tokens"),
-        store: str = typer.Option(None, help=STORE_HELP),
+        prefer_in_house_within: float = typer.Option(None, help=WITHIN_HELP),
+        max_usd_per_1k: float = typer.Option(None, help=MAX_USD_HELP),
+        store: str = store_option(),
+        config: Path = config_option(),
     ) -> None:
         """Write the routing table the gateway reads."""
         from autarky.evals.api import routes_from_store, routes_table
         from autarky.evals.routes import write_routes
 
-        table = routes_from_store(store, prefer_in_house_within, max_usd_per_1k)
-        Console().print(routes_table(table))
+        table = routes_from_store(choose_store(store, config), prefer_in_house_within, max_usd_per_1k)
+        TableConsole().print(routes_table(table))
         typer.echo(f"wrote {write_routes(table, out)}")
 
     @eval_app.command("report")
     def report(
         out: Path = typer.Option(..., help="folder for index.html and its figures"),
-        prefer_in_house_within: float = typer.Option(None), max_usd_per_1k: float = typer.Option(None),
-        store: str = typer.Option(None, help=STORE_HELP),
+        prefer_in_house_within: float = typer.Option(None, help=WITHIN_HELP),
+        max_usd_per_1k: float = typer.Option(None, help=MAX_USD_HELP),
+        store: str = store_option(),
+        config: Path = config_option(),
     ) -> None:
         """Write a static HTML report: leaderboard, models × suites, Pareto plots, routing table, items."""
         from autarky.evals.api import write_report
 
-        typer.echo(f"wrote {write_report(out, store, prefer_in_house_within, max_usd_per_1k)}")
+        typer.echo(f"wrote {write_report(out, choose_store(store, config), prefer_in_house_within, max_usd_per_1k)}")
 
-    @app.command("arena")
     def arena(
         battles: Path = typer.Option(None, help="battles JSONL (LMArena format: model_a, model_b, winner)"),
         from_results: bool = typer.Option(False, help="battles from paired graded items in the store"),
         judge_url: str = typer.Option(None, help="OpenAI-compatible URL of the judge (e.g. the gateway's /v1)"),
         judge_model: str = typer.Option(None, help="model name of the judge"),
         suite: str = typer.Option(None, help="suite whose outputs the judge compares"),
-        api_key_env: str = typer.Option(None),
+        api_key_env: str = typer.Option(None, help="environment variable holding the judge's API key"),
         category: str = typer.Option(None, help="rate only battles of this category (product task)"),
         rounds: int = typer.Option(100, min=0, help="bootstrap rounds"),
         save_battles: Path = typer.Option(None, help="also write the battles used to this JSONL file"),
-        as_json: bool = typer.Option(False, "--json"),
-        store: str = typer.Option(None, help=STORE_HELP),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        store: str = store_option(),
+        config: Path = config_option(),
     ) -> None:
         """Bradley–Terry ratings with bootstrap CIs and Rank (UB), beside online Elo."""
         from autarky.evals.api import api_key_from_env
@@ -142,6 +162,7 @@ def register(app: typer.Typer) -> None:
         from autarky.evals.battles import battles_from_results, judge_battles, load_battles, write_battles
         from autarky.store.database import open_store
 
+        store = choose_store(store, config)
         rows = []
         if battles is not None:
             rows += load_battles(battles)
@@ -170,4 +191,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(str(r.rank_ub), r.model, f"{r.rating:.1f}",
                           f"+{round(r.ci_high - r.rating)}/-{round(r.rating - r.ci_low)}", f"{r.elo_online:.1f}",
                           str(r.battles))
-        Console().print(table)
+        TableConsole().print(table)
+
+    eval_app.command("arena")(arena)
+    hidden_alias(app, "arena", arena, "eval arena")

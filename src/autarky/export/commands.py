@@ -1,13 +1,17 @@
-"""`autarky export` (a run's checkpoint as an HF folder) and `autarky sample` (generate from any model)."""
+"""`autarky model export` (a run's checkpoint as an HF folder) and `autarky model sample` (generate from any
+model), on the `model` group; the old top-level `autarky export` / `autarky sample` stay as hidden aliases."""
 
 import sys
 from pathlib import Path
 
 import typer
 
+from autarky.clikit import hidden_alias
 
-def register(app: typer.Typer) -> None:
-    @app.command("export")
+
+def register(app: typer.Typer, model_app: typer.Typer) -> None:
+    """Add `model export` and `model sample` to the `model` group (and the hidden top-level aliases to `app`)."""
+
     def export(
         run_dir: Path = typer.Argument(..., help="a training run dir (the --out of `autarky train`)"),
         out: Path = typer.Option(..., "--out", help="the Hugging Face folder to write (must not exist or be empty)"),
@@ -20,7 +24,6 @@ def register(app: typer.Typer) -> None:
         folder, step_done = export_run(run_dir, out, step, parse_dtype(dtype))
         typer.echo(f"exported step {step_done} of {run_dir} to {folder}")
 
-    @app.command("sample")
     def sample(
         model: str = typer.Argument(..., help="a run dir, an HF folder, a .gguf file, or smollm2"),
         prompt: str = typer.Option(..., "--prompt", help="the text to continue (or the user message with --chat)"),
@@ -52,3 +55,7 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+
+    for name, command in (("export", export), ("sample", sample)):
+        model_app.command(name)(command)
+        hidden_alias(app, name, command, f"model {name}")

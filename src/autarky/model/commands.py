@@ -1,10 +1,12 @@
-"""`autarky model info`: a preset's shape, parameters and FLOPs."""
+"""`autarky model info`: a preset's shape, parameters and FLOPs. `register` returns the `model` group, onto which
+the export stage adds `model export` and `model sample` (the model package is a leaf and cannot import them)."""
 
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from autarky.clikit import TableConsole
 
 
 def model_info(name: str) -> dict:
@@ -26,8 +28,10 @@ def model_info(name: str) -> dict:
     }
 
 
-def register(app: typer.Typer) -> None:
-    model_app = typer.Typer(help="Model presets (the Llama architecture, nano … 405b).", no_args_is_help=True)
+def register(app: typer.Typer) -> typer.Typer:
+    """Add `autarky model` to the app; returns the group for the later stages' model commands."""
+    model_app = typer.Typer(help="Model presets, export of a run and sampling (the Llama architecture, nano … 405b).",
+                            no_args_is_help=True)
     app.add_typer(model_app, name="model")
 
     @model_app.command("info")
@@ -46,4 +50,6 @@ def register(app: typer.Typer) -> None:
             if key == "train_flops_per_token":
                 shown = f"{value:.3e}"
             table.add_row(key, shown)
-        Console().print(table)
+        TableConsole().print(table)
+
+    return model_app

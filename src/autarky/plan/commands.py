@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from autarky.clikit import TableConsole, field_option
 from autarky.errors import UserError
+from autarky.plan.planner import PlanRequest
 
 _MODEL = "Model"
 _HW = "Hardware and utilisation"
@@ -16,70 +17,69 @@ _POWER = "Power and cost"
 _REL = "Reliability"
 
 
+def _opt(name: str, panel: str, help: str) -> typer.models.OptionInfo:  # noqa: A002
+    """An option whose default is PlanRequest's own (the defaults live there; the CLI only forwards)."""
+    return field_option(PlanRequest, name, help=help, rich_help_panel=panel)
+
+
 def register(app: typer.Typer) -> None:
     """Add `autarky plan` to the app."""
 
     @app.command("plan")
     def plan_command(
-        preset: str | None = typer.Option(None, help="model preset: nano … 405b", rich_help_panel=_MODEL),
-        hf_config: Path | None = typer.Option(None, help="a Hugging Face config.json (or its folder)",
-                                              rich_help_panel=_MODEL),
-        params: float | None = typer.Option(None, help="raw parameter count, e.g. 405e9", rich_help_panel=_MODEL),
-        active_params: float | None = typer.Option(None, help="MoE: parameters a token touches",
-                                                   rich_help_panel=_MODEL),
-        layers: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        hidden: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        heads: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        kv_heads: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        head_dim: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        ffn: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        vocab: int | None = typer.Option(None, rich_help_panel=_MODEL),
-        seq_len: int | None = typer.Option(None, help="training sequence length", rich_help_panel=_MODEL),
-        experts: int = typer.Option(1, help="MoE: experts per layer", rich_help_panel=_MODEL),
-        active_experts: int = typer.Option(1, help="MoE: experts per token", rich_help_panel=_MODEL),
-        tokens: float | None = typer.Option(None, help="training tokens, e.g. 15.6e12", rich_help_panel=_MODEL),
-        compute_optimal: bool = typer.Option(False, help="tokens = 20 x params (Chinchilla)", rich_help_panel=_MODEL),
-        predict_loss: bool = typer.Option(False, help="Chinchilla-fit loss, labelled", rich_help_panel=_MODEL),
-        gpu: str | None = typer.Option(None, help="h100 (default), a100-80gb, h200, b200, gb200, mi300x, h800, "
-                                                  "v100, tpu-v4, or local (this machine, with --mfu-from)",
-                                       rich_help_panel=_HW),
-        hardware_file: Path | None = typer.Option(None, help="TOML with extra GPUs", rich_help_panel=_HW),
-        precision: str = typer.Option("bf16", help="bf16 | fp8: which dense peak MFU divides",
-                                      rich_help_panel=_HW),
-        gpus: int | None = typer.Option(None, help="cluster size → days", rich_help_panel=_HW),
-        days: float | None = typer.Option(None, help="deadline → GPUs needed", rich_help_panel=_HW),
-        mfu: float | None = typer.Option(None, help="model FLOPs utilisation, fraction (0, 1]", rich_help_panel=_HW),
-        tflops_per_gpu: float | None = typer.Option(None, help="achieved TFLOP/s per GPU instead of --mfu",
-                                                    rich_help_panel=_HW),
-        mfu_from: Path | None = typer.Option(None, help="run dir of `autarky train`: measured MFU",
-                                             rich_help_panel=_HW),
-        flops_rule: str = typer.Option("auto", help="auto | 6nd | 6nd+attn | 8nd | autarky", rich_help_panel=_HW),
-        tp: int = typer.Option(1, rich_help_panel=_LAYOUT),
-        pp: int = typer.Option(1, rich_help_panel=_LAYOUT),
-        cp: int = typer.Option(1, rich_help_panel=_LAYOUT),
-        ep: int = typer.Option(1, rich_help_panel=_LAYOUT),
-        dp: int | None = typer.Option(None, help="default: GPUs / (TP·PP·CP)", rich_help_panel=_LAYOUT),
-        zero: int = typer.Option(1, help="0 (DDP) … 3 (FSDP)", rich_help_panel=_LAYOUT),
-        recompute: str = typer.Option("selective", help="none | selective | full", rich_help_panel=_LAYOUT),
-        micro_batch: int | None = typer.Option(None, help="per-rank sequences (default: the run's, else 1)",
-                                                rich_help_panel=_LAYOUT),
-        flash_attention: bool = typer.Option(True, rich_help_panel=_LAYOUT),
-        optimizer: str = typer.Option("adamw", help="adamw | adamw8bit | sgd", rich_help_panel=_LAYOUT),
-        reserve_gb: float = typer.Option(1.0, help="CUDA context + NCCL per GPU", rich_help_panel=_LAYOUT),
-        find_layout: bool = typer.Option(False, help="search and rank layouts", rich_help_panel=_LAYOUT),
-        pue: float = typer.Option(1.2, help="facility / IT power", rich_help_panel=_POWER),
-        network_share: float = typer.Option(0.10, help="network + storage on top of servers",
-                                            rich_help_panel=_POWER),
-        power_load: float = typer.Option(0.9, help="average draw / nameplate while training",
-                                         rich_help_panel=_POWER),
-        usd_per_gpu_hour: float = typer.Option(2.0, rich_help_panel=_POWER),
-        usd_per_kwh: float = typer.Option(0.0, help="0 when the GPU-hour price includes power",
-                                          rich_help_panel=_POWER),
-        failure_source: str = typer.Option("llama3", help="llama3 | rsc1 | rsc2", rich_help_panel=_REL),
-        mtbf_gpu_hours: float | None = typer.Option(None, help="per-GPU MTBF instead", rich_help_panel=_REL),
-        ckpt_write_min: float = typer.Option(1.0, help="blocking checkpoint write, minutes", rich_help_panel=_REL),
-        restart_min: float = typer.Option(10.0, help="restart after a failure, minutes", rich_help_panel=_REL),
-        goodput: float | None = typer.Option(None, help="override the modelled goodput", rich_help_panel=_REL),
+        preset: str | None = _opt("preset", _MODEL, "model preset: nano … 405b"),
+        hf_config: Path | None = _opt("hf_config", _MODEL, "a Hugging Face config.json (or its folder)"),
+        params: float | None = _opt("params", _MODEL, "raw parameter count, e.g. 405e9"),
+        active_params: float | None = _opt("active_params", _MODEL, "MoE: parameters a token touches"),
+        layers: int | None = _opt("layers", _MODEL, "transformer layers"),
+        hidden: int | None = _opt("hidden", _MODEL, "hidden (model) width"),
+        heads: int | None = _opt("heads", _MODEL, "attention heads"),
+        kv_heads: int | None = _opt("kv_heads", _MODEL, "key/value heads (GQA; default: --heads)"),
+        head_dim: int | None = _opt("head_dim", _MODEL, "width of one head (default: hidden / heads)"),
+        ffn: int | None = _opt("ffn", _MODEL, "feed-forward (SwiGLU) width"),
+        vocab: int | None = _opt("vocab", _MODEL, "vocabulary size"),
+        seq_len: int | None = _opt("seq_len", _MODEL, "training sequence length"),
+        experts: int = _opt("experts", _MODEL, "MoE: experts per layer"),
+        active_experts: int = _opt("active_experts", _MODEL, "MoE: experts per token"),
+        tokens: float | None = _opt("tokens", _MODEL, "training tokens, e.g. 15.6e12"),
+        compute_optimal: bool = _opt("compute_optimal", _MODEL, "tokens = 20 x params (Chinchilla)"),
+        predict_loss: bool = _opt("predict_loss", _MODEL, "Chinchilla-fit loss, labelled"),
+        gpu: str | None = _opt("gpu", _HW,
+                               "h100 (default), a100-80gb, h200, b200, gb200, mi300x, h800, v100, tpu-v4, or "
+                               "local (this machine, with --mfu-from)"),
+        hardware_file: Path | None = _opt("hardware_file", _HW, "TOML with extra GPUs"),
+        precision: str = _opt("precision", _HW, "bf16 | fp8: which dense peak MFU divides"),
+        gpus: int | None = _opt("gpus", _HW, "cluster size → days"),
+        days: float | None = _opt("days", _HW, "deadline → GPUs needed"),
+        mfu: float | None = _opt("mfu", _HW, "model FLOPs utilisation, fraction (0, 1]"),
+        tflops_per_gpu: float | None = _opt("tflops_per_gpu", _HW,
+                                            "achieved TFLOP/s per GPU instead of --mfu"),
+        mfu_from: Path | None = _opt("mfu_from", _HW, "run dir of `autarky train`: measured MFU"),
+        flops_rule: str = _opt("flops_rule", _HW, "auto | 6nd | 6nd+attn | 8nd | autarky"),
+        tp: int = _opt("tp", _LAYOUT, "tensor-parallel degree"),
+        pp: int = _opt("pp", _LAYOUT, "pipeline-parallel degree"),
+        cp: int = _opt("cp", _LAYOUT, "context-parallel degree"),
+        ep: int = _opt("ep", _LAYOUT, "expert-parallel degree (MoE)"),
+        dp: int | None = _opt("dp", _LAYOUT, "default: GPUs / (TP·PP·CP)"),
+        zero: int = _opt("zero", _LAYOUT, "0 (DDP) … 3 (FSDP)"),
+        recompute: str = _opt("recompute", _LAYOUT, "none | selective | full"),
+        micro_batch: int | None = _opt("micro_batch", _LAYOUT,
+                                       "per-rank sequences (default: the run's, else 1)"),
+        flash_attention: bool = _opt("flash_attention", _LAYOUT,
+                                     "attention without materialised scores (FlashAttention)"),
+        optimizer: str = _opt("optimizer", _LAYOUT, "adamw | adamw8bit | sgd"),
+        reserve_gb: float = _opt("reserve_gb", _LAYOUT, "CUDA context + NCCL per GPU"),
+        find_layout: bool = _opt("find_layout", _LAYOUT, "search and rank layouts"),
+        pue: float = _opt("pue", _POWER, "facility / IT power"),
+        network_share: float = _opt("network_share", _POWER, "network + storage on top of servers"),
+        power_load: float = _opt("power_load", _POWER, "average draw / nameplate while training"),
+        usd_per_gpu_hour: float = _opt("usd_per_gpu_hour", _POWER, "price of one GPU-hour"),
+        usd_per_kwh: float = _opt("usd_per_kwh", _POWER, "0 when the GPU-hour price includes power"),
+        failure_source: str = _opt("failure_source", _REL, "llama3 | rsc1 | rsc2"),
+        mtbf_gpu_hours: float | None = _opt("mtbf_gpu_hours", _REL, "per-GPU MTBF instead"),
+        ckpt_write_min: float = _opt("ckpt_write_min", _REL, "blocking checkpoint write, minutes"),
+        restart_min: float = _opt("restart_min", _REL, "restart after a failure, minutes"),
+        goodput: float | None = _opt("goodput", _REL, "override the modelled goodput"),
         as_json: bool = typer.Option(False, "--json", help="print JSON for programs"),
         emit_launch: Path | None = typer.Option(None, help="write the torchrun + autarky train script here"),
     ) -> None:
@@ -87,11 +87,11 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from autarky.plan.launch import write_launch
-        from autarky.plan.planner import PlanRequest, plan
+        from autarky.plan.planner import plan
         from autarky.plan.report import render
 
         values = {k: v for k, v in locals().items()
-                  if k not in ("as_json", "emit_launch", "ValidationError", "PlanRequest", "plan", "render",
+                  if k not in ("as_json", "emit_launch", "ValidationError", "plan", "render",
                                "write_launch")}
         try:
             request = PlanRequest(**values)
@@ -105,6 +105,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(result.to_json())
         else:
-            Console().print(render(result))
+            TableConsole().print(render(result))
             if emit_launch is not None:
-                Console().print(f"launch script written to [bold]{emit_launch}[/bold]")
+                TableConsole().print(f"launch script written to [bold]{emit_launch}[/bold]")

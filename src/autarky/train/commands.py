@@ -7,9 +7,14 @@ from pathlib import Path
 
 import typer
 
+from autarky.clikit import field_help
 from autarky.train.config import TrainConfig
 
-_D = TrainConfig()  # the defaults, for the help text
+
+def _opt(dotted: str, flag: str, help: str | None = None) -> typer.models.OptionInfo:  # noqa: A002
+    """An option over TrainConfig's `dotted` field: help and the shown default come from the config tree. The real
+    default stays None, so a --config file's value is not overridden by a flag nobody gave."""
+    return typer.Option(None, flag, help=field_help(TrainConfig, dotted, help, show_default=True))
 
 
 def register(app: typer.Typer) -> None:
@@ -17,22 +22,24 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train_command(
-        preset: str = typer.Option(None, "--preset", help=f"model preset: nano, micro, small, 1b, 8b, 70b, 405b [default: {_D.model.preset}]"),
-        data: Path = typer.Option(None, "--data", help="data dir from `autarky data build`"),
-        out: Path = typer.Option(None, "--out", help="run dir to create (or continue with --resume auto)"),
-        steps: int = typer.Option(None, "--steps", help=f"optimizer steps in total [default: {_D.run.steps}]"),
-        batch_size: int = typer.Option(None, "--batch-size", help=f"GLOBAL sequences per step, all ranks [default: {_D.data.batch_size}]"),
-        seq_len: int = typer.Option(None, "--seq-len", help=f"tokens per sequence [default: {_D.data.seq_len}]"),
-        lr: float = typer.Option(None, "--lr", help=f"peak learning rate [default: {_D.optim.lr}]"),
-        seed: int = typer.Option(None, "--seed", help=f"[default: {_D.run.seed}]"),
-        grad_accum: int = typer.Option(None, "--grad-accum", help="micro-steps per optimizer step"),
-        tp: int = typer.Option(None, "--tp", help="tensor-parallel degree (FSDP2 over the other ranks)"),
-        compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the blocks and the loss [default: on CUDA only]"),
-        eval_every: int = typer.Option(None, "--eval-every", help=f"validation loss every N steps [default: {_D.run.eval_every}]"),
-        ckpt_every: int = typer.Option(None, "--ckpt-every", help=f"DCP checkpoint every N steps [default: {_D.checkpoint.every}]"),
-        keep: int = typer.Option(None, "--keep", help=f"keep the newest N checkpoints [default: {_D.checkpoint.keep}]"),
-        resume: str = typer.Option(None, "--resume", help="'auto': continue from the newest complete checkpoint"),
-        device: str = typer.Option(None, "--device", help="auto, cpu or cuda"),
+        preset: str = _opt("model.preset", "--preset"),
+        data: Path = typer.Option(None, "--data", help=field_help(TrainConfig, "data.dir")),
+        out: Path = typer.Option(None, "--out", help=field_help(TrainConfig, "run.out", "run dir to create (or "
+                                                                 "continue with --resume auto)")),
+        steps: int = _opt("run.steps", "--steps"),
+        batch_size: int = _opt("data.batch_size", "--batch-size"),
+        seq_len: int = _opt("data.seq_len", "--seq-len"),
+        lr: float = _opt("optim.lr", "--lr"),
+        seed: int = _opt("run.seed", "--seed"),
+        grad_accum: int = _opt("data.grad_accum", "--grad-accum"),
+        tp: int = _opt("parallel.tp", "--tp"),
+        compile_: bool = typer.Option(None, "--compile/--no-compile",
+                                      help=field_help(TrainConfig, "parallel.compile")),
+        eval_every: int = _opt("run.eval_every", "--eval-every"),
+        ckpt_every: int = _opt("checkpoint.every", "--ckpt-every"),
+        keep: int = _opt("checkpoint.keep", "--keep"),
+        resume: str = _opt("checkpoint.resume", "--resume"),
+        device: str = _opt("run.device", "--device"),
         config: Path = typer.Option(None, "--config", help="a run TOML (e.g. another run's config.toml); flags win"),
     ) -> None:
         """Train a Llama-architecture model on a data dir; one process, or every rank under torchrun."""

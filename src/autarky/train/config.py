@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     """A preset plus optional explicit overrides; unset fields come from the preset (vocab from the data)."""
 
-    preset: str = "nano"
+    preset: str = Field("nano", description="model preset: nano, micro, small, 1b, 8b, 70b, 405b")
     vocab_size: int | None = Field(None, gt=0)
     dim: int | None = Field(None, gt=0)
     n_layers: int | None = Field(None, gt=0)
@@ -65,7 +65,7 @@ class ModelSection(_Section):
 
 
 class OptimSection(_Section):
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
@@ -81,9 +81,9 @@ class ScheduleSection(_Section):
 
 
 class DataSection(_Section):
-    dir: Path | None = None
+    dir: Path | None = Field(None, description="data dir from `autarky data build`")
     batch_size: int = Field(16, gt=0, description="GLOBAL sequences per optimizer step (all ranks, all micro-steps)")
-    seq_len: int = Field(256, gt=1)
+    seq_len: int = Field(256, gt=1, description="tokens per sequence")
     grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
     eval_batches: int = Field(4, gt=0, description="validation = this many global batches of fixed windows")
 
@@ -96,16 +96,18 @@ class ParallelSection(_Section):
 class CheckpointSection(_Section):
     every: int = Field(100, ge=0, description="DCP checkpoint every N steps (0: only at the end/on signal)")
     keep: int = Field(3, gt=0, description="keep the newest K complete checkpoints")
-    resume: Literal["never", "auto"] = "never"
+    resume: Literal["never", "auto"] = Field(
+        "never", description="'auto': continue from the newest complete checkpoint; 'never': start fresh"
+    )
 
 
 class RunSection(_Section):
-    out: Path | None = None
-    steps: int = Field(400, gt=0)
-    seed: int = Field(1337, ge=0)
+    out: Path | None = Field(None, description="run dir to create (or continue with resume = 'auto')")
+    steps: int = Field(400, gt=0, description="optimizer steps in total")
+    seed: int = Field(1337, ge=0, description="seed of the initial weights and of the training windows drawn")
     eval_every: int = Field(100, ge=0, description="validation every N steps (0: only at the end)")
     log_every: int = Field(10, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (cuda when available), cpu or cuda")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
 
 
