@@ -11,10 +11,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from autarky.contracts.catalog import read_catalog
 from autarky.errors import UserError
 from autarky.evals.client import Endpoint, parse_model_spec
-from autarky.evals.results import SuiteScore, leaderboard, model_info
-from autarky.evals.routes import TaskRoute, build_routes, write_routes
+from autarky.evals.results import SuiteScore, leaderboard, stored_models
+from autarky.evals.routes import TaskRoute, build_routes, paired_p_values, write_routes
 from autarky.evals.runner import ModelSpec, RunOptions, RunSummary, run_eval
 from autarky.evals.suite import Suite, bundled_suite_names, load_suite
 from autarky.store.database import open_store
@@ -64,17 +65,15 @@ def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[st
 
 def gateway_defaults(path: str | Path, names: Iterable[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:
     """Prices, in-house flags and providers of `names` as a gateway.toml declares them (explicit flags win)."""
-    from autarky.gateway.config import load_config
-
-    config = load_config(path)
+    catalog = read_catalog(path)
     prices, in_house, providers = {}, set(), {}
     for name in names:
-        model = config.models.get(name)
-        if model is None:
+        entry = catalog.get(name)
+        if entry is None:
             continue
-        prices[name] = f"{model.usd_per_1m_input}:{model.usd_per_1m_output}"
-        providers[name] = model.provider
-        if config.providers[model.provider].in_house:
+        prices[name] = f"{entry.usd_per_1m_input}:{entry.usd_per_1m_output}"
+        providers[name] = entry.provider
+        if entry.in_house:
             in_house.add(name)
     return prices, in_house, providers
 
@@ -149,8 +148,8 @@ def routes_from_store(store_url: str | None = None, prefer_in_house_within: floa
     board = leaderboard(engine)
     if not board:
         raise UserError("no eval results in the store; run `autarky eval run` first (or pass --store)")
-    providers = {name: info["provider"] for name, info in model_info(engine).items()}
-    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k)
+    providers = {name: info["provider"] for name, info in stored_models(engine).items()}
+    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k, paired_p_values(engine, board))
 
 
 def write_routes_file(out: str | Path, store_url: str | None = None, prefer_in_house_within: float | None = None,
