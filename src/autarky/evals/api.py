@@ -16,7 +16,7 @@ from autarky.errors import UserError
 from autarky.evals.client import Endpoint, parse_model_spec
 from autarky.evals.results import SuiteScore, leaderboard, stored_models
 from autarky.evals.routes import TaskRoute, build_routes, paired_p_values, write_routes
-from autarky.evals.runner import ModelSpec, RunOptions, RunSummary, run_eval
+from autarky.evals.runner import EvalModel, EvalRunSummary, RunOptions, run_eval
 from autarky.evals.suite import Suite, bundled_suite_names, load_suite
 from autarky.store.database import open_store
 
@@ -42,7 +42,7 @@ def parse_price(value: str) -> tuple[float, float]:
 def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[str] = (),
                 prices: dict[str, str] | None = None, modes: dict[str, str] | None = None,
                 providers: dict[str, str] | None = None, api_key: str = "",
-                api_keys: dict[str, str] | None = None) -> list[ModelSpec]:
+                api_keys: dict[str, str] | None = None) -> list[EvalModel]:
     """Endpoints from {NAME: URL} (or "NAME=URL" strings) plus per-model price, mode, provider and key."""
     pairs = dict(models) if isinstance(models, dict) else dict(parse_model_spec(s) for s in models)
     prices, modes, providers, api_keys = prices or {}, modes or {}, providers or {}, api_keys or {}
@@ -59,7 +59,7 @@ def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[st
             raise UserError(f"bad --mode {name}={mode}; use chat or completions")
         usd_in, usd_out = parse_price(prices[name]) if name in prices else (0.0, 0.0)
         endpoint = Endpoint(name, url.rstrip("/"), api_keys.get(name, api_key), mode)  # type: ignore[arg-type]
-        specs.append(ModelSpec(endpoint, usd_in, usd_out, name in in_house, providers.get(name, "")))
+        specs.append(EvalModel(endpoint, usd_in, usd_out, name in in_house, providers.get(name, "")))
     return specs
 
 
@@ -101,7 +101,7 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
              prices: dict[str, str] | None = None, modes: dict[str, str] | None = None, api_key: str = "",
              providers: dict[str, str] | None = None, data_dir: str | Path | None = None, progress: bool = True,
              fresh: bool = False, retries: int = 3, timeout_s: float = 300.0,
-             gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> RunSummary:
+             gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> EvalRunSummary:
     """Run `suites` (default: every bundled suite) against `models` ({NAME: URL}); results go to the store.
     Prices, in-house flags and providers come from the arguments, else from `gateway_config` (a gateway.toml)."""
     loaded = load_suites(suites)

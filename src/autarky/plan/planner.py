@@ -232,7 +232,7 @@ def plan(req: PlanRequest) -> PlanResult:
     settings = MemorySettings(zero=req.zero, recompute=req.recompute, micro_batch=micro_batch,
                               flash_attention=req.flash_attention, optimizer=req.optimizer,
                               reserve_gb=req.reserve_gb)
-    ranked: list[layouts.Candidate] = []
+    ranked: list[layouts.LayoutCandidate] = []
     if req.find_layout:
         ranked = layouts.find_layouts(model, gpus, settings, acc.hbm_gb, acc.gpus_per_node)
         if not ranked:
@@ -248,7 +248,7 @@ def plan(req: PlanRequest) -> PlanResult:
     cost = power.cost_usd(gpu_hours, req.usd_per_gpu_hour, energy.facility, req.usd_per_kwh)
 
     tokens_per_step = layout.dp * settings.micro_batch * model.seq_len
-    step_time = tokens_per_step * compute.flops_per_token(model, rule) / (gpus * peak * choice.value)
+    step_time = tokens_per_step * compute.flops_per_token_by_rule(model, rule) / (gpus * peak * choice.value)
     notes = _notes(model, acc, mem, layout, run, req)
     data: dict[str, Any] = {
         "model": {"name": model.name, "params": model.params, "active_params": model.active_params,
@@ -286,7 +286,7 @@ def plan(req: PlanRequest) -> PlanResult:
     return PlanResult(data=data)
 
 
-def _candidate_dict(c: layouts.Candidate) -> dict[str, Any]:
+def _candidate_dict(c: layouts.LayoutCandidate) -> dict[str, Any]:
     return {"label": c.layout.label(), "tp": c.layout.tp, "pp": c.layout.pp, "cp": c.layout.cp, "dp": c.layout.dp,
             "ep": c.layout.ep, "zero": c.settings.zero, "recompute": c.settings.recompute,
             "trainer_ready": c.trainer_ready, "memory_gb": c.memory.to_dict()}
