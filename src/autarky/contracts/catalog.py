@@ -13,6 +13,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from autarky.errors import UserError
 
@@ -25,15 +26,20 @@ class CatalogEntry:
     in_house: bool
 
 
-def read_catalog(path: str | Path) -> dict[str, CatalogEntry]:
-    """Every [models.NAME] of the file with its provider's in_house flag; UserError naming the field otherwise."""
+def read_gateway_toml(path: str | Path) -> dict[str, Any]:
+    """The file as a plain tree (the gateway validates it whole, `read_catalog` reads its catalog)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise UserError(f"gateway config {path} not found; start from examples/gateway.toml") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"gateway config {path} is not valid TOML: {exc}") from exc
+
+
+def read_catalog(path: str | Path) -> dict[str, CatalogEntry]:
+    """Every [models.NAME] of the file with its provider's in_house flag; UserError naming the field otherwise."""
+    data = read_gateway_toml(path)
     providers, models = data.get("providers", {}), data.get("models", {})
     catalog = {}
     for name, model in models.items():
