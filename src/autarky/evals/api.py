@@ -159,13 +159,14 @@ def write_routes_file(out: str | Path, store_url: str | None = None, prefer_in_h
 
 def routes_table(routes: list[TaskRoute]) -> Table:
     table = Table(title="routing table (first candidate serves the task)")
-    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "in-house", "pareto"):
+    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "p vs next", "in-house", "pareto"):
         table.add_column(column)
     for route in routes:
         for i, c in enumerate(route.candidates, start=1):
             table.add_row(route.task if i == 1 else "", str(i), c.model, f"{c.score:.3f}",
                           f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", f"{c.usd_per_1k_tokens:.4f}", f"{c.p50_latency_ms:.0f}",
-                          "yes" if c.in_house else "", "yes" if c.model in route.pareto else "")
+                          "" if c.p_vs_next is None else f"{c.p_vs_next:.3g}", "yes" if c.in_house else "",
+                          "yes" if c.model in route.pareto else "")
     return table
 
 
