@@ -37,6 +37,8 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINTS = "checkpoints"
 META_FILE = "meta.json"
 # Logged rows left out of the steady state: the first ones carry torch.compile, allocator and cache warm-up.
+# (The trainer's own end-of-run summary times the steps themselves and leaves out the attempt's first step;
+# readers of a run dir only have the logged rows, and all of them use this rule.)
 WARMUP_ROWS = 3
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
