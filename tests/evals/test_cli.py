@@ -34,6 +34,9 @@ def test_cli_flow(stub_server, store_url, tmp_path):
                                  "--store", store_url])
     assert result.exit_code == 0, result.output
     assert tomllib.loads(routes.read_text())["tasks"]["chat"]["candidates"][0]["model"] == "ours"
+    # The evidence for the order: the paired p-value against the runner-up (equal scores here: ours is cheaper).
+    first = tomllib.loads(routes.read_text())["tasks"]["chat"]["candidates"][0]
+    assert first["p_vs_next"] == 1.0 and "in_house_margin" not in first
 
     result = runner.invoke(app, ["eval", "report", "--out", str(tmp_path / "report"), "--store", store_url])
     assert result.exit_code == 0 and (tmp_path / "report" / "index.html").is_file()

@@ -66,3 +66,19 @@ def test_toml_has_exactly_the_gateway_keys(tmp_path):
 def test_task_names_that_need_quoting_round_trip():
     routes = build_routes([score("m", 0.5, 0.0, task="deck writing", suite="x")])
     assert "deck writing" in tomllib.loads(routes_toml(routes))["tasks"]
+
+
+def test_the_evidence_for_the_order_is_written_with_it():
+    asked = []
+
+    def paired(task, a, b):
+        asked.append((task, a, b))
+        return 0.04
+
+    (route,) = build_routes(BOARD, prefer_in_house_within=5, paired=paired)
+    assert asked == [("spreadsheet", "ours", "partner-big"), ("spreadsheet", "partner-big", "partner-mini"),
+                     ("spreadsheet", "partner-mini", "old")]
+    assert [c.p_vs_next for c in route.candidates] == [0.04, 0.04, 0.04, None]
+    assert route.candidates[0].in_house_margin == pytest.approx(3.0)
+    data = tomllib.loads(routes_toml([route]))["tasks"]["spreadsheet"]
+    assert data["candidates"][0]["p_vs_next"] == 0.04 and data["notes"] == route.notes

@@ -113,7 +113,7 @@ def test_long_prompts_are_cut_from_the_left_to_fit_a_short_context(stub_server, 
 
 
 def test_prices_and_in_house_flags_from_a_gateway_config(stub_server, store_url, tmp_path):
-    from autarky.evals.results import model_info
+    from autarky.evals.results import stored_models
 
     stub = stub_server(Script(answer=qa_answers))
     config = tmp_path / "gateway.toml"
@@ -132,7 +132,7 @@ usd_per_1m_output = 0.6
 """)
     evaluate({"ours": stub.base_url, "theirs": stub.base_url}, ["chat-qa"], limit=1, store_url=store_url,
              progress=False, gateway_config=config, prices={"ours": "0.01:0.02"})
-    info = model_info(open_store(store_url))
+    info = stored_models(open_store(store_url))
     assert info["ours"]["in_house"] and not info["theirs"]["in_house"]
     assert (info["theirs"]["usd_in_per_1m"], info["theirs"]["usd_out_per_1m"]) == (0.15, 0.6)
     assert info["theirs"]["provider"] == "partner"

@@ -121,11 +121,12 @@ def test_table_written_by_the_eval_stage_keeps_its_rank(make_gateway, faults, tm
     from autarky.evals.routes import Candidate, TaskRoute, write_routes
 
     nan = float("nan")
-    route = TaskRoute("spreadsheet", [
-        Candidate("small", "local", 0.40, 0.3, 0.5, 0.0, nan, True),  # preferred in-house, 2 points lower
-        Candidate("gpt", "partner", 0.42, 0.3, 0.5, 0.0015, 300.0, False),
-        Candidate("small2", "", nan, nan, nan, 0.0, nan, True),
-    ], ["small"], ["in-house small preferred"])
+    fields = ("model", "provider", "score", "ci_low", "ci_high", "usd_per_1k_tokens", "p50_latency_ms", "in_house")
+    route = TaskRoute(task="spreadsheet", candidates=[Candidate(**dict(zip(fields, values, strict=True))) for values in [
+        ("small", "local", 0.40, 0.3, 0.5, 0.0, nan, True),  # preferred in-house, 2 points lower
+        ("gpt", "partner", 0.42, 0.3, 0.5, 0.0015, 300.0, False),
+        ("small2", "", nan, nan, nan, 0.0, nan, True),
+    ]], pareto=["small"], notes=["in-house small preferred"])
     table = write_routes([route], tmp_path / "routes.toml")
     gw, url = make_gateway(routes=str(table))
     r = ask(url)

@@ -7,7 +7,7 @@ from autarky.model.sizes import preset
 from autarky.plan.compute import (
     attention_flops_per_token,
     compute_optimal_tokens,
-    flops_per_token,
+    flops_per_token_by_rule,
     model_flops_utilization,
 )
 from autarky.plan.planner import PlanRequest, plan
@@ -45,7 +45,7 @@ def test_llama3_405b_attention_term_is_8_percent():
     """12·L·H·Q·T = 2.03e11 per token at T = 8,192 against 6N = 2.44e12 (+8.3%)."""
     shape = from_preset("405b")
     assert attention_flops_per_token(shape) == pytest.approx(2.03e11, rel=0.005)
-    assert attention_flops_per_token(shape) / flops_per_token(shape, "6nd") == pytest.approx(0.083, abs=0.001)
+    assert attention_flops_per_token(shape) / flops_per_token_by_rule(shape, "6nd") == pytest.approx(0.083, abs=0.001)
 
 
 @pytest.mark.parametrize("name,published,rel", [
@@ -86,8 +86,8 @@ def test_megatron_gpt3_175b_example_takes_34_days():
 def test_palm_540b_mfu_with_and_without_attention():
     """PaLM App. B: 238.3K tokens/s on 6,144 TPU v4 at 275 TFLOP/s → MFU 45.7% (6N) and 46.2% (with attention)."""
     palm = from_params(540e9, layers=118, hidden=18432, heads=48, head_dim=256, seq_len=2048, vocab=256_000)
-    without = model_flops_utilization(238.3e3, flops_per_token(palm, "6nd"), 6144, 275e12)
-    with_attention = model_flops_utilization(238.3e3, flops_per_token(palm, "6nd+attn"), 6144, 275e12)
+    without = model_flops_utilization(238.3e3, flops_per_token_by_rule(palm, "6nd"), 6144, 275e12)
+    with_attention = model_flops_utilization(238.3e3, flops_per_token_by_rule(palm, "6nd+attn"), 6144, 275e12)
     assert without == pytest.approx(0.457, abs=0.001)  # ±0.1 pt
     assert with_attention == pytest.approx(0.462, abs=0.001)  # ±0.1 pt
 

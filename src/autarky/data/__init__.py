@@ -1,27 +1,24 @@
 """The data stage: corpus sources, a byte-level BPE tokenizer, token shards and their manifest.
 
-Other stages use: `DataConfig`, `build_dataset`, `verify_data_dir`, `open_tokens`, `load_tokenizer`,
-`vocab_size_of`, and `is_validation_document` (the per-document split rule).
+`build_dataset(DataConfig(...))` writes a data dir; `verify_data_dir`, `open_tokens`, `read_manifest`,
+`load_tokenizer` and `vocab_size_of` read one back; `is_validation_document` is the per-document split rule.
 """
 
-from autarky.data.build import DataConfig, build_dataset
-from autarky.data.manifest import load_tokenizer, open_tokens, read_manifest, verify_data_dir, vocab_size_of
-from autarky.data.sources import is_validation_document
-from autarky.data.tokenizer import CHAT_TEMPLATE, ENDOFTEXT, EOT_ID, IM_END, IM_START, SPECIAL_TOKENS
+from autarky.lazy import public
 
-__all__ = [
-    "CHAT_TEMPLATE",
-    "ENDOFTEXT",
-    "EOT_ID",
-    "IM_END",
-    "IM_START",
-    "SPECIAL_TOKENS",
-    "DataConfig",
-    "build_dataset",
-    "is_validation_document",
-    "load_tokenizer",
-    "open_tokens",
-    "read_manifest",
-    "verify_data_dir",
-    "vocab_size_of",
-]
+__all__, __getattr__ = public(__name__, {
+    "DataConfig": "build",
+    "build_dataset": "build",
+    "load_tokenizer": "manifest",
+    "open_tokens": "manifest",
+    "read_manifest": "manifest",
+    "verify_data_dir": "manifest",
+    "vocab_size_of": "manifest",
+    "is_validation_document": "sources",
+    "CHAT_TEMPLATE": "tokenizer",
+    "ENDOFTEXT": "tokenizer",
+    "EOT_ID": "tokenizer",
+    "IM_END": "tokenizer",
+    "IM_START": "tokenizer",
+    "SPECIAL_TOKENS": "tokenizer",
+})

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from autarky.contracts.rundir import read_metrics, steady_state
 from autarky.demo.runner import DemoRunner
 from autarky.plan.showcase import print_demo_plans
 
@@ -62,15 +61,14 @@ def build_model(runner: DemoRunner, settings: BuildSettings) -> dict:
 
 
 def run_summary(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     evaluated = [r for r in rows if r.get("val_loss") is not None]
-    # Median of the logged steps after warm-up: the same statistic `autarky plan --mfu-from` uses.
-    timed = [r for r in rows if r.get("tokens_per_s")]
-    steady = timed[3:] or timed
+    # The steady state of the run-dir contract: the same statistic `autarky plan --mfu-from` uses.
+    steady = steady_state([r for r in rows if r.get("tokens_per_s")])
     return {
         "step": rows[-1]["step"],
         "loss": rows[-1]["loss"],
         "val_loss": evaluated[-1]["val_loss"] if evaluated else float("nan"),
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
-        "mfu": statistics.median(r.get("mfu", 0.0) for r in steady),
+        "tokens_per_s": steady.tokens_per_s,
+        "mfu": steady.mfu if steady.mfu is not None else 0.0,
     }

@@ -11,11 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from autarky.contracts.catalog import read_catalog
 from autarky.errors import UserError
 from autarky.evals.client import Endpoint, parse_model_spec
-from autarky.evals.results import SuiteScore, leaderboard, model_info
-from autarky.evals.routes import TaskRoute, build_routes, write_routes
-from autarky.evals.runner import ModelSpec, RunOptions, RunSummary, run_eval
+from autarky.evals.results import SuiteScore, leaderboard, stored_models
+from autarky.evals.routes import TaskRoute, build_routes, paired_p_values, write_routes
+from autarky.evals.runner import EvalModel, EvalRunSummary, RunOptions, run_eval
 from autarky.evals.suite import Suite, bundled_suite_names, load_suite
 from autarky.store.database import open_store
 
@@ -41,7 +42,7 @@ def parse_price(value: str) -> tuple[float, float]:
 def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[str] = (),
                 prices: dict[str, str] | None = None, modes: dict[str, str] | None = None,
                 providers: dict[str, str] | None = None, api_key: str = "",
-                api_keys: dict[str, str] | None = None) -> list[ModelSpec]:
+                api_keys: dict[str, str] | None = None) -> list[EvalModel]:
     """Endpoints from {NAME: URL} (or "NAME=URL" strings) plus per-model price, mode, provider and key."""
     pairs = dict(models) if isinstance(models, dict) else dict(parse_model_spec(s) for s in models)
     prices, modes, providers, api_keys = prices or {}, modes or {}, providers or {}, api_keys or {}
@@ -58,23 +59,21 @@ def model_specs(models: dict[str, str] | Iterable[str], *, in_house: Iterable[st
             raise UserError(f"bad --mode {name}={mode}; use chat or completions")
         usd_in, usd_out = parse_price(prices[name]) if name in prices else (0.0, 0.0)
         endpoint = Endpoint(name, url.rstrip("/"), api_keys.get(name, api_key), mode)  # type: ignore[arg-type]
-        specs.append(ModelSpec(endpoint, usd_in, usd_out, name in in_house, providers.get(name, "")))
+        specs.append(EvalModel(endpoint, usd_in, usd_out, name in in_house, providers.get(name, "")))
     return specs
 
 
 def gateway_defaults(path: str | Path, names: Iterable[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:
     """Prices, in-house flags and providers of `names` as a gateway.toml declares them (explicit flags win)."""
-    from autarky.gateway.config import load_config
-
-    config = load_config(path)
+    catalog = read_catalog(path)
     prices, in_house, providers = {}, set(), {}
     for name in names:
-        model = config.models.get(name)
-        if model is None:
+        entry = catalog.get(name)
+        if entry is None:
             continue
-        prices[name] = f"{model.usd_per_1m_input}:{model.usd_per_1m_output}"
-        providers[name] = model.provider
-        if config.providers[model.provider].in_house:
+        prices[name] = f"{entry.usd_per_1m_input}:{entry.usd_per_1m_output}"
+        providers[name] = entry.provider
+        if entry.in_house:
             in_house.add(name)
     return prices, in_house, providers
 
@@ -102,7 +101,7 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
              prices: dict[str, str] | None = None, modes: dict[str, str] | None = None, api_key: str = "",
              providers: dict[str, str] | None = None, data_dir: str | Path | None = None, progress: bool = True,
              fresh: bool = False, retries: int = 3, timeout_s: float = 300.0,
-             gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> RunSummary:
+             gateway_config: str | Path | None = None, max_tokens_cap: int | None = None) -> EvalRunSummary:
     """Run `suites` (default: every bundled suite) against `models` ({NAME: URL}); results go to the store.
     Prices, in-house flags and providers come from the arguments, else from `gateway_config` (a gateway.toml)."""
     loaded = load_suites(suites)
@@ -149,8 +148,8 @@ def routes_from_store(store_url: str | None = None, prefer_in_house_within: floa
     board = leaderboard(engine)
     if not board:
         raise UserError("no eval results in the store; run `autarky eval run` first (or pass --store)")
-    providers = {name: info["provider"] for name, info in model_info(engine).items()}
-    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k)
+    providers = {name: info["provider"] for name, info in stored_models(engine).items()}
+    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k, paired_p_values(engine, board))
 
 
 def write_routes_file(out: str | Path, store_url: str | None = None, prefer_in_house_within: float | None = None,
@@ -160,13 +159,14 @@ def write_routes_file(out: str | Path, store_url: str | None = None, prefer_in_h
 
 def routes_table(routes: list[TaskRoute]) -> Table:
     table = Table(title="routing table (first candidate serves the task)")
-    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "in-house", "pareto"):
+    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "p vs next", "in-house", "pareto"):
         table.add_column(column)
     for route in routes:
         for i, c in enumerate(route.candidates, start=1):
             table.add_row(route.task if i == 1 else "", str(i), c.model, f"{c.score:.3f}",
                           f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", f"{c.usd_per_1k_tokens:.4f}", f"{c.p50_latency_ms:.0f}",
-                          "yes" if c.in_house else "", "yes" if c.model in route.pareto else "")
+                          "" if c.p_vs_next is None else f"{c.p_vs_next:.3g}", "yes" if c.in_house else "",
+                          "yes" if c.model in route.pareto else "")
     return table
 
 

@@ -48,7 +48,8 @@ def load_results(engine: Engine, models: list[str] | None = None, suites: list[s
         return [dict(r._mapping) for r in conn.execute(query.order_by(eval_results.c.suite, eval_results.c.item_id))]
 
 
-def model_info(engine: Engine) -> dict[str, dict[str, Any]]:
+def stored_models(engine: Engine) -> dict[str, dict[str, Any]]:
+    """The models the store has results for, by name: provider, list prices, in-house flag."""
     with engine.connect() as conn:
         return {r.name: dict(r._mapping) for r in conn.execute(select(eval_models))}
 
@@ -69,7 +70,7 @@ def blended_usd_per_1k(info: dict[str, Any] | None, cost_usd: float, tokens: int
 
 def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[str] | None = None) -> list[SuiteScore]:
     """One row per (model, suite) with results, sorted by suite then mean score descending."""
-    infos, sinfo = model_info(engine), suite_info(engine)
+    infos, sinfo = stored_models(engine), suite_info(engine)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in load_results(engine, models, suites):
         groups[(row["model"], row["suite"])].append(row)
@@ -98,11 +99,13 @@ def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[st
     return board
 
 
-def compare(engine: Engine, model_a: str, model_b: str, suite: str) -> PairedComparison:
-    """Paired comparison of two models on the items both have finished in `suite`."""
-    rows = load_results(engine, [model_a, model_b], [suite])
-    by_model: dict[str, dict[str, float]] = defaultdict(dict)
+def compare(engine: Engine, model_a: str, model_b: str, suite: str | list[str]) -> PairedComparison:
+    """Paired comparison of two models on the items both have finished in `suite` (or in any of several suites:
+    an item is then a (suite, item) pair)."""
+    suites = [suite] if isinstance(suite, str) else list(suite)
+    rows = load_results(engine, [model_a, model_b], suites)
+    by_model: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     for r in rows:
-        by_model[r["model"]][r["item_id"]] = r["score"]
+        by_model[r["model"]][(r["suite"], r["item_id"])] = r["score"]
     shared = sorted(set(by_model[model_a]) & set(by_model[model_b]))
     return paired_comparison([by_model[model_a][i] for i in shared], [by_model[model_b][i] for i in shared])

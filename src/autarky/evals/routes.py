@@ -6,40 +6,29 @@ Policy, made explicit:
 - `prefer_in_house_within` (percentage points of score, since scores are in [0, 1]): when the best in-house model
   scores within that margin of the best model, it is moved to the top — self-sufficiency at a stated price.
 A task measured by several suites scores each model by the mean of its suite means (and of their CI bounds).
+The evidence for the order is written with it: each candidate's paired p-value against the next one (items of all
+the task's suites that both models finished) and the in-house margin. The file format is
+`autarky.contracts.routes`, the one schema the gateway reads back.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import math
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
 
-from autarky.evals.results import SuiteScore
+from autarky.contracts.routes import Candidate, RoutingTable, TaskRoute, write_routing_table
+from autarky.evals.results import SuiteScore, compare
 
+__all__ = ["Candidate", "TaskRoute", "build_routes", "paired_p_values", "pareto_front", "routes_toml", "write_routes"]
 
-@dataclass
-class Candidate:
-    model: str
-    provider: str
-    score: float
-    ci_low: float
-    ci_high: float
-    usd_per_1k_tokens: float
-    p50_latency_ms: float
-    in_house: bool
-
-
-@dataclass
-class TaskRoute:
-    task: str
-    candidates: list[Candidate]
-    pareto: list[str]
-    notes: list[str] = field(default_factory=list)
+# (task, model a, model b) -> two-sided paired p-value of a's score against b's, None without shared items
+PairedP = Callable[[str, str, str], float | None]
 
 
 def pareto_front(candidates: list[Candidate]) -> list[str]:
@@ -56,8 +45,28 @@ def pareto_front(candidates: list[Candidate]) -> list[str]:
     return [c.model for c in sorted(front, key=lambda c: (c.usd_per_1k_tokens, -c.score, c.model))]
 
 
+def _round(value: float, digits: int = 6) -> float:
+    """Six decimals keep the file readable; nan (unmeasured) stays nan."""
+    return round(float(value), digits) if math.isfinite(value) else float(value)
+
+
+def paired_p_values(engine: Engine, board: list[SuiteScore]) -> PairedP:
+    """Paired bootstrap p-values from the store, on the items of all the task's suites both models finished."""
+    suites: dict[str, list[str]] = defaultdict(list)
+    for row in board:
+        if row.suite not in suites[row.task]:
+            suites[row.task].append(row.suite)
+
+    def p_value(task: str, a: str, b: str) -> float | None:
+        result = compare(engine, a, b, suites[task])
+        return float(f"{result.p_bootstrap:.3g}") if result.n else None
+
+    return p_value
+
+
 def build_routes(board: list[SuiteScore], providers: dict[str, str] | None = None,
-                 prefer_in_house_within: float | None = None, max_usd_per_1k: float | None = None) -> list[TaskRoute]:
+                 prefer_in_house_within: float | None = None, max_usd_per_1k: float | None = None,
+                 paired: PairedP | None = None) -> list[TaskRoute]:
     providers = providers or {}
     per_task: dict[str, dict[str, list[SuiteScore]]] = defaultdict(lambda: defaultdict(list))
     for row in board:
@@ -68,10 +77,11 @@ def build_routes(board: list[SuiteScore], providers: dict[str, str] | None = Non
         for model, rows in per_task[task].items():
             candidates.append(Candidate(
                 model=model, provider=providers.get(model, ""),
-                score=float(np.mean([r.mean for r in rows])), ci_low=float(np.mean([r.ci_low for r in rows])),
-                ci_high=float(np.mean([r.ci_high for r in rows])),
-                usd_per_1k_tokens=float(np.mean([r.usd_per_1k_tokens for r in rows])),
-                p50_latency_ms=float(np.mean([r.p50_latency_ms for r in rows])), in_house=all(r.in_house for r in rows),
+                score=_round(np.mean([r.mean for r in rows])), ci_low=_round(np.mean([r.ci_low for r in rows])),
+                ci_high=_round(np.mean([r.ci_high for r in rows])),
+                usd_per_1k_tokens=_round(np.mean([r.usd_per_1k_tokens for r in rows])),
+                p50_latency_ms=_round(np.mean([r.p50_latency_ms for r in rows])),
+                in_house=all(r.in_house for r in rows),
             ))
         notes = []
         if max_usd_per_1k is not None:
@@ -85,53 +95,22 @@ def build_routes(board: list[SuiteScore], providers: dict[str, str] | None = Non
             in_house = [c for c in candidates if c.in_house and c.score >= best - prefer_in_house_within / 100]
             if in_house:
                 chosen = in_house[0]
+                margin = (best - chosen.score) * 100
                 candidates.remove(chosen)
-                candidates.insert(0, chosen)
-                notes.append(f"in-house {chosen.model} preferred: {(best - chosen.score) * 100:.1f} points below the "
+                candidates.insert(0, chosen.model_copy(update={"in_house_margin": _round(margin, 3)}))
+                notes.append(f"in-house {chosen.model} preferred: {margin:.1f} points below the "
                              f"best, within {prefer_in_house_within:g}")
-        routes.append(TaskRoute(task, candidates, pareto_front(candidates), notes))
+        if paired is not None:
+            candidates = [c.model_copy(update={"p_vs_next": paired(task, c.model, nxt.model)})
+                          for c, nxt in zip(candidates, candidates[1:], strict=False)] + candidates[-1:]
+        routes.append(TaskRoute(task=task, candidates=candidates, pareto=pareto_front(candidates), notes=notes))
     return routes
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.match(name) else json.dumps(name)
-
-
-def _float(value: float) -> str:
-    return repr(round(float(value), 6)) if np.isfinite(value) else "nan"
-
-
 def routes_toml(routes: list[TaskRoute], generated_at: datetime | None = None) -> str:
-    stamp = (generated_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    lines = ["# written by `autarky eval routes`; read by the gateway", f'generated_at = "{stamp}"', ""]
-    for route in routes:
-        key = _key(route.task)
-        lines += [f"# {note}" for note in route.notes]
-        lines += [f"[tasks.{key}]", f"pareto = [{', '.join(json.dumps(m) for m in route.pareto)}]", ""]
-        for c in route.candidates:
-            lines += [
-                f"[[tasks.{key}.candidates]]",
-                f"model = {json.dumps(c.model)}",
-                f"provider = {json.dumps(c.provider)}",
-                f"score = {_float(c.score)}",
-                f"ci_low = {_float(c.ci_low)}",
-                f"ci_high = {_float(c.ci_high)}",
-                f"usd_per_1k_tokens = {_float(c.usd_per_1k_tokens)}",
-                f"p50_latency_ms = {_float(c.p50_latency_ms)}",
-                f"in_house = {'true' if c.in_house else 'false'}",
-                "",
-            ]
-    return "\n".join(lines)
+    return RoutingTable.of(routes, generated_at).to_toml()
 
 
 def write_routes(routes: list[TaskRoute], path: str | Path) -> Path:
     """Write atomically (the gateway hot-reloads the file and must never see half of it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(routes_toml(routes), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_routing_table(RoutingTable.of(routes), path)

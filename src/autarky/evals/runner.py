@@ -25,7 +25,9 @@ from autarky.store.eval_tables import eval_models, eval_results, eval_suites
 
 
 @dataclass
-class ModelSpec:
+class EvalModel:
+    """A model under evaluation: its endpoint, list prices, in-house flag and provider."""
+
     endpoint: Endpoint
     usd_in_per_1m: float = 0.0
     usd_out_per_1m: float = 0.0
@@ -49,7 +51,7 @@ class RunOptions:
 
 
 @dataclass
-class RunSummary:
+class EvalRunSummary:
     done: int = 0  # items graded in this run
     skipped: int = 0  # items already finished in the store
     errors: int = 0  # items whose requests failed after retries (retried by the next run)
@@ -58,16 +60,16 @@ class RunSummary:
     messages: list[str] = field(default_factory=list)
 
 
-def run_eval(suites: list[Suite], models: list[ModelSpec], store_url: str | None = None,
-             options: RunOptions | None = None) -> RunSummary:
+def run_eval(suites: list[Suite], models: list[EvalModel], store_url: str | None = None,
+             options: RunOptions | None = None) -> EvalRunSummary:
     """Run every suite against every model; returns counts. Raises UserError for unreachable endpoints."""
     engine = open_store(store_url)
     return asyncio.run(_run(engine, suites, models, options or RunOptions()))
 
 
-async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], options: RunOptions) -> RunSummary:
+async def _run(engine: Engine, suites: list[Suite], models: list[EvalModel], options: RunOptions) -> EvalRunSummary:
     client = Client(timeout_s=options.timeout_s, retries=options.retries)
-    summary = RunSummary()
+    summary = EvalRunSummary()
     try:
         for spec in models:
             await client.check(spec.endpoint)
@@ -97,8 +99,8 @@ async def _run(engine: Engine, suites: list[Suite], models: list[ModelSpec], opt
     return summary
 
 
-async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spec: ModelSpec, suite: Suite,
-               item: dict[str, Any], summary: RunSummary, progress: Progress, bar: Any, options: RunOptions) -> None:
+async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spec: EvalModel, suite: Suite,
+               item: dict[str, Any], summary: EvalRunSummary, progress: Progress, bar: Any, options: RunOptions) -> None:
     async with semaphore:
         status, error, grade = "ok", "", Grade(0.0)
         try:
@@ -191,7 +193,7 @@ def _finished(engine: Engine, model: str, suite: str) -> dict[str, str]:
         return dict(rows.all())
 
 
-def _record_setup(engine: Engine, suites: list[Suite], models: list[ModelSpec]) -> None:
+def _record_setup(engine: Engine, suites: list[Suite], models: list[EvalModel]) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         for suite in suites:

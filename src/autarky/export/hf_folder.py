@@ -1,12 +1,12 @@
-"""Training run → Hugging Face folder (`autarky export`)."""
+"""Training run → Hugging Face folder (`autarky export`); the run dir is read through `autarky.contracts.rundir`."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
+from autarky.contracts.rundir import is_run_dir, load_model_from_run
 from autarky.errors import UserError
 from autarky.model.hf import check_output_folder, save_hf_folder
 from autarky.model.llama import Llama
@@ -21,22 +21,13 @@ def parse_dtype(name: str) -> torch.dtype:
         raise UserError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}") from None
 
 
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.toml").is_file() and (Path(path) / "checkpoints").is_dir()
-
-
 def load_run(run_dir: Path, step: int | None = None) -> tuple[Llama, Path, int]:
-    """(model, tokenizer dir, step) of a run's newest (or `step`) checkpoint, via the train stage."""
-    from autarky.train.checkpoint import load_model_from_run  # torch.distributed is only paid for here
-
+    """(model, tokenizer dir, step) of a run's newest (or `step`) checkpoint, through the run-dir contract."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a training run dir (needs config.toml and checkpoints/); "
                         "give the --out folder of `autarky train`")
-    with warnings.catch_warnings():
-        # DCP warns that it loads without a process group, which is exactly what we mean to do.
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        model, _, tokenizer_dir, step = load_model_from_run(run_dir, step)
+    model, _, tokenizer_dir, step = load_model_from_run(run_dir, step)
     return model, tokenizer_dir, step
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from autarky.contracts.rundir import META_FILE, find_checkpoint, is_run_dir
 from autarky.errors import UserError
-from autarky.export.hf_folder import export_run, is_run_dir, load_run
+from autarky.export.hf_folder import export_run, load_run
 from autarky.model.gguf_import import import_gguf, smollm2_gguf_path
 from autarky.model.hf import load_hf_folder
 from autarky.model.llama import Llama
@@ -41,11 +42,9 @@ def resolve_model_source(spec: str | Path) -> Path:
 def exported_run_folder(run_dir: Path, step: int | None = None) -> Path:
     """The run's newest (or `step`) checkpoint as an HF folder cached under AUTARKY_HOME/exports, keyed by the run's
     path, the step and the checkpoint's meta.json (so a retrained run with the same step is exported again)."""
-    from autarky.train.checkpoint import find_checkpoint
-
     run_dir = Path(run_dir).resolve()
     ckpt = find_checkpoint(run_dir, step)
-    key = hashlib.sha256(str(run_dir).encode() + (ckpt.path / "meta.json").read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(str(run_dir).encode() + (ckpt.path / META_FILE).read_bytes()).hexdigest()[:12]
     out_dir = autarky_home() / "exports" / f"{run_dir.name}-{key}-step-{ckpt.step}"
     if out_dir.is_dir() and any(out_dir.iterdir()):  # folders appear complete or not at all (atomic rename)
         return out_dir

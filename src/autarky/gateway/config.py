@@ -6,12 +6,12 @@ Defaults live here; examples/gateway.toml documents every field. A bad file rais
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autarky.contracts.catalog import read_gateway_toml
 from autarky.errors import UserError
 from autarky.paths import default_store_url
 
@@ -148,12 +148,7 @@ def parse_config(data: dict, source: str = "gateway config") -> GatewayConfig:
 
 def load_config(path: str | Path) -> GatewayConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"gateway config {path} not found; start from examples/gateway.toml") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"gateway config {path} is not valid TOML: {exc}") from exc
+    data = read_gateway_toml(path)
     if data.get("routes") and not Path(data["routes"]).is_absolute():
         data["routes"] = str(path.parent / data["routes"])  # relative to the config file, not the cwd
     return parse_config(data, str(path))

@@ -1,4 +1,5 @@
-"""The routing table: product task -> ranked candidates, written by `autarky eval routes` (or by hand).
+"""The routing table: product task -> ranked candidates, written by `autarky eval routes` (or by hand); its
+schema, reader and writer are `autarky.contracts.routes`.
 
 The gateway checks the file's mtime at most every `poll_s` and swaps in a new table atomically; a broken
 edit keeps the last good table (and says so) rather than taking traffic down.
@@ -9,56 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-import tomllib
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from autarky.contracts.routes import Candidate, RoutingTable, TaskRoute, load_routing_table
 from autarky.errors import UserError
+
+__all__ = ["Candidate", "RoutesWatcher", "RoutingTable", "TaskRoute", "load_routing_table"]
 
 log = logging.getLogger("autarky.gateway")
 _MISSING = "does not exist (yet); serving the last table loaded, else the config's task lists"
-
-
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    model: str
-    provider: str = ""  # empty: the gateway resolves the provider from its config
-    score: float = 0.0
-    ci_low: float | None = None
-    ci_high: float | None = None
-    usd_per_1k_tokens: float | None = None
-    p50_latency_ms: float | None = None
-    in_house: bool | None = None  # informational; the gateway's provider config decides
-
-
-class TaskRoutes(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    candidates: list[Candidate] = []
-    pareto: list[str] = []
-
-
-class RoutingTable(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    generated_at: str | None = None
-    tasks: dict[str, TaskRoutes] = Field(default_factory=dict)
-
-
-def load_routing_table(path: str | Path) -> RoutingTable:
-    path = Path(path)
-    try:
-        return RoutingTable.model_validate(tomllib.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise UserError(f"routing table {path} not found; run `autarky eval routes` or write one by hand") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"routing table {path} is not valid TOML: {exc}") from exc
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"routing table {path}: field {where}: {err['msg']}") from exc
 
 
 class RoutesWatcher:

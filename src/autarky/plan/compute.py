@@ -32,7 +32,10 @@ def attention_flops_per_token(shape: ModelShape, seq_len: int | None = None) -> 
     return 12.0 * shape.layers * shape.heads * shape.head_dim * (seq_len or shape.seq_len)
 
 
-def flops_per_token(shape: ModelShape, rule: FlopsRule) -> float:
+def flops_per_token_by_rule(shape: ModelShape, rule: FlopsRule) -> float:
+    """Training FLOPs per token of any planned shape (MoE, HF configs) under a published rule. Not the model's
+    `flops_per_token(cfg)`, which knows only our Llama: under "autarky" the two agree on it (the plan-from-run
+    test holds them to that)."""
     n = float(shape.active_params)
     if rule == "6nd":
         return 6 * n
@@ -79,9 +82,9 @@ def model_flops_utilization(tokens_per_s: float, flops_per_token: float, devices
 
 def plan_compute(shape: ModelShape, tokens: float, tokens_rule: str, rule: FlopsRule, peak_flops: float,
                  mfu: float) -> Compute:
-    total = flops_per_token(shape, rule) * tokens
+    total = flops_per_token_by_rule(shape, rule) * tokens
     return Compute(
         tokens=tokens, tokens_rule=tokens_rule,
-        flops_6nd=flops_per_token(shape, "6nd") * tokens,
-        flops_with_attention=flops_per_token(shape, "6nd+attn") * tokens,
+        flops_6nd=flops_per_token_by_rule(shape, "6nd") * tokens,
+        flops_with_attention=flops_per_token_by_rule(shape, "6nd+attn") * tokens,
         total_flops=total, rule=rule, gpu_hours_compute=total / (peak_flops * mfu * 3600))

@@ -58,7 +58,7 @@ def resolve_layout(shape: ModelShape, gpus: int, tp: int, pp: int, cp: int, ep: 
 
 
 @dataclass(frozen=True)
-class Candidate:
+class LayoutCandidate:
     layout: Layout
     settings: MemorySettings
     memory: MemoryBreakdown
@@ -78,9 +78,9 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def find_layouts(shape: ModelShape, gpus: int, base: MemorySettings, capacity_gb: float,
-                 gpus_per_node: int = 8, limit: int = 10) -> list[Candidate]:
+                 gpus_per_node: int = 8, limit: int = 10) -> list[LayoutCandidate]:
     """Every feasible (TP, PP, CP, DP[, EP]), each with its best ZeRO stage and recompute, ranked; top `limit`."""
-    found: list[Candidate] = []
+    found: list[LayoutCandidate] = []
     for tp in _powers_of_two(min(gpus_per_node, gpus)):
         for pp in _powers_of_two(min(shape.layers, gpus // tp)):
             for cp in _powers_of_two(min(16, gpus // (tp * pp))):
@@ -100,9 +100,9 @@ def find_layouts(shape: ModelShape, gpus: int, base: MemorySettings, capacity_gb
                             settings = replace(base, zero=zero, recompute=recompute)
                             memory = memory_per_gpu(shape, layout, settings, capacity_gb)
                             ready = pp == 1 and cp == 1 and ep == 1 and zero == 3
-                            found.append(Candidate(layout, settings, memory, ready))
+                            found.append(LayoutCandidate(layout, settings, memory, ready))
     # One row per layout: its best ZeRO stage and recompute setting.
-    best: dict[Layout, Candidate] = {}
-    for cand in sorted(found, key=Candidate.rank_key):
+    best: dict[Layout, LayoutCandidate] = {}
+    for cand in sorted(found, key=LayoutCandidate.rank_key):
         best.setdefault(cand.layout, cand)
     return list(best.values())[:limit]

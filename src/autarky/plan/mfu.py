@@ -3,20 +3,16 @@
 A run directory written by `autarky train` holds `metrics.jsonl`, one JSON object per logged step with at least
 `step`, `mfu` (a fraction), `peak_flops` (per device, FLOP/s), `device` and `world`, plus `config.toml` whose
 [model] table pins the exact shape trained and whose [data] table has seq_len and the GLOBAL batch_size. The measured MFU
-is the median over logged steps after the first few (compile and warm-up make those slow).
+is the steady state of `autarky.contracts.rundir` (the median over logged steps after the warm-up rows).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from autarky.contracts.rundir import METRICS_FILE, read_metrics, read_run_config, steady_state
 from autarky.errors import UserError
-
-WARMUP_ROWS = 3
 
 
 @dataclass(frozen=True)
@@ -61,33 +57,26 @@ def check_mfu(value: float) -> float:
 
 
 def read_run(run_dir: Path) -> MeasuredRun:
-    """The robust MFU of a training run: median of logged steps after the first WARMUP_ROWS."""
+    """The robust MFU of a training run: the run-dir contract's steady state (median after the warm-up rows)."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_FILE
     try:
-        lines = metrics.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--mfu-from {run_dir}: cannot read metrics.jsonl ({exc.__class__.__name__}); "
+        logged = read_metrics(run_dir)
+    except (OSError, UnicodeDecodeError, UserError) as exc:
+        why = "FileNotFoundError" if isinstance(exc, UserError) else exc.__class__.__name__
+        raise UserError(f"--mfu-from {run_dir}: cannot read {METRICS_FILE} ({why}); "
                         "point it at a run directory written by `autarky train`") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"--mfu-from {metrics}: line {number} is not JSON") from None
-        if isinstance(row, dict) and isinstance(row.get("mfu"), int | float) and row.get("peak_flops"):
-            rows.append(row)
+    rows = [r for r in logged if isinstance(r, dict) and isinstance(r.get("mfu"), int | float) and r.get("peak_flops")]
     if not rows:
         raise UserError(f"--mfu-from {metrics}: no rows with 'mfu' and 'peak_flops'; train a few more steps")
-    rows.sort(key=lambda r: r.get("step", 0))
-    used = rows[WARMUP_ROWS:] if len(rows) > WARMUP_ROWS else rows[-1:]
-    mfu = statistics.median(float(r["mfu"]) for r in used)
+    steady = steady_state(rows)
+    used, mfu = steady.rows, float(steady.mfu or 0.0)
     if not 0 < mfu <= 1:
         raise UserError(f"--mfu-from {metrics}: median MFU {mfu} is outside (0, 1]; is 'mfu' a fraction?")
-    speeds = [float(r["tokens_per_s"]) for r in used if isinstance(r.get("tokens_per_s"), int | float)]
-    config = _read_config(run_dir / "config.toml")
+    try:
+        config = read_run_config(run_dir)
+    except UserError as exc:
+        raise UserError(f"--mfu-from: {exc.message}") from None
     model, data, parallel = (config.get(k) if isinstance(config.get(k), dict) else {}
                              for k in ("model", "data", "parallel"))
     preset = config.get("preset") or model.get("preset")
@@ -99,16 +88,6 @@ def read_run(run_dir: Path) -> MeasuredRun:
         micro_batch = max(1, data["batch_size"] // (int(data.get("grad_accum") or 1) * dp))
     return MeasuredRun(
         mfu=mfu, peak_flops=float(used[-1]["peak_flops"]), device=str(used[-1].get("device", "unknown")),
-        steps_used=len(used), tokens_per_s=statistics.median(speeds) if speeds else None,
+        steps_used=len(used), tokens_per_s=steady.tokens_per_s,
         preset=str(preset) if preset else None, model=model, seq_len=int(seq_len) if seq_len else None,
         micro_batch=micro_batch, run_dir=str(run_dir))
-
-
-def _read_config(path: Path) -> dict:
-    """The run's config.toml if present; the MFU alone is still usable without it."""
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"--mfu-from: cannot read {path}: {exc}") from None

@@ -24,7 +24,6 @@ Power/energy values are null for parts without a power figure (TPU v4, V100 serv
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -32,8 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from autarky.contracts.rundir import pinned_model_config
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig
 from autarky.plan import compute, hardware, layouts, mfu, power, reliability, shape
 from autarky.plan.memory import OPTIMIZER_BYTES, Layout, MemorySettings, memory_per_gpu
 
@@ -146,19 +145,14 @@ def _model(req: PlanRequest, run: mfu.MeasuredRun | None) -> shape.ModelShape:
     name = req.preset or (run.preset if run else None)
     if not name:
         raise UserError("give a model: --preset NAME, --hf-config PATH or --params N")
-    if run is not None and not req.preset and _pinned(run.model):
-        fields = {f.name: run.model[f.name] for f in dataclasses.fields(ModelConfig) if f.name in run.model}
+    if run is not None and not req.preset:
         try:
-            cfg = ModelConfig(**fields)
-        except (TypeError, ValueError) as exc:
+            cfg = pinned_model_config(run.model)
+        except ValueError as exc:
             raise UserError(f"--mfu-from {run.run_dir}: the [model] table of config.toml is not a shape: {exc}") from None
-        return shape.from_config(name, cfg, req.experts, req.active_experts, seq_len=seq_len)
+        if cfg is not None:
+            return shape.from_config(name, cfg, req.experts, req.active_experts, seq_len=seq_len)
     return shape.from_preset(name, seq_len, req.experts, req.active_experts)
-
-
-def _pinned(model: dict) -> bool:
-    return all(model.get(k) for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
-                                      "max_seq_len"))
 
 
 def _accelerator(req: PlanRequest, run: mfu.MeasuredRun | None) -> hardware.Accelerator:
@@ -238,7 +232,7 @@ def plan(req: PlanRequest) -> PlanResult:
     settings = MemorySettings(zero=req.zero, recompute=req.recompute, micro_batch=micro_batch,
                               flash_attention=req.flash_attention, optimizer=req.optimizer,
                               reserve_gb=req.reserve_gb)
-    ranked: list[layouts.Candidate] = []
+    ranked: list[layouts.LayoutCandidate] = []
     if req.find_layout:
         ranked = layouts.find_layouts(model, gpus, settings, acc.hbm_gb, acc.gpus_per_node)
         if not ranked:
@@ -254,7 +248,7 @@ def plan(req: PlanRequest) -> PlanResult:
     cost = power.cost_usd(gpu_hours, req.usd_per_gpu_hour, energy.facility, req.usd_per_kwh)
 
     tokens_per_step = layout.dp * settings.micro_batch * model.seq_len
-    step_time = tokens_per_step * compute.flops_per_token(model, rule) / (gpus * peak * choice.value)
+    step_time = tokens_per_step * compute.flops_per_token_by_rule(model, rule) / (gpus * peak * choice.value)
     notes = _notes(model, acc, mem, layout, run, req)
     data: dict[str, Any] = {
         "model": {"name": model.name, "params": model.params, "active_params": model.active_params,
@@ -292,7 +286,7 @@ def plan(req: PlanRequest) -> PlanResult:
     return PlanResult(data=data)
 
 
-def _candidate_dict(c: layouts.Candidate) -> dict[str, Any]:
+def _candidate_dict(c: layouts.LayoutCandidate) -> dict[str, Any]:
     return {"label": c.layout.label(), "tp": c.layout.tp, "pp": c.layout.pp, "cp": c.layout.cp, "dp": c.layout.dp,
             "ep": c.layout.ep, "zero": c.settings.zero, "recompute": c.settings.recompute,
             "trainer_ready": c.trainer_ready, "memory_gb": c.memory.to_dict()}

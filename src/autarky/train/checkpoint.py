@@ -3,19 +3,15 @@
 Each rank writes its shard into `step-N.tmp/`; after a barrier rank 0 adds `meta.json` and renames the folder
 to `step-N/`. Only `step-N/` folders holding both `.metadata` and `meta.json` count as complete, so a
 half-written checkpoint is never loaded. The folder must be on a file system all ranks share (multi-node).
-DCP reshards on load, so a run may resume on a different number of ranks.
+DCP reshards on load, so a run may resume on a different number of ranks. The layout and its readers
+(`find_checkpoint`, `load_model_from_run`, ...) are the run-dir contract, `autarky.contracts.rundir`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +20,22 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from autarky.errors import UserError
-from autarky.model.llama import Llama, ModelConfig
+from autarky.contracts.rundir import (
+    CHECKPOINTS,
+    META_FILE,
+    Checkpoint,
+    checkpoint_path,
+    complete_checkpoints,
+    find_checkpoint,
+    load_model_from_run,
+    read_meta,
+    single_process_dcp,
+)
 from autarky.train.parallelize import Topology, barrier
 
-CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-@contextmanager
-def _single_process_ok() -> Iterator[None]:
-    """DCP warns that it "assumes a single process" whenever no process group exists: that is our intent."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        yield
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path
-
-
-def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints of a run, oldest first (ignores *.tmp and anything half-written)."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = []
-    if root.is_dir():
-        for path in root.iterdir():
-            match = _STEP_DIR.match(path.name)
-            if match and (path / ".metadata").is_file() and (path / "meta.json").is_file():
-                found.append(Checkpoint(int(match.group(1)), path))
-    return sorted(found, key=lambda c: c.step)
+# Readers of the layout are the contract's; re-exported for the train stage's callers.
+__all__ = ["Checkpoint", "complete_checkpoints", "find_checkpoint", "load_checkpoint", "load_model_from_run",
+           "read_meta", "save_checkpoint"]
 
 
 def _rng_key(rank: int) -> str:
@@ -80,8 +60,8 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write step-N atomically on all ranks together; returns the final folder."""
-    root = Path(run_dir) / CHECKPOINTS
-    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    root, final = Path(run_dir) / CHECKPOINTS, checkpoint_path(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
     if topo.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash mid-save
@@ -93,11 +73,11 @@ def save_checkpoint(
         "train": json.dumps(train_state),  # one leaf: DCP stores it as bytes
         _rng_key(topo.rank): _rng_state(topo.device),
     }
-    with _single_process_ok():
+    with single_process_dcp():
         dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, overwrite=True))
     barrier(topo.world)
     if topo.is_main:
-        _write_durably(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=2))
+        _write_durably(tmp / META_FILE, json.dumps({"step": step, **meta}, indent=2))
         if final.exists():  # re-saving a step (e.g. a signal right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
@@ -134,7 +114,7 @@ def load_checkpoint(
     has_rng = any(k == rng_key or k.startswith(rng_key + ".") for k in saved_keys)
     if has_rng:  # absent when resuming on more ranks than saved it
         state[rng_key] = _rng_state(topo.device)  # same shapes as the saved state
-    with _single_process_ok():
+    with single_process_dcp():
         dcp.load(state, checkpoint_id=ckpt.path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if has_rng:
@@ -142,44 +122,3 @@ def load_checkpoint(
         if "cuda" in state[rng_key] and topo.device.type == "cuda":
             torch.cuda.set_rng_state(state[rng_key]["cuda"], topo.device)
     return json.loads(state["train"])
-
-
-def read_meta(ckpt: Checkpoint) -> dict[str, Any]:
-    return json.loads((ckpt.path / "meta.json").read_text())
-
-
-def find_checkpoint(run_dir: Path, step: int | None = None) -> Checkpoint:
-    """The newest complete checkpoint, or the one of `step`; UserError when there is none."""
-    ckpts = complete_checkpoints(run_dir)
-    if not ckpts:
-        raise UserError(f"{run_dir} holds no complete checkpoint; train it first (autarky train --out {run_dir})")
-    if step is None:
-        return ckpts[-1]
-    for ckpt in ckpts:
-        if ckpt.step == step:
-            return ckpt
-    have = ", ".join(str(c.step) for c in ckpts)
-    raise UserError(f"{run_dir} has no complete checkpoint for step {step}; available steps: {have}")
-
-
-def load_model_from_run(run_dir: Path | str, step: int | None = None) -> tuple[Llama, ModelConfig, Path, int]:
-    """A plain single-process fp32 model from a run's newest (or given) checkpoint, in eval mode.
-
-    Returns (model, config, tokenizer_dir, step). Works without a process group, whatever world size saved it.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run dir {run_dir} does not exist")
-    ckpt = find_checkpoint(run_dir, step)
-    meta = read_meta(ckpt)
-    cfg = ModelConfig(**meta["model"])
-    model = Llama(cfg)
-    model_sd = model.state_dict()
-    with _single_process_ok():
-        dcp.load({"model": model_sd}, checkpoint_id=ckpt.path)
-    model.load_state_dict(model_sd)
-    model.eval()
-    tokenizer_dir = run_dir / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise UserError(f"{run_dir} has no tokenizer/tokenizer.json; the run dir is incomplete")
-    return model, cfg, tokenizer_dir, ckpt.step

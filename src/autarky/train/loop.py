@@ -26,6 +26,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from autarky.model.llama import Llama, flops_per_token, parameter_count
 from autarky.train.batches import WindowSampler
@@ -40,7 +41,7 @@ from autarky.train.parallelize import (
     init_process_group,
     parallelize,
 )
-from autarky.train.prepare import CONFIG_FILE, RunPlan, prepare
+from autarky.train.prepare import RunPlan, prepare
 from autarky.train.schedule import lr_at
 from autarky.train.step import autocast_for, build_optimizer, next_token_loss, train_step, training_loss
 
@@ -149,10 +150,10 @@ class _Trainer:
 
     def _write_run_dir(self) -> None:
         run_dir = self.plan.run_dir
-        (run_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+        (run_dir / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(dump_config(self.cfg))
         for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):  # so the run dir alone can be exported
-            shutil.copyfile(self.plan.data_dir / name, run_dir / "tokenizer" / name)
+            shutil.copyfile(self.plan.data_dir / name, run_dir / TOKENIZER_DIR / name)
 
     def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
         batches = self.train_windows.step_batches(step, self.device)

@@ -1,4 +1,5 @@
 """Run metrics: RUN_DIR/metrics.jsonl (one object per logged step), peak FLOPs for MFU, the loss-curve PNG.
+The file layout and its readers (`read_metrics`, the steady-state rule) are `autarky.contracts.rundir`.
 
 MFU = tokens/s × flops_per_token(cfg, seq_len) / (world × peak_flops), a fraction in [0, 1].
 Peak per device: a table of dense bf16 tensor-core peaks for known CUDA GPUs (the number MFU is quoted
@@ -17,10 +18,9 @@ from typing import Any
 
 import torch
 
-from autarky.errors import UserError
+from autarky.contracts.rundir import METRICS_FILE, PLOT_FILE, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
+__all__ = ["CUDA_BF16_PEAK", "MetricsLog", "measure_matmul_peak", "peak_flops", "plot_losses", "read_metrics"]
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s per GPU, from the vendors' datasheets.
 CUDA_BF16_PEAK: dict[str, float] = {
@@ -82,20 +82,6 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-
-
-def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
-    """Every logged row of a run, in order (a torn last line from a crash is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; is {run_dir} a training run dir?")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def plot_losses(run_dir: Path) -> Path:

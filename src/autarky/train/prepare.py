@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autarky.contracts.rundir import CONFIG_FILE, Checkpoint, complete_checkpoints
 from autarky.data import open_tokens, verify_data_dir, vocab_size_of
 from autarky.errors import UserError
 from autarky.model.llama import ModelConfig, parameter_count
-from autarky.train.checkpoint import Checkpoint, complete_checkpoints
 from autarky.train.config import ModelSection, TrainConfig, load_config
 from autarky.train.parallelize import Topology, check_model_fits_tp, topology_from_env
 
-CONFIG_FILE = "config.toml"
 _GB = 1e9
 
 
