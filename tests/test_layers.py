@@ -26,7 +26,8 @@ RANKS: dict[str, int] = {
     "entry": 10,
 }
 # Top-level modules that share a rank form one unit and may import each other.
-UNITS = {"errors": "utilities", "paths": "utilities", "lazy": "utilities", "__init__": "utilities",
+UNITS = {"errors": "utilities", "paths": "utilities", "lazy": "utilities", "clikit": "utilities",
+         "__init__": "utilities",
          "cli": "entry", "__main__": "entry"}
 
 
