@@ -133,3 +133,10 @@ def test_serve_spec_turns_the_kernels_on_by_default_and_off_on_request(tiny_hf_m
     model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir), decode_kernels=kernels))
     assert any(isinstance(m, DecodeLinear) for m in model.modules()) == kernels
     assert any(isinstance(m, DecodeBlock) for m in model.modules()) == kernels
+
+
+def test_int8_layers_switch_their_kernels_on_with_the_spec(tiny_hf_model_dir: Path):
+    model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir), quantize="int8"))
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.decode_kernels for m in layers)
+    assert all(isinstance(block, DecodeBlock) for block in model.layers.values())

@@ -160,6 +160,12 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     return _block_tail(block, h, q, k, v, mask)
 
 
+class KernelSwitch:
+    """A serving layer with its own few-row kernel path, off until `use_decode_kernels` turns it on (int8)."""
+
+    decode_kernels = False
+
+
 class DecodeBlock(Block):
     """A Block whose decode steps of at most MAX_ROWS rows run `decode_block`; everything else (prefill, bigger
     decode batches, other caches) is the Block's own computation. It takes over the block's submodules, so
@@ -215,7 +221,7 @@ def use_decode_kernels(model: nn.Module) -> bool:
         return False
     replace_modules(model, Block, DecodeBlock)
     for child in model.modules():
-        if hasattr(child, "decode_kernels"):
+        if isinstance(child, KernelSwitch):
             child.decode_kernels = True
     replace_linears(model, DecodeLinear)
     return True
