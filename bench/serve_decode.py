@@ -99,15 +99,16 @@ class OursDecode:
 
     def __init__(self, folder: Path, quantize: str | None, dtype: str = "float32", kernels: bool = True) -> None:
         from autarky.serve.engine import Engine
-        from autarky.serve.registry import ModelSpec, load_model
+        from autarky.serve.registry import ServedModelSpec, load_served_model
 
-        model, self.codec = load_model(ModelSpec(str(folder), quantize=quantize, dtype=dtype, decode_kernels=kernels))
+        spec = ServedModelSpec(str(folder), quantize=quantize, dtype=dtype, decode_kernels=kernels)
+        model, self.codec = load_served_model(spec)
         self.engine = Engine(model, self.codec, max_batch=1, max_model_len=1024)
         self.engine.start()
 
     def measure(self, tokens: int) -> float:
+        from autarky.model.sampling import SamplingParams
         from autarky.serve.events import Request
-        from autarky.serve.sampling import SamplingParams
 
         async def generate() -> float:
             loop, sink = asyncio.get_running_loop(), asyncio.Queue()
@@ -164,10 +165,10 @@ def http_throughput(folder: Path, tokens: int, concurrency: list[int], quantize:
     """Aggregate generated tokens/s through the OpenAI API with `c` requests in flight at once."""
     from openai import AsyncOpenAI
 
-    from autarky.serve.registry import ModelRegistry, ModelSpec
+    from autarky.serve.registry import ModelRegistry, ServedModelSpec
     from autarky.serve.server import Server
 
-    spec = ModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, dtype=dtype,
+    spec = ServedModelSpec(str(folder), name="bench", max_batch=max(concurrency), quantize=quantize, dtype=dtype,
                      decode_kernels=kernels, max_model_len=1024)
     server = Server(ModelRegistry([spec])).start()
     results = {}

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from autarky.errors import UserError
-from autarky.model.generate import SamplingParams, StaticKVCache, generate_tokens, sample_token
+from autarky.model.generate import StaticKVCache, generate_tokens, sample_token
 from autarky.model.hf import load_hf_folder
+from autarky.model.sampling import SamplingParams
 
 PROMPT = [5, 77, 300, 12, 9, 401, 33]
 

@@ -9,10 +9,11 @@ import torch
 import transformers
 
 from autarky.errors import UserError
-from autarky.model.generate import SamplingParams, generate_text
+from autarky.model.generate import generate_text
 from autarky.model.gguf_import import import_gguf, smollm2_gguf_path
 from autarky.model.hf import eos_token_ids, load_hf_folder
-from autarky.model.tokenizer import load_tokenizer, render_chat
+from autarky.model.sampling import SamplingParams
+from autarky.model.tokenizer import load_hf_folder_tokenizer, render_chat
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -36,7 +37,7 @@ def test_import_builds_a_complete_llama_folder(smollm2_hf_dir: Path, smollm2) ->
 def test_our_llama_matches_transformers_on_the_imported_folder(smollm2_hf_dir: Path, smollm2) -> None:
     ours, _ = smollm2
     hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_hf_dir).eval()
-    tokens = torch.tensor([load_tokenizer(smollm2_hf_dir).encode("def fibonacci(n):\n    ").ids])
+    tokens = torch.tensor([load_hf_folder_tokenizer(smollm2_hf_dir).encode("def fibonacci(n):\n    ").ids])
     with torch.no_grad():
         assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= 1e-4
 
@@ -48,13 +49,13 @@ def test_chat_template_survives_and_matches_transformers(smollm2_hf_dir: Path) -
     theirs = transformers.AutoTokenizer.from_pretrained(smollm2_hf_dir)
     assert theirs.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False) == rendered
     # llama.cpp's "smollm" pre-tokenizer splits digits one by one.
-    ids = load_tokenizer(smollm2_hf_dir).encode("year 2024").ids
+    ids = load_hf_folder_tokenizer(smollm2_hf_dir).encode("year 2024").ids
     assert theirs("year 2024")["input_ids"] == ids and len(ids) == 6
 
 
 def test_dequantized_model_answers_a_chat_question(smollm2_hf_dir: Path, smollm2) -> None:
     model, _ = smollm2
-    answer = "".join(generate_text(model, load_tokenizer(smollm2_hf_dir), render_chat(smollm2_hf_dir, QUESTION),
+    answer = "".join(generate_text(model, load_hf_folder_tokenizer(smollm2_hf_dir), render_chat(smollm2_hf_dir, QUESTION),
                                    SamplingParams(max_tokens=8, temperature=0), eos_token_ids(smollm2_hf_dir)))
     assert "Paris" in answer
 

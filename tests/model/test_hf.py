@@ -11,7 +11,7 @@ import transformers
 from autarky.errors import UserError
 from autarky.model.hf import eos_token_ids, load_hf_folder, read_model_config, save_hf_folder
 from autarky.model.llama import Llama, ModelConfig
-from autarky.model.tokenizer import load_tokenizer, render_chat
+from autarky.model.tokenizer import load_hf_folder_tokenizer, render_chat
 
 
 def _tokens(vocab: int, shape: tuple[int, int] = (2, 37)) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_bfloat16_export_halves_the_weights(tmp_path: Path, tiny_hf_model_dir: P
 
 
 def test_tokenizer_and_chat_template_agree_with_transformers(tiny_hf_model_dir: Path) -> None:
-    ours = load_tokenizer(tiny_hf_model_dir)
+    ours = load_hf_folder_tokenizer(tiny_hf_model_dir)
     theirs = transformers.AutoTokenizer.from_pretrained(tiny_hf_model_dir)
     text = "def add(a, b):\n    return a + b  # ünïcödé\n"
     assert theirs(text)["input_ids"] == ours.encode(text).ids

@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 
 from autarky.errors import UserError
-from autarky.model.tokenizer import StreamDecoder, load_tokenizer, render_chat
+from autarky.model.tokenizer import IncrementalText, load_hf_folder_tokenizer, render_chat
 
 
-def test_stream_decoder_never_emits_half_a_character(tiny_hf_model_dir: Path) -> None:
-    tokenizer = load_tokenizer(tiny_hf_model_dir)
+def test_incremental_text_never_emits_half_a_character(tiny_hf_model_dir: Path) -> None:
+    tokenizer = load_hf_folder_tokenizer(tiny_hf_model_dir)
     text = "x = '日本語 ünï'  # ok\n"
     ids = tokenizer.encode(text).ids
     assert len(ids) > len(text) // 2  # rare characters are split into byte tokens
-    decoder = StreamDecoder(tokenizer)
-    pieces = [decoder.push(token) for token in ids] + [decoder.flush()]
+    decoder = IncrementalText(lambda seen: tokenizer.decode(seen, skip_special_tokens=False))
+    pieces = [decoder.push(token)[0] for token in ids] + [decoder.finish()]
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
 

@@ -11,9 +11,16 @@ import torch.nn.functional as F
 from autarky.model.hf import load_hf_folder
 from autarky.serve import decode_kernels
 from autarky.serve.cache import SlotKVCache
-from autarky.serve.decode_kernels import DecodeLinear, decode_block, matvec, matvec_int8, use_decode_kernels
+from autarky.serve.decode_kernels import (
+    DecodeBlock,
+    DecodeLinear,
+    decode_block,
+    matvec,
+    matvec_int8,
+    use_decode_kernels,
+)
 from autarky.serve.quantize import Int8Linear
-from autarky.serve.registry import ModelSpec, load_model
+from autarky.serve.registry import ServedModelSpec, load_served_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,6 +85,34 @@ def test_decode_block_equals_the_blocks_own_forward(tiny_hf_model_dir: Path, row
     torch.testing.assert_close(k_fused, k_eager, rtol=1e-4, atol=1e-4)
 
 
+def test_the_models_own_forward_takes_the_decode_blocks(tiny_hf_model_dir: Path, monkeypatch):
+    """Serving swaps Block for DecodeBlock from outside: the model's forward then runs the fused kernels for a
+    one-row decode step and the Block's own computation for the prefill, with the same logits as the plain model."""
+    eager, _ = load_hf_folder(tiny_hf_model_dir)
+    fused, _ = load_hf_folder(tiny_hf_model_dir)
+    assert use_decode_kernels(fused)
+    assert all(isinstance(block, DecodeBlock) for block in fused.layers.values())
+    assert set(fused.state_dict()) == set(eager.state_dict())  # the same parameter names
+    fused_calls = []
+    monkeypatch.setattr(decode_kernels, "decode_block",
+                        lambda *args: fused_calls.append(1) or decode_block(*args))  # fmt: skip
+    cfg = eager.config
+    prompt = torch.randint(0, cfg.vocab_size, (1, 7), generator=torch.Generator().manual_seed(3))
+    logits = []
+    with torch.inference_mode():
+        for model in (eager, fused):
+            cache = SlotKVCache(cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
+            cache.begin_prefill(0, 6)
+            first = model(prompt[:, :6], cache=cache, logits_at=[5])
+            positions = torch.tensor([6])
+            cache.begin_decode(positions)
+            logits.append((first, model(prompt[:, 6:], positions[:, None], cache, logits_at=[0])))
+    (first_eager, step_eager), (first_fused, step_fused) = logits
+    assert len(fused_calls) == cfg.n_layers  # the decode step only
+    torch.testing.assert_close(first_fused, first_eager, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step_fused, step_eager, rtol=1e-4, atol=1e-4)
+
+
 def test_without_a_compiler_the_model_stays_eager(tiny_hf_model_dir: Path, monkeypatch):
     def no_compiler(*args):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
@@ -87,7 +122,7 @@ def test_without_a_compiler_the_model_stays_eager(tiny_hf_model_dir: Path, monke
     try:
         model, _ = load_hf_folder(tiny_hf_model_dir)
         assert not use_decode_kernels(model)
-        assert not getattr(model, "decode_kernels", False)
+        assert not any(isinstance(m, DecodeBlock) for m in model.modules())
         assert not any(isinstance(m, DecodeLinear) for m in model.modules())
     finally:
         decode_kernels.kernels_available.cache_clear()
@@ -95,6 +130,13 @@ def test_without_a_compiler_the_model_stays_eager(tiny_hf_model_dir: Path, monke
 
 @pytest.mark.parametrize("kernels", [True, False])
 def test_serve_spec_turns_the_kernels_on_by_default_and_off_on_request(tiny_hf_model_dir: Path, kernels):
-    model, _ = load_model(ModelSpec(str(tiny_hf_model_dir), decode_kernels=kernels))
+    model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir), decode_kernels=kernels))
     assert any(isinstance(m, DecodeLinear) for m in model.modules()) == kernels
-    assert getattr(model, "decode_kernels", False) == kernels
+    assert any(isinstance(m, DecodeBlock) for m in model.modules()) == kernels
+
+
+def test_int8_layers_switch_their_kernels_on_with_the_spec(tiny_hf_model_dir: Path):
+    model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir), quantize="int8"))
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.decode_kernels for m in layers)
+    assert all(isinstance(block, DecodeBlock) for block in model.layers.values())

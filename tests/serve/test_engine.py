@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from autarky.errors import UserError
-from autarky.model.generate import SamplingParams as RefParams
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder
+from autarky.model.sampling import SamplingParams
 from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
 from autarky.serve.events import ErrorEvent, PromptEvent, Request, TokenEvent
 from autarky.serve.packed import PackedBF16Linear, bf16_packing_supported
 from autarky.serve.quantize import Int8Linear, quantize_int8
-from autarky.serve.registry import ModelSpec, load_model
-from autarky.serve.sampling import SamplingParams
+from autarky.serve.registry import ServedModelSpec, load_served_model
 from autarky.serve.text import TextCodec
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,7 +94,7 @@ def test_greedy_decode_matches_the_reference_generator(tiny, engine):
     model, codec = tiny
     for prompt in PROMPTS[:2]:
         ids = codec.encode(prompt)
-        expected = list(generate_tokens(model, ids, RefParams(max_tokens=12, temperature=0.0)))
+        expected = list(generate_tokens(model, ids, SamplingParams(max_tokens=12, temperature=0.0)))
         got = run(engine, [(ids, greedy(12))])[0][0]
         assert got["ids"] == expected
         assert got["finish"] == "length"
@@ -246,14 +245,14 @@ def test_int8_weights_stay_close_and_decode(tiny_hf_model_dir: Path):
         got = run(eng, [(ids[0].tolist(), greedy(8))])[0][0]["ids"]
     finally:
         eng.shutdown(timeout=30)
-    assert got == list(generate_tokens(model, ids[0].tolist(), RefParams(max_tokens=8, temperature=0.0)))
+    assert got == list(generate_tokens(model, ids[0].tolist(), SamplingParams(max_tokens=8, temperature=0.0)))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bf16_matmuls_stay_close_decode_like_the_reference_and_batch_exactly(tiny_hf_model_dir: Path, tiny, dtype):
     """--quantize bf16: every projection in bf16 on prepacked weights, the rest in the model's dtype."""
     reference_model, codec = tiny
-    model, _ = load_model(ModelSpec(str(tiny_hf_model_dir), dtype=dtype, quantize="bf16"))
+    model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir), dtype=dtype, quantize="bf16"))
     linears = [m for m in model.modules() if isinstance(m, PackedBF16Linear)]
     assert len(linears) == 7 * model.config.n_layers + 1
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -272,7 +271,7 @@ def test_bf16_matmuls_stay_close_decode_like_the_reference_and_batch_exactly(tin
         together = [r[0] for r in run(eng, jobs, stagger_after=3)]
     finally:
         eng.shutdown(timeout=30)
-    assert alone[0]["ids"] == list(generate_tokens(model, jobs[0][0], RefParams(max_tokens=16, temperature=0.0)))
+    assert alone[0]["ids"] == list(generate_tokens(model, jobs[0][0], SamplingParams(max_tokens=16, temperature=0.0)))
     for a, b in zip(alone, together, strict=True):
         assert a["ids"] == b["ids"] and a["text"] == b["text"]
         torch.testing.assert_close(torch.tensor(b["lps"]), torch.tensor(a["lps"]), rtol=0, atol=1e-2)
@@ -280,7 +279,7 @@ def test_bf16_matmuls_stay_close_decode_like_the_reference_and_batch_exactly(tin
 
 def test_unknown_quantization_is_a_clear_error(tiny_hf_model_dir: Path):
     with pytest.raises(UserError, match="int8, bf16"):
-        load_model(ModelSpec(str(tiny_hf_model_dir), quantize="int4"))
+        load_served_model(ServedModelSpec(str(tiny_hf_model_dir), quantize="int4"))
 
 
 def test_token_event_fields(tiny, engine):

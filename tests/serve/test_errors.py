@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from autarky.contracts.wire import ContextOverflow
 from autarky.model.hf import load_hf_folder
 from autarky.serve.registry import ModelRegistry
 from autarky.serve.text import TextCodec
@@ -21,12 +22,12 @@ pytestmark = pytest.mark.timeout(120)
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def assert_envelope(response: httpx.Response, status: int) -> dict:
+def assert_envelope(response: httpx.Response, status: int, extra: frozenset[str] = frozenset()) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
     error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", *extra}
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["type"], str)
     return error
@@ -92,17 +93,37 @@ def test_unknown_route_is_an_envelope(served_tiny_model):
 
 
 def test_context_overflow_is_400_not_200(served_tiny_model):
+    overflow = frozenset({"context"})  # the numbers travel as fields (autarky.contracts.wire.ContextOverflow)
     long_ids = [[5] * 300]  # the tiny model's context is 256
-    error = assert_envelope(post(served_tiny_model, "completions", {"model": "tiny", "prompt": long_ids}), 400)
+    error = assert_envelope(post(served_tiny_model, "completions", {"model": "tiny", "prompt": long_ids}), 400,
+                            overflow)
     assert error["code"] == "context_length_exceeded"
     budget = {"model": "tiny", "prompt": "x", "max_tokens": 1000}
-    assert assert_envelope(post(served_tiny_model, "completions", budget), 400)["code"] == "context_length_exceeded"
+    assert assert_envelope(post(served_tiny_model, "completions", budget), 400, overflow)["code"] == \
+        "context_length_exceeded"
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "word " * 400}]}
-    assert assert_envelope(post(served_tiny_model, "chat/completions", chat), 400)["code"] == \
+    assert assert_envelope(post(served_tiny_model, "chat/completions", chat), 400, overflow)["code"] == \
         "context_length_exceeded"
     client = openai.OpenAI(base_url=served_tiny_model.base_url, api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt=long_ids, stream=True)
+
+
+def test_context_overflow_fields_reach_the_client(served_tiny_model):
+    """The engine refuses a total beyond the context; a chat prompt with no max_tokens that leaves no room for one
+    token is refused before it. Both say so through the one contract: the engine's wording, the numbers as fields."""
+    response = post(served_tiny_model, "completions", {"model": "tiny", "prompt": [[5, 6]], "max_tokens": 1000})
+    overflow = ContextOverflow.from_body(response.json())
+    assert overflow == ContextOverflow(max_context=256, prompt_tokens=2, max_tokens=1000)
+    assert response.json() == overflow.envelope(param="messages")
+    assert overflow.message.startswith("This model's maximum context length is 256 tokens; the request asks for 1002")
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "word " * 400}]}
+    overflow = ContextOverflow.from_body(post(served_tiny_model, "chat/completions", chat).json())
+    assert overflow.max_context == 256 and overflow.prompt_tokens > 256 and overflow.max_tokens == 1
+    client = openai.OpenAI(base_url=served_tiny_model.base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**chat)
+    assert ContextOverflow.from_body({"error": info.value.body}) == overflow  # the SDK keeps error.context
 
 
 def test_out_of_vocabulary_token_ids_are_400(served_tiny_model):

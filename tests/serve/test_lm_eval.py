@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autarky.model.generate import SamplingParams, generate_tokens
+from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder
+from autarky.model.sampling import SamplingParams
 from autarky.serve.text import TextCodec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autarky.serve.text import IncrementalText, TextCodec
+from autarky.model.tokenizer import IncrementalText
+from autarky.serve.text import TextCodec
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def push_all(text: IncrementalText, ids: list[int]) -> tuple[list[str], bool]:
 def test_deltas_add_up_to_the_decoded_text(codec):
     source = "def héllo(wörld):\n    return '✓ done' # 日本語\n"
     ids = codec.encode(source, add_special_tokens=False)
-    deltas, stopped = push_all(IncrementalText(codec, ()), ids)
+    deltas, stopped = push_all(IncrementalText(codec.decode, ()), ids)
     assert not stopped
     assert "".join(deltas) == codec.decode(ids) == source
     assert all("\ufffd" not in d for d in deltas)  # multi-byte characters are released whole
@@ -37,7 +38,7 @@ def test_deltas_add_up_to_the_decoded_text(codec):
 def test_stop_string_across_tokens_is_cut_and_never_leaked(codec):
     source = "alpha = 1\nbeta = 2\nSTOP here\ngamma = 3\n"
     ids = codec.encode(source, add_special_tokens=False)
-    deltas, stopped = push_all(IncrementalText(codec, ("STOP",)), ids)
+    deltas, stopped = push_all(IncrementalText(codec.decode, ("STOP",)), ids)
     assert stopped
     released = "".join(deltas)
     assert released == "alpha = 1\nbeta = 2\n"
@@ -47,7 +48,7 @@ def test_stop_string_across_tokens_is_cut_and_never_leaked(codec):
 def test_held_back_prefix_is_released_when_it_is_not_a_stop(codec):
     source = "x = 1 # note\ny = 2"
     ids = codec.encode(source, add_special_tokens=False)
-    deltas, stopped = push_all(IncrementalText(codec, ("# stop",)), ids)
+    deltas, stopped = push_all(IncrementalText(codec.decode, ("# stop",)), ids)
     assert not stopped
     assert "".join(deltas) == source
 

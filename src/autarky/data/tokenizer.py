@@ -12,19 +12,17 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-ENDOFTEXT = "<|endoftext|>"  # id 0: bos, eos, pad and the document separator in the shards
-IM_START = "<|im_start|>"  # id 1
-IM_END = "<|im_end|>"  # id 2
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+# The special tokens (ids 0, 1, 2 in this order) and the chat template belong to the model's chat format.
+from autarky.model.chat import CHAT_TEMPLATE as CHAT_TEMPLATE
+from autarky.model.chat import ENDOFTEXT as ENDOFTEXT
+from autarky.model.chat import IM_END as IM_END
+from autarky.model.chat import IM_START as IM_START
+from autarky.model.chat import SPECIAL_TOKENS as SPECIAL_TOKENS
+
 EOT_ID = 0
 
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
 MAX_VOCAB_SIZE = 262_144
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

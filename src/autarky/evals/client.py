@@ -5,36 +5,41 @@ backoff on transport errors, 429 and 5xx; other 4xx are final for that request.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
+from autarky.contracts.wire import ContextOverflow
 from autarky.errors import UserError
 
 Mode = Literal["chat", "completions"]
 
 
-_OVERFLOW = re.compile(r"maximum context length is (\d+)\D+?(\d+)")
-
-
 class EndpointError(Exception):
-    """A request failed. `final` means retrying the same request will not help (e.g. a 400)."""
+    """A request failed. `final` means retrying the same request will not help (e.g. a 400); `body` is the
+    server's error body (parsed JSON, or its text), when it answered."""
 
-    def __init__(self, message: str, final: bool) -> None:
+    def __init__(self, message: str, final: bool, body: Any = None) -> None:
         super().__init__(message)
         self.final = final
+        self.body = body
 
     @property
     def context_overflow(self) -> tuple[int, int] | None:
         """(the model's context length, tokens the request needed) when the request was too long for the model."""
-        text = str(self)
-        if "context_length_exceeded" not in text and "maximum context length" not in text:
+        overflow = ContextOverflow.from_body(self.body if self.body is not None else str(self))
+        if overflow is None:
             return None
-        match = _OVERFLOW.search(text)
-        return (int(match.group(1)), int(match.group(2))) if match else (1, 2)
+        return (overflow.max_context, overflow.requested) if overflow.max_context else (1, 2)  # numbers unknown
+
+
+def _error_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
 
 
 @dataclass
@@ -124,7 +129,7 @@ class Client:
                 return response.json(), latency_ms
             last = f"HTTP {response.status_code} from {url}: {response.text[:300]}"
             if response.status_code != 429 and response.status_code < 500:
-                raise EndpointError(last, final=True)
+                raise EndpointError(last, final=True, body=_error_body(response))
         raise EndpointError(f"gave up after {self.retries + 1} attempts: {last}", final=False)
 
     async def generate(

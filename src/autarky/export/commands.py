@@ -41,9 +41,10 @@ def register(app: typer.Typer, model_app: typer.Typer) -> None:
 
         from autarky.export.hf_folder import parse_dtype
         from autarky.export.source import load_model
-        from autarky.model.generate import SamplingParams, generate_text
+        from autarky.model.generate import generate_text
         from autarky.model.hf import eos_token_ids
-        from autarky.model.tokenizer import load_tokenizer, render_chat
+        from autarky.model.sampling import SamplingParams
+        from autarky.model.tokenizer import load_hf_folder_tokenizer, render_chat
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,7 +52,7 @@ def register(app: typer.Typer, model_app: typer.Typer) -> None:
         text = render_chat(folder, [{"role": "user", "content": prompt}]) if chat else prompt
         if not chat:
             sys.stdout.write(prompt)
-        for piece in generate_text(llama, load_tokenizer(folder), text, params, eos_token_ids(folder)):
+        for piece in generate_text(llama, load_hf_folder_tokenizer(folder), text, params, eos_token_ids(folder)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -1,19 +1,20 @@
 """Single-sequence generation with a pre-allocated KV cache and seeded temperature / top-p sampling.
 
-This is what `autarky sample` uses; the serving engine has its own batched cache. Kept small on purpose.
+This is what `autarky sample` uses; the serving engine has its own batched cache but the same sampling
+(autarky.model.sampling) and detokenization (autarky.model.tokenizer.IncrementalText). Kept small on purpose.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import tokenizers
 import torch
 
 from autarky.errors import UserError
 from autarky.model.llama import Llama
-from autarky.model.tokenizer import StreamDecoder
+from autarky.model.sampling import SamplingParams, sample_rows
+from autarky.model.tokenizer import IncrementalText
 
 
 class StaticKVCache:
@@ -52,35 +53,10 @@ class StaticKVCache:
         return self.keys[layer, :, :end], self.values[layer, :, :end], mask
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 0:
-            raise UserError(f"max tokens must be ≥ 0, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be ≥ 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
-
-
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token id from next-token logits (V,): greedy at temperature 0, else nucleus sampling."""
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    # Sampled on the CPU so a seed gives the same tokens on every device.
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    """One token id from next-token logits (V,): greedy at temperature 0, else nucleus sampling. Sampled on the
+    CPU so a seed gives the same tokens on every device."""
+    return sample_rows(logits.cpu()[None], [SamplingParams(temperature=temperature, top_p=top_p)], [generator])[0]
 
 
 @torch.inference_mode()
@@ -105,10 +81,12 @@ def generate_tokens(
     step_tokens, step_positions = prompt, torch.arange(len(prompt), device=device)  # prefill, then one at a time
     for _ in range(budget):
         if cache is None:
-            logits = model(torch.tensor([tokens], device=device))[0, -1]
+            logits = model(torch.tensor([tokens], device=device), logits_at=[len(tokens) - 1])[0]
         else:
-            logits = model(torch.tensor([step_tokens], device=device), step_positions, cache)[0, -1]
-        token = sample_token(logits, params.temperature, params.top_p, generator)
+            logits = model(torch.tensor([step_tokens], device=device), step_positions, cache,
+                           logits_at=[len(step_tokens) - 1])[0]
+        # Sampled on the CPU so a seed gives the same tokens on every device.
+        token = sample_rows(logits.cpu()[None], [params], [generator])[0]
         if token in stop_ids:
             return
         yield token
@@ -124,9 +102,9 @@ def generate_text(
     stop_ids: list[int] | tuple[int, ...] = (),
 ) -> Iterator[str]:
     """Yield the generated text in pieces as tokens arrive (complete characters only)."""
-    decoder = StreamDecoder(tokenizer)
+    text = IncrementalText(lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
     for token in generate_tokens(model, tokenizer.encode(prompt).ids, params, stop_ids):
-        if piece := decoder.push(token):
+        if piece := text.push(token)[0]:
             yield piece
-    if rest := decoder.flush():
+    if rest := text.finish():
         yield rest

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from autarky.data.tokenizer import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from autarky.errors import UserError
+from autarky.model.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from autarky.model.llama import Llama, ModelConfig, rope_tables
 
 # The eos tokens of ChatML-style tokenizers (ours and SmolLM2): end of document and end of chat turn.

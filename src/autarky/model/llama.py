@@ -86,6 +86,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    # Whether SDPA shares each key/value head across its query group (enable_gqa) instead of repeating them: the
+    # same result without copies. Off here because some of CUDA's fused kernels do not take enable_gqa; whoever
+    # runs the model may turn it on (autarky.serve does on CPU).
+    share_kv_heads = False
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -113,13 +118,10 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         """Attention over the cache (if any) plus this step's keys/values: (B, T, H·E), before wo."""
-        if cache is None:
-            return attention(q, k, v, None, share_kv_heads=False)
-        k, v, mask = cache.update(self.layer, k, v)  # (B, S, K, E), mask (B, 1, T, S)
-        # CPU inference lets SDPA share each key/value head across its query group (same result, no copies of
-        # the whole cache: 4x faster attention at batch 32). Elsewhere the explicit repeat keeps CUDA's fused
-        # kernels, some of which do not take enable_gqa.
-        return attention(q, k, v, mask, share_kv_heads=q.device.type == "cpu")
+        mask = None
+        if cache is not None:
+            k, v, mask = cache.update(self.layer, k, v)  # (B, S, K, E), mask (B, 1, T, S)
+        return attention(q, k, v, mask, share_kv_heads=self.share_kv_heads)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
@@ -201,8 +203,10 @@ class Llama(nn.Module):
         tokens: torch.Tensor,  # (B, T) token ids
         positions: torch.Tensor | None = None,  # (B, T) or (T,); default 0..T-1
         cache: KVCache | None = None,
+        logits_at: torch.Tensor | list[int] | None = None,  # (B,) one position per row; None = every position
     ) -> torch.Tensor:
-        """Logits (B, T, V)."""
+        """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b: the vocabulary-sized head then runs
+        only where it is used (a decode step or a prompt's last token)."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
@@ -212,7 +216,10 @@ class Llama(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, D)
         for block in self.layers.values():
             h = block(h, cos, sin, cache)
-        return self.output(self.norm(h))  # (B, T, V)
+        if logits_at is not None:
+            # (B, D); one new token per row needs no index (the common decode step).
+            h = h[:, 0] if T == 1 else h[torch.arange(B, device=h.device), torch.as_tensor(logits_at, device=h.device)]
+        return self.output(self.norm(h))  # (B, T, V) or (B, V)
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T), -100 ignored."""

@@ -13,17 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from autarky.contracts.wire import ContextOverflow, error_envelope
+from autarky.model.sampling import SamplingParams
 from autarky.serve import responses as R
-from autarky.serve.errors import (
-    BadRequest,
-    ContextOverflow,
-    EngineFailure,
-    Unauthorized,
-    error_body,
-    install_error_handlers,
-)
+from autarky.serve.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, Unauthorized
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, TokenEvent
 from autarky.serve.events import Request as EngineRequest
+from autarky.serve.http_errors import error_response, install_error_handlers
 from autarky.serve.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -33,7 +29,6 @@ from autarky.serve.protocol import (
     _Request,
 )
 from autarky.serve.registry import ModelRegistry, ServedModel
-from autarky.serve.sampling import SamplingParams
 
 log = logging.getLogger("autarky.serve")
 DISCONNECT_POLL_S = 0.5
@@ -86,7 +81,7 @@ def _start(served: ServedModel, prompts: list[list[int]], params_for: Callable[[
 def _check_fields(body: _Request) -> None:
     bad = body.unsupported_fields()
     if bad:
-        raise BadRequest(f"this server does not support {', '.join(bad)}; remove the field(s)", param=bad[0],
+        raise InvalidRequest(f"this server does not support {', '.join(bad)}; remove the field(s)", param=bad[0],
                          code="unsupported_parameter")
     ignored = body.ignored_fields()
     if ignored:
@@ -96,21 +91,20 @@ def _check_fields(body: _Request) -> None:
 def _chat_ids(served: ServedModel, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
     for i, m in enumerate(messages):
         if isinstance(m.content, list) and any(part.type != "text" for part in m.content):
-            raise BadRequest("only text content parts are supported", param=f"messages.{i}.content")
+            raise InvalidRequest("only text content parts are supported", param=f"messages.{i}.content")
     plain = [{"role": m.role, "content": m.text()} for m in messages]
     try:
         return served.codec.chat_ids(plain, add_generation_prompt)
     except Exception as exc:  # the template's raise_exception and missing templates land here
-        raise BadRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
+        raise InvalidRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
 
 
 def _default_max_tokens(requested: int | None, served: ServedModel, prompt: list[int]) -> int:
     if requested is not None:
         return requested
     room = served.max_model_len - len(prompt)
-    if room < 1:
-        raise ContextOverflow(f"This model's maximum context length is {served.max_model_len} tokens and the "
-                              f"prompt has {len(prompt)}; shorten it.")
+    if room < 1:  # the prompt leaves no room for even one token
+        raise ContextLengthExceeded(ContextOverflow(served.max_model_len, len(prompt), 1))
     return room
 
 
@@ -120,7 +114,7 @@ async def _collect(job: Job, raw: Request) -> dict[int, R.Choice]:
     async def consume() -> None:
         async for event in job.events():
             if isinstance(event, ErrorEvent):
-                raise EngineFailure(event.message)
+                raise GenerationFailed(event.message)
             R.apply_event(choices, event)  # type: ignore[arg-type]
 
     task = asyncio.ensure_future(consume())
@@ -129,7 +123,7 @@ async def _collect(job: Job, raw: Request) -> dict[int, R.Choice]:
         if not task.done() and await raw.is_disconnected():
             task.cancel()
             job.cancel()
-            raise EngineFailure("the client disconnected")
+            raise GenerationFailed("the client disconnected")
     task.result()
     return choices
 
@@ -141,7 +135,7 @@ def _sse_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
                 yield chunk
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end the stream
             log.exception("stream failed")
-            yield R.sse(error_body(f"generation failed: {exc}"))
+            yield R.sse(error_envelope(f"generation failed: {exc}", "server_error"))
             yield R.DONE
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -179,7 +173,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         @app.middleware("http")
         async def check_key(request: Request, call_next: Callable) -> Response:
             if request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {api_key}":
-                return JSONResponse(Unauthorized().body(), status_code=401)
+                return error_response(Unauthorized())
             return await call_next(request)
 
     @app.get("/health")
@@ -206,7 +200,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         prompts: list[list[int]] = []
         echo_texts: list[str] = []
         if not body.prompts():
-            raise BadRequest("the prompt list is empty; send at least one prompt", param="prompt")
+            raise InvalidRequest("the prompt list is empty; send at least one prompt", param="prompt")
         for p in body.prompts():
             ids = codec.encode(p) if isinstance(p, str) else p
             prompts.append(ids)
@@ -243,7 +237,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         requested = body.max_completion_tokens or body.max_tokens
         top = body.top_logprobs or 0
         if body.top_logprobs and not body.logprobs:
-            raise BadRequest("top_logprobs needs logprobs=true", param="top_logprobs")
+            raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
 
         def params_for(ids: list[int]) -> SamplingParams:
             return SamplingParams(
@@ -271,7 +265,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         elif body.prompt is not None:
             ids = served.codec.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         else:
-            raise BadRequest("send either prompt or messages", param="prompt")
+            raise InvalidRequest("send either prompt or messages", param="prompt")
         return {"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids, "token_strs": None}
 
     @app.post("/detokenize")
@@ -280,7 +274,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         vocab = served.engine.model.config.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
-            raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
         return {"prompt": served.codec.decode(body.tokens, skip_special_tokens=False)}
 
     @app.get("/tokenizer_info")
@@ -296,7 +290,7 @@ async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[
     choices = {i: R.Choice(i) for i in range(job.n_choices)}
     async for event in job.events():
         if isinstance(event, ErrorEvent):
-            yield R.sse(error_body(event.message))
+            yield R.sse(error_envelope(event.message, "server_error"))
             yield R.DONE
             return
         R.apply_event(choices, event)
@@ -324,7 +318,7 @@ async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_
         yield R.sse(R.chat_chunk(env, i, {"role": "assistant", "content": ""}, None, None, include_usage))
     async for event in job.events():
         if isinstance(event, ErrorEvent):
-            yield R.sse(error_body(event.message))
+            yield R.sse(error_envelope(event.message, "server_error"))
             yield R.DONE
             return
         R.apply_event(choices, event)

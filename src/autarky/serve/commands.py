@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         """Serve models behind an OpenAI-compatible API (/v1/completions, /v1/chat/completions, ...)."""
         import torch
 
-        from autarky.serve.registry import ModelRegistry, ModelSpec
+        from autarky.serve.registry import ModelRegistry, ServedModelSpec
         from autarky.serve.server import Server
 
         if name and len(models) > 1:
@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         options = dict(dtype=dtype, quantize=quantize, max_batch=max_batch, max_queue=max_queue,
                        max_model_len=max_model_len, device=device,
                        decode_kernels=decode_kernels)
-        specs = [ModelSpec.parse(m, **options) for m in models]
+        specs = [ServedModelSpec.parse(m, **options) for m in models]
         if name:
-            specs = [ModelSpec(**{**specs[0].__dict__, "name": name})]
+            specs = [ServedModelSpec(**{**specs[0].__dict__, "name": name})]
         registry = ModelRegistry(specs)
         server: Server | None = None
 

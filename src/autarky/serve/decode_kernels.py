@@ -11,7 +11,9 @@ output element, compiled by inductor into vectorized C++, gets close to the read
 The kernels take B rows as an (N, B) output, weight row outer, but at 2-4 rows oneDNN is faster (MAX_ROWS).
 
 `decode_block` fuses a whole layer's decode step around these products (2 compiled calls instead of ~30 eager
-ops, whose per-op overhead was as large as the arithmetic), with attention written as reductions too.
+ops, whose per-op overhead was as large as the arithmetic), with attention written as reductions too. Serving swaps
+each of the model's `Block`s for a `DecodeBlock` (from outside the model, as it swaps `nn.Linear`s), which takes
+that path for decode steps of at most MAX_ROWS rows; the model's own forward stays the one forward pass.
 The kernels run with one thread: an OpenMP region costs ~100 us to start once libgomp throttles (as soon as
 more OpenMP threads exist in the process than cores), more than a whole SmolLM2 matrix–vector product. Only
 matrices of PARALLEL_BYTES or more (the output projection) use all of torch's threads.
@@ -29,12 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.model.llama import Block, KVCache
+from autarky.serve.cache import SlotKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
     bf16_packing_supported,
     packed_linear,
     prepack,
     replace_linears,
+    replace_modules,
 )
 
 log = logging.getLogger("autarky.serve")
@@ -156,6 +160,30 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     return _block_tail(block, h, q, k, v, mask)
 
 
+class KernelSwitch:
+    """A serving layer with its own few-row kernel path, off until `use_decode_kernels` turns it on (int8)."""
+
+    decode_kernels = False
+
+
+class DecodeBlock(Block):
+    """A Block whose decode steps of at most MAX_ROWS rows run `decode_block`; everything else (prefill, bigger
+    decode batches, other caches) is the Block's own computation. It takes over the block's submodules, so
+    parameter names and weights stay those of the model."""
+
+    def __init__(self, block: Block) -> None:
+        nn.Module.__init__(self)  # not Block.__init__: the submodules are the block's, not new ones
+        self.attention_norm, self.attention = block.attention_norm, block.attention
+        self.ffn_norm, self.feed_forward = block.ffn_norm, block.feed_forward
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
+        if isinstance(cache, SlotKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS:
+            return decode_block(self, x, cos, sin, cache)
+        return super().forward(x, cos, sin, cache)
+
+
 class DecodeLinear(nn.Module):
     """A bias-free nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
     batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32, and
@@ -185,14 +213,15 @@ class DecodeLinear(nn.Module):
 
 
 def use_decode_kernels(model: nn.Module) -> bool:
-    """Route the single-row matmuls of a CPU model through the compiled kernels: nn.Linear becomes
-    DecodeLinear, and quantized layers that know the kernels switch them on. False (model unchanged) when the
-    kernels are unavailable, or for `--quantize bf16` models, whose packed oneDNN op inductor cannot trace."""
+    """Route the single-row decode steps of a CPU model through the compiled kernels: each Block becomes a
+    DecodeBlock, nn.Linear becomes DecodeLinear, and quantized layers that know the kernels switch them on. False
+    (model unchanged) when the kernels are unavailable, or for `--quantize bf16` models, whose packed oneDNN op
+    inductor cannot trace."""
     if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
         return False
-    model.decode_kernels = True  # the engine runs decode steps through decode_block
+    replace_modules(model, Block, DecodeBlock)
     for child in model.modules():
-        if hasattr(child, "decode_kernels"):
+        if isinstance(child, KernelSwitch):
             child.decode_kernels = True
     replace_linears(model, DecodeLinear)
     return True

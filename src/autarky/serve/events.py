@@ -9,7 +9,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from autarky.serve.sampling import SamplingParams
+from autarky.model.sampling import SamplingParams
 
 TopLogprobs = list[tuple[int, float]]
 

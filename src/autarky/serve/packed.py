@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger("autarky.serve")
+M = TypeVar("M", bound=nn.Module)
 
 
 def bf16_packing_supported() -> bool:
@@ -61,13 +63,19 @@ class PackedBF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed}"
 
 
-def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
-    """Swap every nn.Linear of the model in place for make(linear)."""
+def replace_modules(model: nn.Module, kind: type[M], make: Callable[[M], nn.Module]) -> nn.Module:
+    """Swap every submodule of exactly type `kind` in place for make(submodule): serving changes how the model
+    computes from outside it (subclasses are left alone, so a second swap does not wrap a swapped module)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
+            if type(child) is kind:
                 setattr(parent, name, make(child))
     return model
+
+
+def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """Swap every nn.Linear of the model in place for make(linear)."""
+    return replace_modules(model, nn.Linear, make)
 
 
 def pack_bf16(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ import threading
 import torch
 from torch import nn
 
-from autarky.serve.decode_kernels import decode_rows, matvec_int8
+from autarky.serve.decode_kernels import KernelSwitch, decode_rows, matvec_int8
 from autarky.serve.packed import packed_linear, replace_linears
 
 PIECE_ELEMENTS = 1 << 20  # weights converted at a time: 4 MB of fp32, cache-resident (measured best here)
@@ -35,7 +35,7 @@ def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return buf[:numel]
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(KernelSwitch, nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -45,7 +45,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
         self.rows_per_piece = max(1, min(self.out_features, PIECE_ELEMENTS // self.in_features))
-        self.decode_kernels = False  # set by autarky.serve.decode_kernels.use_decode_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode_kernels and decode_rows(x):

@@ -27,7 +27,7 @@ QUANTIZE = {"int8": quantize_int8, "bf16": pack_bf16}  # what --quantize does to
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ServedModelSpec:
     """What to serve and how. `source` is anything `resolve_model_source` accepts (HF folder, .gguf, run dir,
     alias); `name` defaults to the alias or the folder's name."""
 
@@ -48,12 +48,12 @@ class ModelSpec:
         return path.stem if path.suffix == ".gguf" else (path.name or self.source)
 
     @staticmethod
-    def parse(arg: str, **options: object) -> ModelSpec:
+    def parse(arg: str, **options: object) -> ServedModelSpec:
         """`MODEL` or `NAME=MODEL` (the second form names each of several models)."""
         name, sep, source = arg.partition("=")
         if sep and name and "/" not in name:
-            return ModelSpec(source=source, name=name, **options)  # type: ignore[arg-type]
-        return ModelSpec(source=arg, **options)  # type: ignore[arg-type]
+            return ServedModelSpec(source=source, name=name, **options)  # type: ignore[arg-type]
+        return ServedModelSpec(source=arg, **options)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ServedModel:
         return self.engine.max_model_len
 
 
-def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
+def load_served_model(spec: ServedModelSpec) -> tuple[Llama, TextCodec]:
     """Load weights and tokenizer for one spec (the slow part: runs in the loader thread)."""
     from autarky.export.source import resolve_model_source
     from autarky.model.hf import load_hf_folder
@@ -88,7 +88,7 @@ def load_model(spec: ModelSpec) -> tuple[Llama, TextCodec]:
 
 
 class ModelRegistry:
-    def __init__(self, specs: list[ModelSpec] | None = None, metrics: MetricFamilies | None = None) -> None:
+    def __init__(self, specs: list[ServedModelSpec] | None = None, metrics: MetricFamilies | None = None) -> None:
         self.specs = list(specs or [])
         names = [s.served_name() for s in self.specs]
         duplicates = {n for n in names if names.count(n) > 1}
@@ -110,7 +110,7 @@ class ModelRegistry:
         try:
             for spec in self.specs:
                 started = time.perf_counter()
-                model, codec = load_model(spec)
+                model, codec = load_served_model(spec)
                 self.add(spec.served_name(), model, codec, spec.source, max_batch=spec.max_batch,
                          max_queue=spec.max_queue, max_model_len=spec.max_model_len)
                 log.info("loaded %s from %s in %.1fs", spec.served_name(), spec.source,

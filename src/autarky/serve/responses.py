@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from autarky.contracts import wire
 from autarky.serve.events import PromptEvent, TokenEvent, TopLogprobs
 from autarky.serve.text import TextCodec
 
@@ -50,8 +51,7 @@ class Envelope:
 
 
 def usage(prompt_tokens: int, choices: list[Choice]) -> dict:
-    completion = sum(len(c.token_ids) for c in choices)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return wire.usage(prompt_tokens, sum(len(c.token_ids) for c in choices))
 
 
 def apply_event(choices: dict[int, Choice], event: TokenEvent | PromptEvent) -> None:

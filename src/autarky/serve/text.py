@@ -1,7 +1,9 @@
-"""Text in and out of the engine: tokenizer, chat template, incremental detokenization and stop strings.
+"""Text in and out of the engine: tokenizer and chat template (incremental detokenization and stop strings are
+autarky.model.tokenizer.IncrementalText, shared with `autarky sample`).
 
 Encoding and decoding go straight to the Rust `tokenizers` object (the hot path runs once per generated token);
-`transformers` is used for what it does best here, rendering the model's chat template.
+`transformers` loads the tokenizer and its special tokens; the chat template renders through the model package's
+renderer, the one `autarky sample` uses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from autarky.errors import UserError
+from autarky.model.tokenizer import ChatTemplate
 
 
 class TextCodec:
@@ -24,6 +27,11 @@ class TextCodec:
             eos.add(int(tokenizer.eos_token_id))
         self.eos_token_ids = eos
         self._token_text: dict[int, str] = {}
+        template = tokenizer.chat_template
+        if isinstance(template, dict):  # named templates: the default one is the chat template
+            template = template.get("default")
+        self.chat_template = ChatTemplate(template, tokenizer.bos_token or "", tokenizer.eos_token or "") \
+            if template else None
 
     @classmethod
     def from_folder(cls, folder: Path) -> TextCodec:
@@ -47,9 +55,9 @@ class TextCodec:
         return text
 
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        if not self.hf.chat_template:
+        if self.chat_template is None:
             raise ValueError("this model's tokenizer has no chat template; use /v1/completions")
-        return self.hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.chat_template.render(messages, add_generation_prompt)
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         # The template already writes the special tokens it wants (vLLM encodes chat prompts the same way).
@@ -80,43 +88,3 @@ def _generation_eos(folder: Path) -> set[int]:
     if eos is None:
         return set()
     return {int(e) for e in eos} if isinstance(eos, list) else {int(eos)}
-
-
-class IncrementalText:
-    """The text of one growing sequence, released in deltas that never split a character or a stop string."""
-
-    def __init__(self, codec: TextCodec, stop: tuple[str, ...]) -> None:
-        self.codec = codec
-        self.stop = stop
-        self.ids: list[int] = []
-        self.text = ""  # everything released so far
-        self._hold = max((len(s) for s in stop), default=1) - 1
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """Add a token; return (newly released text, whether a stop string was hit)."""
-        self.ids.append(token_id)
-        full = self.codec.decode(self.ids)
-        if self.stop:
-            start = max(0, len(self.text) - self._hold)
-            hits = [i for i in (full.find(s, start) for s in self.stop) if i >= 0]
-            if hits:
-                return self._release(full[: min(hits)]), True
-        end = len(full)
-        while end > len(self.text) and full[end - 1] == "\ufffd":  # an unfinished multi-byte character
-            end -= 1
-        for k in range(min(self._hold, end - len(self.text)), 0, -1):
-            tail = full[end - k : end]
-            if any(s.startswith(tail) for s in self.stop):
-                end -= k
-                break
-        return self._release(full[:end]), False
-
-    def finish(self) -> str:
-        """Release whatever was held back (the sequence ended for another reason than a stop string)."""
-        return self._release(self.codec.decode(self.ids))
-
-    def _release(self, upto: str) -> str:
-        delta = upto[len(self.text) :] if upto.startswith(self.text) else ""
-        if len(upto) > len(self.text):
-            self.text = upto if upto.startswith(self.text) else self.text
-        return delta

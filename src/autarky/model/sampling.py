@@ -1,4 +1,4 @@
-"""Per-request sampling parameters and per-row sampling.
+"""Sampling parameters and per-row sampling: what `autarky sample` and the serving engine both draw tokens with.
 
 Each sequence owns a torch.Generator and is sampled on its own row, so a seeded request gives the same tokens
 whether it runs alone or inside a batch.
@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
+from autarky.errors import UserError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or negative = off
     seed: int | None = None
@@ -25,6 +27,14 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # the same for prompt tokens (completions `echo`)
     n: int = 1
 
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise UserError(f"max tokens must be ≥ 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+
     def generator(self, choice: int, device: torch.device | str = "cpu") -> torch.Generator:
         """Choice j of a seeded request uses seed + j, so the n choices differ but each is reproducible."""
         seed = secrets.randbits(63) if self.seed is None else (self.seed + choice) % (1 << 63)
@@ -32,9 +42,9 @@ class SamplingParams:
 
 
 def sample_rows(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
-    """One token per row of logits (B, V); greedy where temperature is 0."""
+    """One token per row of logits (B, V); greedy where temperature is 0, else top-k then nucleus sampling."""
     greedy = logits.argmax(dim=-1).tolist()
     out = []
     for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
