@@ -84,6 +84,9 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
         result = _burst(ports["gateway"], settings, drill=runner)
         _print_burst(runner, "drill", result)
         summary["drill"] = _burst_summary(result)
+
+    with runner.section("usage: spend and tokens by team and model, in-house share"):
+        runner.run(["usage", "--by", "team,model", "--since", "1h", "--config", settings.workdir / "gateway.toml"])
     return summary
 
 
