@@ -151,6 +151,7 @@ def wrap_linears(model: nn.Module, cfg: LoraConfig, names: set[str] | None = Non
                             use_rslora=cfg.use_rslora, quantize_base=cfg.base_int8)
         if generator is not None:
             module.reset_lora_parameters(generator)
+        module.train(parent.training)  # a new module is in training mode; dropout must follow the model's
         setattr(parent, attr, module)
         swapped.append(name)
     return swapped
