@@ -19,7 +19,7 @@ from autarky.errors import UserError
 WITHIN_HELP = "prefer an in-house model within this many score points (of 100) of the best"
 MAX_USD_HELP = "leave out candidates costing more than this many USD per 1k tokens"
 JSON_HELP = "print JSON for programs"
-# autarky.evals.stats.ALPHA, spelled out so that `autarky --help` starts without numpy and scipy (a test checks).
+# autarky.evals.stats.ALPHA, spelled out so that `autarky --help` starts without numpy and scipy (a test checks they agree).
 ALPHA = 0.05
 ALPHA_HELP = ("significance level of the paired test: a challenger moves ahead of the tie-break order only with "
               "p below it")
