@@ -8,7 +8,7 @@ A paired comparison states which test gives its p-value (`PairedComparison.test`
   (`mcnemar-chi2-cc`; |b − c| ≤ 1 gives 0, i.e. p = 1);
 - any other scores (partial credit such as the slides suite): a paired bootstrap of the mean difference
   (`paired-bootstrap`): items resampled with replacement, two-sided p = twice the share of resampled means on the
-  far side of zero.
+  far side of zero, counted with add-one, (k + 1) / (rounds + 1), so that it is never 0.
 The CI of the difference is always the percentile paired bootstrap (items resampled with replacement, seeded).
 """
 
@@ -83,8 +83,9 @@ def paired_bootstrap(diffs: list[float] | np.ndarray, rounds: int = BOOTSTRAP_RO
     tail = (1 - confidence) / 2
     low, high = np.quantile(boot, [tail, 1 - tail])
     mean = d.mean()
-    far_side = np.mean(boot <= 0) if mean > 0 else np.mean(boot >= 0)
-    p = 1.0 if mean == 0 else min(1.0, 2 * float(far_side))
+    far_side = int(np.sum(boot <= 0) if mean > 0 else np.sum(boot >= 0))
+    # Add-one: with no resample across zero the p-value is below 2/(rounds+1), not zero.
+    p = 1.0 if mean == 0 else min(1.0, 2 * (far_side + 1) / (rounds + 1))
     return BootstrapDiff(float(low), float(high), p)
 
 
