@@ -100,3 +100,16 @@ def test_unknown_or_renamed_fields_are_errors_naming_the_file_and_field(edit, fi
     with pytest.raises(UserError, match="routing table routes.toml") as info:
         parse_routing_table(TODAYS_FILE.replace(old, new, 1), "routes.toml")
     assert field in info.value.message and "\n" not in info.value.message
+
+
+def test_reason_round_trips_and_the_evidence_line_shows_every_field(tmp_path):
+    ours = Candidate(model="ours", score=0.77, ci_low=0.7, ci_high=0.84, p_vs_next=0.031, in_house_margin=2.0,
+                     reason="in-house margin: 2.0 points below the best")
+    table = RoutingTable.of([TaskRoute(task="t", candidates=[ours, Candidate(model="partner", score=0.79)])])
+    back = load_routing_table(write_routing_table(table, tmp_path / "r.toml"))
+    assert back.tasks["t"].candidates[0] == ours
+    assert ours.evidence() == ("score=0.77 ci=0.7..0.84 p_vs_next=0.031 in_house_margin=2 "
+                               "(in-house margin: 2.0 points below the best)")
+    assert Candidate(model="m", score=0.5).evidence() == ""  # a hand-written table without evidence says nothing
+    with pytest.raises(UserError, match="field tasks.t.candidates.0.reasons: unknown field"):
+        parse_routing_table('[[tasks.t.candidates]]\nmodel = "m"\nreasons = "typo"\n', "r.toml")

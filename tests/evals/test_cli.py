@@ -94,3 +94,26 @@ def test_new_spelling_of_arena(tmp_path):
     new = runner.invoke(app, ["eval", "arena", "--battles", str(path), "--json"])
     old = runner.invoke(app, ["arena", "--battles", str(path), "--json"])
     assert new.exit_code == 0 and json.loads(new.stdout) == json.loads(old.stdout)
+
+
+def test_compare_json_gives_the_paired_test_per_suite(stub_server, store_url):
+    good = stub_server(Script(answer=lambda p: "The capital of France is Paris." if "France" in p else "Tokyo"))
+    bad = stub_server(Script(answer=lambda p: "no idea"))
+    result = runner.invoke(app, ["eval", "run", "--suite", "chat-qa", "--model", f"good={good.base_url}",
+                                 "--model", f"bad={bad.base_url}", "--limit", "3", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", "compare", "good", "bad", "--json", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    # France (in a sentence) and Japan are right, Italy is wrong: 2 discordant items, McNemar exact p = 0.5.
+    assert row["suite"] == "chat-qa" and row["n"] == 3 and (row["wins"], row["losses"]) == (2, 0)
+    assert row["test"] == "mcnemar-exact" and row["p_value"] == 0.5 and row["significant"] is False
+    assert row["mean_diff"] == 2 / 3 and row["ci_low"] <= row["mean_diff"] <= row["ci_high"]
+    result = runner.invoke(app, ["eval", "compare", "good", "bad", "--store", store_url])
+    assert "McNemar exact binomial" in result.stdout and "p=0.5, not significant at 5%" in result.stdout
+
+
+def test_the_cli_default_alpha_is_the_stats_one():
+    from autarky.evals import commands, stats
+
+    assert commands.ALPHA == stats.ALPHA

@@ -118,3 +118,50 @@ def test_sandbox_runs_in_a_fresh_temporary_directory():
     result = run_python("import os\nprint(os.getcwd())\nprint(sorted(os.listdir('.')))\n")
     cwd, listing = result.stdout.splitlines()
     assert "autarky-sandbox-" in cwd and listing == "['_harness.py', 'main.py']"
+
+
+def test_answer_match_credits_a_correct_answer_in_a_sentence_and_keeps_exact_match_as_a_metric():
+    item = {"prompt": "What is the capital of France?", "answers": ["Paris"]}
+    sentence = grade("answer-match", item, "The capital of France is Paris.")
+    assert sentence.score == 1.0 and sentence.metrics == {"exact_match": 0.0}
+    assert grade("answer-match", item, "Paris").metrics == {"exact_match": 1.0}
+    for right in ("Answer: Paris", "```\nParis\n```", "I believe it is Paris, of course.", "PARIS!\nIt is on the Seine."):
+        assert grade("answer-match", item, right).score == 1.0, right
+    for wrong in ("Lyon", "Paris or Lyon", "Paris, Lyon, Marseille", "Paris and Lyon and Nice", "Parisian food", "",
+                  "The capital of France is " + "a lovely old city " * 10 + "Paris."):
+        assert grade("answer-match", item, wrong).score == 0.0, wrong
+    arithmetic = {"prompt": "What is 56 divided by 8?", "answers": ["7"]}
+    for right in ("7", "56 divided by 8 is 7.", "The answer is 7.0", "56 / 8 = 7"):
+        assert grade("answer-match", arithmetic, right).score == 1.0, right
+    for wrong in ("8", "7 or 8", "It is 7 (or 6).", "Between 6 and 9, say 7"):
+        assert grade("answer-match", arithmetic, wrong).score == 0.0, wrong
+    # An answer the question contains counts only as an exact match: echoing the question earns nothing.
+    echo = {"prompt": "Which is larger, 3 or 9?", "answers": ["9"]}
+    assert grade("answer-match", echo, "Which is larger, 3 or 9?").score == 0.0
+    assert grade("answer-match", echo, "9").score == 1.0
+
+
+def test_every_chat_qa_item_credits_its_answer_in_a_sentence_and_not_its_own_question():
+    from autarky.evals.suite import load_suite
+
+    suite = load_suite("chat-qa")
+    assert suite.config.grader == "answer-match"
+    for item in suite.items:
+        answer = item["answers"][0]
+        assert grade("answer-match", item, f"The answer is {answer}.").score == 1.0, item["id"]
+        assert grade("answer-match", item, answer).metrics["exact_match"] == 1.0, item["id"]
+        assert grade("answer-match", item, item["prompt"]).score == 0.0, item["id"]
+
+
+def test_code_in_prose_or_fences_is_found():
+    items = {it["id"]: it for it in python_functions.items()}
+    prose = "Here is the function:\ndef add(a, b):\n    return a + b\nIt adds the two numbers."
+    assert grade("python-tests", items["add"], prose).score == 1.0
+    two_blocks = "Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```"
+    assert grade("python-tests", items["add"], two_blocks).score == 1.0
+    assert grade("python-tests", items["add"], "def add(a, b):\n    return a - b\nSo simple.").score == 0.0
+    total = next(i for i in spreadsheet.items() if i["id"] == "sum-units")
+    assert grade("formula", total, "SUM(C2:C13)").score == 1.0  # the '=' left out
+    assert grade("formula", total, "367").score == 0.0  # a number is not a formula
+    line = {"next_line": "return a + b", "body": "    return a + b\n"}
+    assert grade("code-completion", line, "```python\n    return a + b\n```").score == 1.0

@@ -82,3 +82,68 @@ def test_the_evidence_for_the_order_is_written_with_it():
     assert route.candidates[0].in_house_margin == pytest.approx(3.0)
     data = tomllib.loads(routes_toml([route]))["tasks"]["spreadsheet"]
     assert data["candidates"][0]["p_vs_next"] == 0.04 and data["notes"] == route.notes
+
+
+def fixed_p(table):
+    """A paired-evidence function from {frozenset({a, b}): p} (None for pairs it does not list)."""
+    return lambda task, a, b: table.get(frozenset((a, b)))
+
+
+def test_a_challenger_within_noise_never_moves_ahead_of_the_tie_break_order():
+    # partner-big scores 3 points more than ours, but the paired test cannot tell them apart.
+    p = fixed_p({frozenset(("partner-big", "ours")): 0.4, frozenset(("partner-mini", "ours")): 0.001,
+                 frozenset(("old", "ours")): 0.001, frozenset(("partner-big", "partner-mini")): 0.001,
+                 frozenset(("partner-big", "old")): 0.001, frozenset(("partner-mini", "old")): 0.2})
+    (route,) = build_routes(BOARD, paired=p, alpha=0.05)
+    # ours: in-house, first by tie-break; then partner-big beats the cheapest partner, partner-mini, beyond noise.
+    assert [c.model for c in route.candidates] == ["ours", "partner-big", "partner-mini", "old"]
+    first = route.candidates[0]
+    assert first.in_house_margin is None and first.p_vs_next == 0.4
+    assert "first by tie-break" in first.reason and "partner-big 0.800 (p=0.4 >= 0.05)" in first.reason
+    assert "beats the tie-break choice partner-mini" in route.candidates[1].reason
+    assert route.candidates[-1].reason is None and route.candidates[-1].p_vs_next is None
+
+
+def test_a_challenger_that_wins_beyond_noise_takes_the_task_unless_the_in_house_margin_says_so():
+    p = fixed_p({frozenset((a, b)): 0.01 for a in ("partner-big", "ours", "partner-mini", "old")
+                 for b in ("partner-big", "ours", "partner-mini", "old") if a != b})
+    (route,) = build_routes(BOARD, paired=p, alpha=0.05)
+    assert [c.model for c in route.candidates] == ["partner-big", "ours", "partner-mini", "old"]
+    assert "beats the tie-break choice ours" in route.candidates[0].reason and "p=0.01 < 0.05" in route.candidates[0].reason
+    # A stricter alpha: the same evidence is noise.
+    (route,) = build_routes(BOARD, paired=p, alpha=0.005)
+    assert route.candidates[0].model == "ours"
+    # The in-house margin puts ours first against the evidence, and says so.
+    (route,) = build_routes(BOARD, prefer_in_house_within=5, paired=p, alpha=0.05)
+    first = route.candidates[0]
+    assert first.model == "ours" and first.in_house_margin == pytest.approx(3.0)
+    assert first.reason.startswith("in-house margin: ours 0.770") and "within 5" in first.reason
+
+
+def test_without_shared_items_there_is_no_evidence_and_ties_fall_to_cost():
+    board = [score("a-dear", 0.9, 0.010), score("b-cheap", 0.5, 0.001), score("c-free", 0.5, 0.0)]
+    (route,) = build_routes(board, paired=lambda task, a, b: None, alpha=0.05)
+    assert [c.model for c in route.candidates] == ["c-free", "b-cheap", "a-dear"]
+    assert "a-dear 0.900 (no shared items)" in route.candidates[0].reason
+
+
+def test_store_backed_routes_use_mcnemar_on_the_stored_items(stub_server, store_url):
+    from autarky.evals.api import evaluate, routes_from_store
+    from autarky.evals.suite import load_suite
+    from evals.stub_openai import Script
+
+    # Over the first 40 chat-qa items the partner answers everything, ours only the France question: the partner
+    # wins beyond noise; over 2 items the same behaviour is noise and the in-house model keeps the task.
+    answers = {it["prompt"]: it["answers"][0] for it in load_suite("chat-qa").items}
+    partner = stub_server(Script(answer=lambda prompt: next(a for q, a in answers.items() if q in prompt)))
+    ours = stub_server(Script(answer=lambda prompt: "Paris" if "France" in prompt else "no idea"))
+    evaluate({"partner": partner.base_url, "ours": ours.base_url}, ["chat-qa"], limit=2, store_url=store_url,
+             in_house=["ours"], progress=False)
+    (route,) = routes_from_store(store_url)
+    assert route.candidates[0].model == "ours" and "within noise: partner 1.000 (p=1 >= 0.05)" in route.candidates[0].reason
+    assert route.candidates[0].p_vs_next == 1.0  # 1 discordant item: exact p = 1
+    evaluate({"partner": partner.base_url, "ours": ours.base_url}, ["chat-qa"], limit=40, store_url=store_url,
+             in_house=["ours"], progress=False)
+    (route,) = routes_from_store(store_url)
+    first = route.candidates[0]
+    assert first.model == "partner" and "mcnemar-chi2-cc p=" in first.reason and first.p_vs_next < 1e-6

@@ -83,3 +83,39 @@ def test_malformed_suites_are_clear_errors(tmp_path, toml, lines, message):
 def test_missing_suite_lists_the_bundled_ones():
     with pytest.raises(UserError, match="chat-qa"):
         load_suite("no-such-suite")
+
+
+# Large enough to tell two models apart (issue 12); code-completion is bounded by the held-out stdlib files.
+DECIDING = {"chat-qa": 200, "python-functions": 200, "spreadsheet": 200, "slides": 200, "code-completion": 100}
+# The demo runs the first items of each suite (`autarky demo --eval-limit`, 4 by default): items are appended,
+# never reordered, so that subset stays what it was.
+DEMO_SUBSET = {"chat-qa": ["fact-000", "fact-001", "fact-002", "fact-003"],
+               "python-functions": ["add", "is_even", "factorial", "fibonacci"],
+               "spreadsheet": ["sum-units", "avg-units", "max-units", "min-units"],
+               "slides": ["deck-00", "deck-01", "deck-02", "deck-03"]}
+
+
+def test_product_suites_are_large_enough_to_decide_and_keep_the_demo_subset_first():
+    for name, minimum in DECIDING.items():
+        items = load_suite(name).items
+        assert len(items) >= minimum, (name, len(items))
+    for name, ids in DEMO_SUBSET.items():
+        assert [it["id"] for it in load_suite(name).items[: len(ids)]] == ids, name
+
+
+def test_generation_is_reproducible_byte_for_byte(tmp_path):
+    import sys
+
+    from autarky.evals.suite import bundled_root
+
+    names = ["chat-qa", "python-functions", "spreadsheet", "slides"]
+    # code-completion reads the local standard library: compare it only on the Python that wrote it.
+    if load_suite("code-completion").items[0]["python"] == f"{sys.version_info.major}.{sys.version_info.minor}":
+        names.append("code-completion")
+    write_suites(tmp_path / "a", names)
+    write_suites(tmp_path / "b", names)
+    for name in names:
+        for file in ("suite.toml", "items.jsonl"):
+            first = (tmp_path / "a" / name / file).read_bytes()
+            assert first == (tmp_path / "b" / name / file).read_bytes(), (name, file)
+            assert first == (bundled_root() / name / file).read_bytes(), f"{name}/{file}: rerun python -m autarky.evals.generators"

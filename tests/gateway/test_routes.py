@@ -147,3 +147,14 @@ def test_gateway_starts_before_the_table_exists_and_picks_it_up(make_gateway, fa
     write(table, 0.42)
     assert ask(url).headers["x-autarky-model"] == "claude"  # the table, once written, takes over
     assert httpx.get(url + "/health").json()["routes_generation"] == 1
+
+
+def test_route_reason_header_shows_the_tables_evidence(make_gateway, faults, tmp_path):
+    table = tmp_path / "routes.toml"
+    table.write_text('[[tasks.spreadsheet.candidates]]\nmodel = "small"\nscore = 0.4\nci_low = 0.3\nci_high = 0.5\n'
+                     'p_vs_next = 0.2\nin_house_margin = 2.0\nreason = "in-house margin: 2.0 points below gpt"\n'
+                     '[[tasks.spreadsheet.candidates]]\nmodel = "gpt"\nscore = 0.42\n')
+    _, url = make_gateway(routes=str(table))
+    reason = ask(url).headers["x-autarky-route-reason"]
+    assert ("evidence small: score=0.4 ci=0.3..0.5 p_vs_next=0.2 in_house_margin=2 "
+            "(in-house margin: 2.0 points below gpt)") in reason

@@ -10,7 +10,8 @@
     score = 0.77                                 # then ci_low, ci_high, usd_per_1k_tokens, p50_latency_ms,
     in_house = true                              # in_house
     p_vs_next = 0.03                             # evidence for the order (optional, see `Candidate`):
-    in_house_margin = 3.0                        # p-value against the next one, in-house preference margin
+    in_house_margin = 3.0                        # p-value against the next one, in-house preference margin,
+    reason = "in-house margin: ..."              # and why this candidate is ahead of the rest, in words
 
 One schema: the writer (`autarky eval routes`, `autarky.evals.routes`) dumps these models and the reader (the
 gateway, hot-reloaded) validates into them; an unknown or misspelt field is an error naming the file and field,
@@ -47,9 +48,26 @@ class Candidate(BaseModel):
     p50_latency_ms: float | None = None
     in_house: bool | None = None  # informational; the gateway's provider config decides
     # Evidence for the order: the two-sided paired p-value of this candidate's score against the next one's (for
-    # the first: the runner-up), and, when the in-house preference put it first, the score points it gave up.
+    # the first: the runner-up), and, when the in-house preference put it first, the score points it gave up;
+    # `reason` says in words why it is ahead of the rest (autarky.evals.routes states the rule).
     p_vs_next: float | None = None
     in_house_margin: float | None = None
+    reason: str | None = None
+
+    def evidence(self) -> str:
+        """The evidence fields in one line (the gateway's route-reason header); empty when there are none."""
+        if self.p_vs_next is None and self.in_house_margin is None and not self.reason:
+            return ""
+        parts = [f"score={self.score:.3g}"]
+        if self.ci_low is not None and self.ci_high is not None:
+            parts.append(f"ci={self.ci_low:.3g}..{self.ci_high:.3g}")
+        if self.p_vs_next is not None:
+            parts.append(f"p_vs_next={self.p_vs_next:.3g}")
+        if self.in_house_margin is not None:
+            parts.append(f"in_house_margin={self.in_house_margin:.3g}")
+        if self.reason:
+            parts.append(f"({self.reason})")
+        return " ".join(parts)
 
 
 class TaskRoute(BaseModel):

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(Path("runs/demo-nano"), help="the training run directory"),
         max_mb: float = typer.Option(5.0, help="MB of standard-library source to train on"),
         steps: int = typer.Option(0, help="training steps (0: the nano preset's default)"),
-        eval_limit: int = typer.Option(4, help="items per evaluation suite"),
+        eval_limit: int = typer.Option(4, help="items per evaluation suite (its first N; the suites hold 120-210)"),
     ) -> None:
         """Run the whole loop on the built-in defaults: data, train, export, sample, plan, serve, gateway, eval."""
         run_demo(run_dir=run_dir, max_mb=max_mb, steps=steps or None, eval_limit=eval_limit)

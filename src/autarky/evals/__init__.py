@@ -5,7 +5,8 @@ Python API (autarky.evals.api; the CLI `autarky eval ...` / `autarky arena` is a
   "IN:OUT"}, modes={NAME: "chat"|"completions"}, gateway_config=None, max_tokens_cap=None)` → EvalRunSummary
 - `print_leaderboard(store_url)`, `routes_from_store(...)`, `write_routes_file(out, ...)`, `write_report(dir, ...)`
 - `demo_eval({NAME: URL}, out_dir, in_house=[...], limit=20)`: run, print leaderboard + routes, write both files.
-- `leaderboard(engine)`, `compare(engine, a, b, suite)`, `build_routes(board, ...)` for programs that hold a store.
+- `leaderboard(engine)`, `compare(engine, a, b, suite)` (McNemar or paired bootstrap), `build_routes(board, ...)`
+  (the noise rule of autarky.evals.routes) for programs that hold a store.
 Modules: suite (loading/validation), graders + sandbox, client (httpx, retries), runner (concurrency, resume),
 results + stats (bootstrap CIs, paired tests), battles + arena (Bradley–Terry as LMArena), routes (the table,
 written in the `autarky.contracts.routes` schema), report, generators (`python -m autarky.evals.generators`

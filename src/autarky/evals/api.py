@@ -17,6 +17,7 @@ from autarky.evals.client import Endpoint, parse_model_spec
 from autarky.evals.results import SuiteScore, leaderboard, stored_models
 from autarky.evals.routes import TaskRoute, build_routes, paired_p_values, write_routes
 from autarky.evals.runner import EvalModel, EvalRunSummary, RunOptions, run_eval
+from autarky.evals.stats import ALPHA
 from autarky.evals.suite import Suite, bundled_suite_names, load_suite
 from autarky.store.database import open_store
 
@@ -143,38 +144,41 @@ def print_leaderboard(store_url: str | None = None, console: Console | None = No
 
 
 def routes_from_store(store_url: str | None = None, prefer_in_house_within: float | None = None,
-                      max_usd_per_1k: float | None = None) -> list[TaskRoute]:
+                      max_usd_per_1k: float | None = None, alpha: float = ALPHA) -> list[TaskRoute]:
+    """The routing table from the store's results, ordered by the rule of autarky.evals.routes at `alpha`."""
     engine = open_store(store_url)
     board = leaderboard(engine)
     if not board:
         raise UserError("no eval results in the store; run `autarky eval run` first (or pass --store)")
     providers = {name: info["provider"] for name, info in stored_models(engine).items()}
-    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k, paired_p_values(engine, board))
+    return build_routes(board, providers, prefer_in_house_within, max_usd_per_1k, paired_p_values(engine, board, alpha),
+                        alpha)
 
 
 def write_routes_file(out: str | Path, store_url: str | None = None, prefer_in_house_within: float | None = None,
-                      max_usd_per_1k: float | None = None) -> Path:
-    return write_routes(routes_from_store(store_url, prefer_in_house_within, max_usd_per_1k), out)
+                      max_usd_per_1k: float | None = None, alpha: float = ALPHA) -> Path:
+    return write_routes(routes_from_store(store_url, prefer_in_house_within, max_usd_per_1k, alpha), out)
 
 
 def routes_table(routes: list[TaskRoute]) -> Table:
     table = Table(title="routing table (first candidate serves the task)")
-    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "p vs next", "in-house", "pareto"):
+    for column in ("task", "rank", "model", "score", "95% CI", "$/1k tok", "p50 ms", "p vs next", "in-house", "pareto",
+                   "why first"):
         table.add_column(column)
     for route in routes:
         for i, c in enumerate(route.candidates, start=1):
             table.add_row(route.task if i == 1 else "", str(i), c.model, f"{c.score:.3f}",
                           f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", f"{c.usd_per_1k_tokens:.4f}", f"{c.p50_latency_ms:.0f}",
                           "" if c.p_vs_next is None else f"{c.p_vs_next:.3g}", "yes" if c.in_house else "",
-                          "yes" if c.model in route.pareto else "")
+                          "yes" if c.model in route.pareto else "", (c.reason or "") if i == 1 else "")
     return table
 
 
 def write_report(out_dir: str | Path, store_url: str | None = None, prefer_in_house_within: float | None = None,
-                 max_usd_per_1k: float | None = None) -> Path:
+                 max_usd_per_1k: float | None = None, alpha: float = ALPHA) -> Path:
     from autarky.evals.report import render_report
 
-    return render_report(out_dir, open_store(store_url), prefer_in_house_within, max_usd_per_1k)
+    return render_report(out_dir, open_store(store_url), prefer_in_house_within, max_usd_per_1k, alpha)
 
 
 def demo_eval(models: dict[str, str], out_dir: str | Path, *, in_house: Iterable[str] = (), limit: int | None = 20,

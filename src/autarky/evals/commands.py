@@ -19,6 +19,10 @@ from autarky.errors import UserError
 WITHIN_HELP = "prefer an in-house model within this many score points (of 100) of the best"
 MAX_USD_HELP = "leave out candidates costing more than this many USD per 1k tokens"
 JSON_HELP = "print JSON for programs"
+# autarky.evals.stats.ALPHA, spelled out so that `autarky --help` starts without numpy and scipy (a test checks they agree).
+ALPHA = 0.05
+ALPHA_HELP = ("significance level of the paired test: a challenger moves ahead of the tie-break order only with "
+              "p below it")
 
 
 def register(app: typer.Typer) -> None:
@@ -99,10 +103,13 @@ def register(app: typer.Typer) -> None:
         model_a: str = typer.Argument(..., help="the first model's name in the store"),
         model_b: str = typer.Argument(..., help="the second model's name in the store"),
         suite: list[str] = typer.Option([], help="suites to compare on (default: every suite both ran)"),
+        alpha: float = typer.Option(ALPHA, min=0.0, max=1.0, help=ALPHA_HELP),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
         store: str = store_option(),
         config: Path = config_option(),
     ) -> None:
-        """Paired comparison of two models on the same items (paired bootstrap and sign test)."""
+        """Paired comparison per suite: the difference A − B with its 95% CI and a paired test (McNemar on pass/fail
+        items, exact for few discordant items; the paired bootstrap otherwise) with its p-value."""
         from autarky.evals.results import compare, suite_info
         from autarky.store.database import open_store
 
@@ -110,22 +117,29 @@ def register(app: typer.Typer) -> None:
         names = suite or sorted(suite_info(engine))
         if not names:
             raise UserError("no eval results in the store; run `autarky eval run` first (or pass --store)")
-        for name in names:
-            typer.echo(f"{name}: {compare(engine, model_a, model_b, name).sentence(model_a, model_b)}")
+        results = {name: compare(engine, model_a, model_b, name, alpha) for name in names}
+        if as_json:
+            typer.echo(json.dumps([{"suite": name, "model_a": model_a, "model_b": model_b, **asdict(r)}
+                                   for name, r in results.items()], indent=2))
+            return
+        for name, result in results.items():
+            typer.echo(f"{name}: {result.sentence(model_a, model_b)}")
 
     @eval_app.command("routes")
     def routes(
         out: Path = typer.Option(..., help="where to write routes.toml"),
         prefer_in_house_within: float = typer.Option(None, help=WITHIN_HELP),
         max_usd_per_1k: float = typer.Option(None, help=MAX_USD_HELP),
+        alpha: float = typer.Option(ALPHA, min=0.0, max=1.0, help=ALPHA_HELP),
         store: str = store_option(),
         config: Path = config_option(),
     ) -> None:
-        """Write the routing table the gateway reads."""
+        """Write the routing table the gateway reads: per task, candidates in tie-break order (in-house, then cost)
+        unless a higher score wins a paired test at --alpha, or the in-house margin puts an in-house model first."""
         from autarky.evals.api import routes_from_store, routes_table
         from autarky.evals.routes import write_routes
 
-        table = routes_from_store(choose_store(store, config), prefer_in_house_within, max_usd_per_1k)
+        table = routes_from_store(choose_store(store, config), prefer_in_house_within, max_usd_per_1k, alpha)
         TableConsole().print(routes_table(table))
         typer.echo(f"wrote {write_routes(table, out)}")
 
@@ -134,13 +148,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="folder for index.html and its figures"),
         prefer_in_house_within: float = typer.Option(None, help=WITHIN_HELP),
         max_usd_per_1k: float = typer.Option(None, help=MAX_USD_HELP),
+        alpha: float = typer.Option(ALPHA, min=0.0, max=1.0, help=ALPHA_HELP),
         store: str = store_option(),
         config: Path = config_option(),
     ) -> None:
         """Write a static HTML report: leaderboard, models × suites, Pareto plots, routing table, items."""
         from autarky.evals.api import write_report
 
-        typer.echo(f"wrote {write_report(out, choose_store(store, config), prefer_in_house_within, max_usd_per_1k)}")
+        typer.echo(f"wrote {write_report(out, choose_store(store, config), prefer_in_house_within, max_usd_per_1k, alpha)}")
 
     def arena(
         battles: Path = typer.Option(None, help="battles JSONL (LMArena format: model_a, model_b, winner)"),

@@ -43,7 +43,7 @@ def strip_fences(text: str) -> str:
     return (match.group(1) if match else text).strip()
 
 
-# --- chat-qa: normalized exact match ---------------------------------------------------------------------
+# --- chat-qa: a correct answer, credited in a sentence (answer-match), and normalized exact match ----------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation.replace(".", "").replace("-", ""))
@@ -72,10 +72,117 @@ def grade_exact(item: dict[str, Any], output: str, extras: dict[str, float]) -> 
     return Grade(float(ok), {"contains_answer": float(contains)}, detail=f"normalized {got!r}")
 
 
+MAX_ANSWER_WORDS = 30  # a longer first line is an essay, not an answer
+_HEDGES = {"or"}  # "Paris or Lyon" names two answers
+_SEPARATORS = {"and", "&"}  # with commas and semicolons: two or more make a list of options
+
+
+def _canonical_tokens(text: str) -> list[str]:
+    """Normalized words, a sentence's inner full stops dropped and numbers written one way ("7.0" → "7")."""
+    tokens = []
+    for token in normalize_answer(text).split():
+        token = token.rstrip(".")
+        tokens.append(normalize_answer(token) if token else token)
+    return [t for t in tokens if t]
+
+
+def _has_span(tokens: list[str], span: list[str]) -> bool:
+    return bool(span) and any(tokens[i:i + len(span)] == span for i in range(len(tokens) - len(span) + 1))
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _answer_line(output: str) -> str:
+    """The first non-blank line, fences and an "Answer:" label dropped (later lines are explanation)."""
+    line = next((ln.strip() for ln in output.splitlines() if ln.strip() and not ln.strip().startswith("```")), "")
+    return re.sub(r"^(final\s+)?answer\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
+
+
+def credited_answer(item: dict[str, Any], output: str) -> tuple[bool, str]:
+    """Whether the reply's first line gives an accepted answer as a whole-word span ("The capital of France is
+    Paris." counts), and why. Guards keep a reply that lists options from scoring: a hedge ("or"), two or more list
+    separators (commas, semicolons, "and") beyond the question's and the answer's own, a number the question does
+    not contain beside a numeric answer, or a first line over MAX_ANSWER_WORDS words. An answer the question itself
+    contains ("Is 7 prime?") is credited only as an exact match, so echoing the question earns nothing."""
+    answers = item["answers"] if isinstance(item["answers"], list) else [item["answers"]]
+    line = _answer_line(output)
+    tokens = _canonical_tokens(line)
+    if not tokens:
+        return False, "empty answer"
+    if len(tokens) > MAX_ANSWER_WORDS:
+        return False, f"first line has {len(tokens)} words (over {MAX_ANSWER_WORDS}): not a short answer"
+    prompt = _canonical_tokens(str(item.get("prompt", "")))
+    exact = normalize_answer(line)
+    for answer in answers:
+        span = _canonical_tokens(str(answer))
+        if not span:
+            continue
+        if exact == normalize_answer(str(answer)):
+            return True, f"exact {answer!r}"
+        if not _has_span(tokens, span) or _has_span(prompt, span):
+            continue
+        own = set(prompt) | set(span)
+        if any(t in _HEDGES and t not in own for t in tokens):
+            return False, f"{answer!r} among alternatives (hedged with 'or')"
+        separators = sum(t in _SEPARATORS and t not in own for t in tokens)
+        separators += max(0, line.count(",") + line.count(";") - str(item.get("prompt", "")).count(",")
+                          - str(answer).count(","))
+        if separators >= 2:
+            return False, f"{answer!r} in a list of options"
+        if len(span) == 1 and _is_number(span[0]):
+            others = sorted({t for t in tokens if _is_number(t) and t != span[0] and t not in prompt})
+            if others:
+                return False, f"{answer!r} beside other numbers {', '.join(others)}"
+        return True, f"contains {answer!r}"
+    return False, f"no accepted answer in {line[:80]!r}"
+
+
+def grade_answer(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    """The product metric for questions: a correct answer counts in a sentence; strict format is `exact_match`."""
+    ok, why = credited_answer(item, output)
+    strict = grade_exact(item, output, extras).score
+    return Grade(float(ok), {"exact_match": strict}, detail=why)
+
+
 # --- python-functions: unit tests in the sandbox ---------------------------------------------------------
 
+_CODE_START = re.compile(r"^(def|class|import|from|@)\b")
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<answer>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def extract_code(output: str, entry_point: str | None = None) -> str:
+    """The program in a model's answer: the first fenced block (or the whole answer) that compiles and defines
+    `entry_point`; else, for code written inside prose, the longest run of lines from the first `def`/`import`/...
+    line that compiles; else the first fenced block, whose failure the tests then report."""
+    defines = re.compile(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE) if entry_point else None
+    for block in [m.group(1) for m in _FENCE.finditer(output)] + [output]:
+        if _compiles(block) and (defines is None or defines.search(block)):
+            return block.strip()
+    lines = output.splitlines()
+    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
+    if start is not None:
+        for end in range(len(lines), start, -1):
+            code = "\n".join(lines[start:end])
+            if _compiles(code) and (defines is None or defines.search(code)):
+                return code.strip()
+    return strip_fences(output)
+
+
 def grade_python_tests(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
-    code = strip_fences(output)
+    code = extract_code(output, item.get("entry_point"))
     marker = f"AUTARKY-TESTS-PASSED-{secrets.token_hex(8)}"  # unguessable, so code cannot fake a pass
     program = f"{code}\n\n\n{item['tests']}\n\nprint({marker!r})\n"
     result = run_python(program, timeout_s=float(item.get("timeout_s", 5.0)))
@@ -145,9 +252,14 @@ def _parses(formula: str) -> bool:
     return True
 
 
+_BARE_FORMULA = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\(.*\)$")
+_CELL_REF = re.compile(r"\$?[A-Za-z]{1,3}\$?\d+")
+
+
 def extract_formula(output: str) -> str | None:
     """The formula in a model's answer: a line that is a formula (fenced or not), else the longest parseable
-    formula starting at an '=' inside prose ("use =SUM(C2:C13) to ..."); None when there is none."""
+    formula starting at an '=' inside prose ("use =SUM(C2:C13) to ..."), else a line that is a function call over
+    cells without its '=' ("SUM(C2:C13)"); None when there is none."""
     lines = [ln.strip().strip("`").strip() for ln in strip_fences(output).splitlines() + output.splitlines()]
     for line in lines:
         if line.startswith("=") and _parses(line):
@@ -159,6 +271,10 @@ def extract_formula(output: str) -> str | None:
             for end in ends:
                 if _parses(tail[:end]):
                     return tail[:end]
+    for line in lines:  # a formula written without its "=" ("SUM(C2:C13)"); a bare number stays no formula
+        head = line.rstrip(" .,;:")
+        if _BARE_FORMULA.match(head) and _CELL_REF.search(head) and _parses("=" + head):
+            return "=" + head
     return next((line for line in lines if line.startswith("=")), None)
 
 
@@ -238,7 +354,8 @@ def grade_slides(item: dict[str, Any], output: str, extras: dict[str, float]) ->
 def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
     """Exact match of the first non-blank generated line (indentation ignored) with the body's first line."""
     want = item["next_line"].strip()
-    got = next((line.strip() for line in output.splitlines() if line.strip()), "")
+    # A fence line ("```python") is wrapping, not the model's next line of code.
+    got = next((line.strip() for line in output.splitlines() if line.strip() and not line.strip().startswith("```")), "")
     metrics = {k: v for k, v in extras.items() if k == "bits_per_byte"}
     return Grade(float(got == want), metrics, detail=f"next line {got!r}")
 
@@ -251,6 +368,7 @@ GRADERS: dict[str, Grader] = {
     g.name: g
     for g in (
         Grader("exact-match", ("generate",), ("answers",), grade_exact),
+        Grader("answer-match", ("generate",), ("answers",), grade_answer),
         Grader("python-tests", ("generate",), ("tests",), grade_python_tests),
         Grader("formula", ("generate",), ("sheet", "expected"), grade_formula),
         Grader("slides-structure", ("generate",), ("slides",), grade_slides),

@@ -23,6 +23,7 @@ from sqlalchemy import Engine  # noqa: E402
 
 from autarky.evals.results import SuiteScore, leaderboard, load_results, stored_models  # noqa: E402
 from autarky.evals.routes import TaskRoute, build_routes, paired_p_values  # noqa: E402
+from autarky.evals.stats import ALPHA  # noqa: E402
 
 IN_HOUSE_COLOR, PARTNER_COLOR = "#1b7f5f", "#3b5bdb"
 
@@ -113,13 +114,13 @@ def _arena(engine: Engine) -> list[Any]:
 
 
 def render_report(out_dir: str | Path, engine: Engine, prefer_in_house_within: float | None = None,
-                  max_usd_per_1k: float | None = None) -> Path:
+                  max_usd_per_1k: float | None = None, alpha: float = ALPHA) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard(engine)
     providers = {name: info["provider"] for name, info in stored_models(engine).items()}
-    routes = (build_routes(board, providers, prefer_in_house_within, max_usd_per_1k, paired_p_values(engine, board))
-              if board else [])
+    routes = (build_routes(board, providers, prefer_in_house_within, max_usd_per_1k,
+                           paired_p_values(engine, board, alpha), alpha) if board else [])
     env = jinja2.Environment(autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
     env.filters["color"] = score_color
     env.filters["tojson_attr"] = lambda v: html.escape(json.dumps(v))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, select
 
-from autarky.evals.stats import PairedComparison, bootstrap_mean_ci, paired_comparison
+from autarky.evals.stats import ALPHA, PairedComparison, bootstrap_mean_ci, paired_comparison
 from autarky.store.eval_tables import eval_models, eval_results, eval_suites
 
 
@@ -99,13 +99,15 @@ def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[st
     return board
 
 
-def compare(engine: Engine, model_a: str, model_b: str, suite: str | list[str]) -> PairedComparison:
+def compare(engine: Engine, model_a: str, model_b: str, suite: str | list[str],
+            alpha: float = ALPHA) -> PairedComparison:
     """Paired comparison of two models on the items both have finished in `suite` (or in any of several suites:
-    an item is then a (suite, item) pair)."""
+    an item is then a (suite, item) pair): McNemar on pass/fail scores, the paired bootstrap otherwise."""
     suites = [suite] if isinstance(suite, str) else list(suite)
     rows = load_results(engine, [model_a, model_b], suites)
     by_model: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     for r in rows:
         by_model[r["model"]][(r["suite"], r["item_id"])] = r["score"]
     shared = sorted(set(by_model[model_a]) & set(by_model[model_b]))
-    return paired_comparison([by_model[model_a][i] for i in shared], [by_model[model_b][i] for i in shared])
+    return paired_comparison([by_model[model_a][i] for i in shared], [by_model[model_b][i] for i in shared],
+                             alpha=alpha)

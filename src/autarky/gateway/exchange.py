@@ -147,6 +147,8 @@ class Exchange:
         assert target is not None and decision is not None
         notes = self.outcome.notes
         reason = decision.reason if not notes else decision.reason + "; " + "; ".join(notes)
+        if target.evidence:
+            reason += f"; evidence {target.model}: {target.evidence}"
         return {"x-autarky-model": target.model, "x-autarky-provider": target.provider,
                 "x-autarky-route-reason": _ascii(reason), "x-autarky-request-id": self.request_id,
                 "x-autarky-failovers": str(self.outcome.failovers)}

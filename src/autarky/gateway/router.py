@@ -27,6 +27,7 @@ class Target:
     score: float
     usd_per_1k: float
     p50_latency_ms: float
+    evidence: str = ""  # the routing table's evidence for this candidate's place (shown in x-autarky-route-reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,4 +211,5 @@ class Router:
             # The table's price may be stale; the ceiling uses whichever of table and config is higher.
             usd_per_1k=max(cand.usd_per_1k_tokens or 0.0, model_cfg.usd_per_1k()),
             p50_latency_ms=cand.p50_latency_ms if cand.p50_latency_ms is not None else 0.0,
+            evidence=cand.evidence(),
         )

@@ -14,9 +14,9 @@ SUITES: dict[str, tuple[str, Callable[[], list[dict[str, Any]]]]] = {
     "chat-qa": ('''name = "chat-qa"
 task = "chat"
 kind = "generate"
-grader = "exact-match"
-metric = "exact_match"
-description = "Short factual and arithmetic questions; normalized exact match of the first line."
+grader = "answer-match"
+metric = "answer_match"
+description = "Short factual and arithmetic questions; a correct answer counts in a sentence (answer_match), strict normalized exact match of the first line is the exact_match metric."
 system = "Answer with only the final answer: a word, a name or a number. No explanation, no full sentence."
 max_tokens = 24
 ''', chat_qa.items),

@@ -1,4 +1,5 @@
-"""The chat-qa suite: short factual questions (written here) and arithmetic (generated, seeded)."""
+"""The chat-qa suite: short factual questions (written here) and arithmetic, unit and sequence questions
+(generated, seeded). Items are only ever appended, so the first N (the demo's subset) stay the same."""
 
 from __future__ import annotations
 
@@ -57,6 +58,30 @@ FACTS: list[tuple[str, list[str]]] = [
     ("What is the plural of 'mouse'?", ["mice"]),
 ]
 
+# Appended for a suite large enough to tell two models apart (issue 12); the first 50 above keep their ids.
+CAPITALS: list[tuple[str, list[str]]] = [
+    ("Norway", ["Oslo"]), ("Sweden", ["Stockholm"]), ("Portugal", ["Lisbon"]), ("Greece", ["Athens"]),
+    ("Russia", ["Moscow"]), ("China", ["Beijing"]), ("India", ["New Delhi", "Delhi"]), ("Mexico", ["Mexico City"]),
+    ("Argentina", ["Buenos Aires"]), ("Peru", ["Lima"]), ("Chile", ["Santiago"]), ("Ireland", ["Dublin"]),
+    ("Poland", ["Warsaw"]), ("Austria", ["Vienna"]), ("the Netherlands", ["Amsterdam"]), ("Belgium", ["Brussels"]),
+    ("Switzerland", ["Bern", "Berne"]), ("Turkey", ["Ankara"]), ("South Korea", ["Seoul"]), ("Thailand", ["Bangkok"]),
+    ("Vietnam", ["Hanoi"]), ("Indonesia", ["Jakarta"]), ("Nigeria", ["Abuja"]), ("Morocco", ["Rabat"]),
+    ("Finland", ["Helsinki"]), ("Denmark", ["Copenhagen"]), ("Hungary", ["Budapest"]), ("the Czech Republic", ["Prague"]),
+    ("Cuba", ["Havana"]), ("Colombia", ["Bogota", "Bogotá"]),
+]
+MORE_FACTS: list[tuple[str, list[str]]] = [
+    ("What is the chemical symbol for silver?", ["Ag"]),
+    ("What is the chemical symbol for copper?", ["Cu"]),
+    ("What is the chemical symbol for lead?", ["Pb"]),
+    ("How many planets are in the Solar System?", ["8", "eight"]),
+    ("How many weeks are in a year?", ["52", "fifty-two"]),
+    ("Who painted The Starry Night?", ["Vincent van Gogh", "van Gogh"]),
+    ("Who wrote the novel Nineteen Eighty-Four?", ["George Orwell", "Orwell"]),
+    ("What is the largest country by area?", ["Russia"]),
+    ("Which planet has the most prominent rings?", ["Saturn"]),
+    ("How many players does a soccer team have on the field?", ["11", "eleven"]),
+]
+
 
 def items() -> list[dict]:
     rng = random.Random(6)
@@ -74,4 +99,31 @@ def items() -> list[dict]:
         else:
             question, value = f"What is {a} plus {b}?", a + b
         out.append({"id": f"arith-{i:03d}", "prompt": question, "answers": [str(value)]})
+    for i, (country, answers) in enumerate(CAPITALS):
+        out.append({"id": f"capital-{i:03d}", "prompt": f"What is the capital of {country}?", "answers": answers})
+    for i, (question, answers) in enumerate(MORE_FACTS):
+        out.append({"id": f"fact2-{i:03d}", "prompt": question, "answers": answers})
+    return out + _units_and_sequences(random.Random(12))
+
+
+def _units_and_sequences(rng: random.Random) -> list[dict]:
+    """Unit conversions, percentages and next-in-sequence questions; no answer is a number of its own question."""
+    out = []
+    units = [("minutes", "hours", 60), ("seconds", "minutes", 60), ("days", "weeks", 7), ("months", "years", 12),
+             ("centimetres", "metres", 100), ("grams", "kilograms", 1000)]
+    for i in range(24):
+        small, big, factor = units[i % len(units)]
+        n = rng.randint(2, 12)
+        out.append({"id": f"units-{i:03d}", "prompt": f"How many {small} are in {n} {big}?", "answers": [str(n * factor)]})
+    for i in range(18):
+        percent, base = rng.choice((10, 20, 25, 50, 75)), rng.randint(2, 40) * 20
+        while percent * base // 100 == percent:  # "10 percent of 100": the answer would echo the question
+            base = rng.randint(2, 40) * 20
+        out.append({"id": f"percent-{i:03d}", "prompt": f"What is {percent} percent of {base}?",
+                    "answers": [str(percent * base // 100)]})
+    for i in range(18):
+        start, step = rng.randint(1, 30), rng.randint(2, 9)
+        terms = [start + step * k for k in range(4)]
+        out.append({"id": f"sequence-{i:03d}", "prompt": f"What number comes next: {', '.join(map(str, terms))}, ...?",
+                    "answers": [str(start + step * 4)]})
     return out

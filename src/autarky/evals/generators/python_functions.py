@@ -1,10 +1,13 @@
 """The python-functions suite: small function-writing tasks, each with a reference solution and unit tests.
 
 The references exist so that the tests can prove every task is solvable and every test can fail
-(tests/evals/test_suites.py runs each reference through the sandbox grader).
+(tests/evals/test_suites.py runs each reference through the sandbox grader). The hand-written TASKS come first
+(the demo's subset); the parametrised families of python_families follow.
 """
 
 from __future__ import annotations
+
+from autarky.evals.generators.python_families import family_tasks
 
 # (entry point, signature, what it must do, reference body, tests)
 TASKS: list[tuple[str, str, str, str, str]] = [
@@ -165,9 +168,13 @@ TASKS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
+def all_tasks() -> list[tuple[str, str, str, str, str]]:
+    return TASKS + family_tasks()
+
+
 def items() -> list[dict]:
     out = []
-    for entry, signature, doc, _reference, tests in TASKS:
+    for entry, signature, doc, _reference, tests in all_tasks():
         prompt = (f"Write a Python function `{signature}`. {doc}\n"
                   "Reply with only the complete function definition in a ```python code block (standard library only).")
         out.append({"id": entry, "prompt": prompt, "entry_point": entry, "tests": tests})
@@ -175,7 +182,7 @@ def items() -> list[dict]:
 
 
 def reference_solution(entry: str) -> str:
-    for name, signature, _doc, body, _tests in TASKS:
+    for name, signature, _doc, body, _tests in all_tasks():
         if name == entry:
             return f"```python\n{signature}:\n    {body}\n```"
     raise KeyError(entry)

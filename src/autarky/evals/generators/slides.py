@@ -1,4 +1,5 @@
-"""The slides suite: "outline a deck about …" graded by structure (see graders.grade_slides)."""
+"""The slides suite: "outline a deck about …" graded by structure (see graders.grade_slides). The 32 topics of the
+first release come first (the demo's subset), then every topic again for four audiences, seeded slide counts."""
 
 from __future__ import annotations
 
@@ -41,20 +42,41 @@ TOPICS: list[tuple[str, list[str]]] = [
     ("a proposal to adopt electric delivery vans", ["electric", "charging"]),
     ("lessons from a failed product experiment", ["experiment", "hypothesis"]),
 ]
+MORE_TOPICS: list[tuple[str, list[str]]] = [
+    ("a quarterly report on warehouse inventory", ["inventory", "stock"]),
+    ("introducing a new expense policy", ["expenses", "approval"]),
+    ("the results of an A/B test on a checkout page", ["conversion", "variant"]),
+    ("an incident review of a website outage", ["outage", "root cause"]),
+    ("hiring plans for the data team", ["hiring", "analysts"]),
+    ("a sustainability report for a factory", ["emissions", "energy"]),
+    ("customer support metrics for last month", ["tickets", "response time"]),
+    ("a proposal for a four-day work week", ["productivity", "schedule"]),
+    ("a beginner's guide to spreadsheets", ["formula", "cells"]),
+    ("pricing strategy for a software product", ["pricing", "tiers"]),
+]
+AUDIENCES = ["executives", "new employees", "customers", "a school class"]
+
+
+def _prompt(topic: str, terms: list[str], slides: int, audience: str = "") -> str:
+    low, high = BULLETS_PER_SLIDE
+    return (f"Outline a presentation deck{f' for {audience}' if audience else ''} about {topic} with exactly {slides} "
+            "slides. "
+            f"Mention {', '.join(repr(t) for t in terms)}. Reply with only JSON of the form "
+            '{"slides": [{"title": "...", "bullets": ["...", "..."]}, ...]}: '
+            f"each title at most {MAX_TITLE_CHARS} characters, each slide {low} to {high} bullets, "
+            f"each bullet at most {MAX_BULLET_CHARS} characters.")
 
 
 def items() -> list[dict]:
     rng = random.Random(20261123)
-    low, high = BULLETS_PER_SLIDE
     out = []
     for i, (topic, terms) in enumerate(TOPICS):
         slides = rng.randint(3, 7)
-        prompt = (
-            f"Outline a presentation deck about {topic} with exactly {slides} slides. "
-            f"Mention {', '.join(repr(t) for t in terms)}. Reply with only JSON of the form "
-            '{"slides": [{"title": "...", "bullets": ["...", "..."]}, ...]}: '
-            f"each title at most {MAX_TITLE_CHARS} characters, each slide {low} to {high} bullets, "
-            f"each bullet at most {MAX_BULLET_CHARS} characters."
-        )
-        out.append({"id": f"deck-{i:02d}", "prompt": prompt, "slides": slides, "required_terms": terms, "topic": topic})
+        out.append({"id": f"deck-{i:02d}", "prompt": _prompt(topic, terms, slides), "slides": slides,
+                    "required_terms": terms, "topic": topic})
+    for i, (topic, terms) in enumerate(TOPICS + MORE_TOPICS):
+        for j, audience in enumerate(AUDIENCES):
+            slides = rng.randint(3, 7)
+            out.append({"id": f"deck-{i:02d}-{j}", "prompt": _prompt(topic, terms, slides, audience),
+                        "slides": slides, "required_terms": terms, "topic": topic})
     return out
