@@ -1,0 +1,65 @@
+"""What a request needs from its upstream (tools, JSON output, images, thinking, context) and what each
+candidate declares it can carry; the router keeps only candidates able to serve the request.
+
+A model entry declares `supports` in gateway.toml; without it the provider decides: Anthropic-kind upstreams
+carry all four, OpenAI-kind partners tools, JSON and images, and in-house OpenAI-kind servers none of them
+(declare them explicitly once the server serves them: vLLM does, `autarky serve` plain chat only today)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from autarky.gateway.config import ModelEntry, ProviderConfig
+
+Capability = Literal["tools", "json_schema", "images", "thinking"]
+ALL: frozenset[str] = frozenset(("tools", "json_schema", "images", "thinking"))
+_PARTNER_OPENAI: frozenset[str] = frozenset(("tools", "json_schema", "images"))
+
+
+def supports(entry: ModelEntry, provider: ProviderConfig) -> frozenset[str]:
+    if entry.supports is not None:
+        return frozenset(entry.supports)
+    if provider.kind == "anthropic":
+        return ALL
+    return frozenset() if provider.in_house else _PARTNER_OPENAI
+
+
+def needs(body: dict) -> dict[str, str]:
+    """Capability -> the first request field that needs it (named in the 400 when no candidate can carry it)."""
+    out: dict[str, str] = {}
+    if body.get("tools"):
+        out["tools"] = "tools"
+    elif body.get("tool_choice") not in (None, "none", "auto"):
+        out["tools"] = "tool_choice"
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        out["json_schema"] = "response_format"
+    if body.get("thinking") is not None:
+        out["thinking"] = "thinking"
+    for i, m in enumerate(body.get("messages") or ()):
+        if not isinstance(m, dict):
+            continue
+        if "tools" not in out:
+            if m.get("tool_calls"):
+                out["tools"] = f"messages.{i}.tool_calls"
+            elif m.get("role") == "tool":
+                out["tools"] = f"messages.{i}"
+        content = m.get("content")
+        if "images" not in out and isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    out["images"] = f"messages.{i}.content.{j}"
+                    break
+    return out
+
+
+def prompt_tokens(body: dict) -> int:
+    """A rough upper bound of the prompt's tokens (4 bytes each), for context-window preference only."""
+    total = 0
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total // 4
