@@ -38,8 +38,8 @@ def _models(router: Router, body: dict, team: str | None = None, tokens: int = 0
 
 def test_defaults_keep_todays_configs_working():
     cfg = _router().config
-    assert supports(cfg.models["home"], cfg.providers["home"]) == frozenset()
-    assert supports(cfg.models["oai"], cfg.providers["oai"]) == {"tools", "json_schema", "images"}
+    assert supports(cfg.models["home"], cfg.providers["home"]) == {"openai_params"}
+    assert supports(cfg.models["oai"], cfg.providers["oai"]) == {"tools", "json_schema", "images", "openai_params"}
     assert supports(cfg.models["ant"], cfg.providers["ant"]) == {"tools", "json_schema", "images", "thinking"}
     assert _models(_router(), {"messages": USER}) == ["home", "oai", "ant"]  # plain chat: nothing filtered
 
@@ -68,6 +68,17 @@ def test_context_window_puts_fitting_candidates_first():
     assert _models(router, {"messages": USER}, tokens=500) == ["oai", "ant", "home"]
     assert _models(router, {"messages": USER}, tokens=5000) == ["ant", "home", "oai"]
     assert _models(router, {"messages": USER}, tokens=50) == ["home", "oai", "ant"]
+
+
+def test_openai_only_fields_go_to_openai_kind_upstreams_or_400():
+    assert _models(_router(), {"messages": USER, "logit_bias": {"1": 5}}) == ["home", "oai"]
+    assert _models(_router(), {"messages": USER, "n": 2}) == ["home", "oai"]
+    cfg = parse_config({"providers": {"ant": {"kind": "anthropic", "base_url": "http://127.0.0.1:9",
+                                              "max_data_class": "restricted"}},
+                        "models": {"ant": {"provider": "ant"}}})
+    with pytest.raises(GatewayError) as info:
+        Router(cfg, RoutesWatcher(None)).decide("ant", needs=needs({"messages": USER, "presence_penalty": 0.5}))
+    assert info.value.status == 400 and info.value.param == "presence_penalty"
 
 
 def test_the_gateway_routes_tools_past_an_incapable_in_house_model(make_gateway, faults):

@@ -254,3 +254,26 @@ def test_what_cannot_be_carried_is_a_400_naming_it():
         openai_request_to_anthropic({"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}, "up", 5)
     assert info.value.param == "messages.0.tool_calls.0.function.arguments"
+
+
+def test_streamed_thinking_keeps_its_text_signature_and_redacted_blocks():
+    events = [{"type": "message_start", "message": {"usage": {"input_tokens": 3}}},
+              {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "S"}},
+              {"type": "content_block_stop", "index": 0},
+              {"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking",
+                                                                            "data": "opaque"}},
+              {"type": "content_block_stop", "index": 1},
+              {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "hi"}},
+              {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}]
+    to_openai = AnthropicToOpenAIChunks("m")
+    to_anthropic = OpenAIToAnthropicStream("m")
+    sse = b"".join(to_anthropic.feed(c) for e in events for c in to_openai.feed(e)) + to_anthropic.finish()
+    replayed = [orjson.loads(line[6:]) for line in sse.split(b"\n") if line.startswith(b"data: ")]
+    starts = [e["content_block"]["type"] for e in replayed if e["type"] == "content_block_start"]
+    assert starts == ["thinking", "redacted_thinking", "text"]
+    deltas = [e["delta"] for e in replayed if e["type"] == "content_block_delta"]
+    assert deltas == [{"type": "thinking_delta", "thinking": "hm"}, {"type": "signature_delta", "signature": "S"},
+                      {"type": "text_delta", "text": "hi"}]

@@ -16,12 +16,19 @@ ALL: frozenset[str] = frozenset(("tools", "json_schema", "images", "thinking"))
 _PARTNER_OPENAI: frozenset[str] = frozenset(("tools", "json_schema", "images"))
 
 
+# OpenAI request fields the Messages API has no counterpart for: only OpenAI-kind upstreams can carry them
+# (the implicit capability "openai_params", which no config declares).
+OPENAI_ONLY = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "audio",
+               "prediction", "reasoning_effort", "web_search_options", "functions", "function_call")
+
+
 def supports(entry: ModelEntry, provider: ProviderConfig) -> frozenset[str]:
+    implicit = frozenset(("openai_params",)) if provider.kind == "openai" else frozenset()
     if entry.supports is not None:
-        return frozenset(entry.supports)
+        return frozenset(entry.supports) | implicit
     if provider.kind == "anthropic":
         return ALL
-    return frozenset() if provider.in_house else _PARTNER_OPENAI
+    return implicit if provider.in_house else _PARTNER_OPENAI | implicit
 
 
 def needs(body: dict) -> dict[str, str]:
@@ -36,6 +43,13 @@ def needs(body: dict) -> dict[str, str]:
         out["json_schema"] = "response_format"
     if body.get("thinking") is not None:
         out["thinking"] = "thinking"
+    for name in OPENAI_ONLY:
+        if body.get(name):
+            out["openai_params"] = name
+            break
+    else:
+        if body.get("n") not in (None, 1):
+            out["openai_params"] = "n"
     for i, m in enumerate(body.get("messages") or ()):
         if not isinstance(m, dict):
             continue

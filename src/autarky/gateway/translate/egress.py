@@ -240,6 +240,8 @@ class AnthropicToOpenAIChunks:
                     "function": {"name": block.get("name", ""), "arguments": ""}}
             return [self._chunk({"tool_calls": [call]})]
         self.blocks[index] = ("json" if kind == "tool_use" else kind or "text", -1)
+        if kind == "redacted_thinking":  # opaque: carried whole, for an Anthropic client's next turn
+            return [self._chunk({"thinking_blocks": [block]})]
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
         return []
@@ -251,6 +253,8 @@ class AnthropicToOpenAIChunks:
             return [self._chunk({"content": delta["text"]})]
         if dtype == "thinking_delta" and delta.get("thinking"):
             return [self._chunk({"reasoning_content": delta["thinking"]})]
+        if dtype == "signature_delta" and delta.get("signature"):
+            return [self._chunk({"thinking_signature": delta["signature"]})]  # ours: OpenAI has no field
         if dtype == "input_json_delta" and delta.get("partial_json"):
             if kind == "json":
                 return [self._chunk({"content": delta["partial_json"]})]

@@ -233,6 +233,10 @@ class OpenAIToAnthropicStream:
                 if self.open != ("thinking", -1):
                     out += self._begin(("thinking", -1), {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": reasoning})
+            if delta.get("thinking_signature") and self.open == ("thinking", -1):
+                out += self._delta({"type": "signature_delta", "signature": delta["thinking_signature"]})
+            for block in delta.get("thinking_blocks") or ():
+                out += self._begin(("redacted", self.index + 1), block) + self._close()
             if delta.get("content"):
                 if self.open != ("text", -1):
                     out += self._begin(("text", -1), {"type": "text", "text": ""})
