@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autarky.gateway.capabilities import needs, prompt_tokens
 from autarky.gateway.errors import GatewayError
 from autarky.gateway.translate import (
     AnthropicToOpenAIChunks,
@@ -277,3 +278,34 @@ def test_streamed_thinking_keeps_its_text_signature_and_redacted_blocks():
     deltas = [e["delta"] for e in replayed if e["type"] == "content_block_delta"]
     assert deltas == [{"type": "thinking_delta", "thinking": "hm"}, {"type": "signature_delta", "signature": "S"},
                       {"type": "text_delta", "text": "hi"}]
+
+
+block_types = st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "document", None])
+loose_blocks = st.fixed_dictionaries({"type": block_types}, optional={
+    "text": json_values, "source": json_values, "id": json_values, "name": json_values, "input": json_values,
+    "tool_use_id": json_values, "content": json_values, "is_error": json_values})
+loose_messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+                                                optional={"content": st.text() | st.lists(loose_blocks, max_size=3)
+                                                          | json_values,
+                                                          "tool_calls": json_values | st.lists(st.fixed_dictionaries(
+                                                              {"id": json_values, "function": json_values})),
+                                                          "tool_call_id": json_values})
+                          | json_values, min_size=1, max_size=4)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(loose_messages, json_values, json_values, json_values, json_values)
+def test_malformed_bodies_are_400s_never_crashes(messages, tools, tool_choice, response_format, other):
+    """Whatever a client sends, translation either works or raises a GatewayError (a 4xx envelope)."""
+    anthropic_body = {"model": "m", "max_tokens": 5, "messages": messages, "tools": tools, "tool_choice": tool_choice,
+                      "system": other, "metadata": other}
+    openai_body = {"messages": messages, "tools": tools, "tool_choice": tool_choice,
+                   "response_format": response_format, "stop": other}
+    needs(openai_body)
+    prompt_tokens(openai_body)
+    for call in (lambda: anthropic_request_to_openai(anthropic_body),
+                 lambda: openai_request_to_anthropic(openai_body, "up", 10)):
+        try:
+            call()
+        except GatewayError as exc:
+            assert 400 <= exc.status < 500

@@ -59,7 +59,8 @@ def block_to_part(block: object, where: str) -> dict:
     if kind == "text" and isinstance(block.get("text"), str):
         return _cache(block, {"type": "text", "text": block["text"]})
     if kind == "image":
-        src = block.get("source") or {}
+        src = block.get("source")
+        src = src if isinstance(src, dict) else {}
         if src.get("type") == "base64" and src.get("data") and src.get("media_type"):
             return _cache(block, {"type": "image_url",
                                   "image_url": {"url": f"data:{src['media_type']};base64,{src['data']}"}})
@@ -180,7 +181,8 @@ def arguments_of(call: dict, where: str) -> dict:
 
 
 def call_to_tool_use(call: object, where: str) -> dict:
-    if not isinstance(call, dict) or not isinstance((call.get("function") or {}).get("name"), str):
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise bad_request(f"{where}: a tool call needs function.name", param=where)
     out = {"type": "tool_use", "id": call.get("id") or "", "name": call["function"]["name"],
            "input": arguments_of(call, f"{where}.function.arguments")}

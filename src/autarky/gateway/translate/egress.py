@@ -31,7 +31,9 @@ def json_tool_name(body: dict) -> str | None:
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") == "json_schema":
-        return str((fmt.get("json_schema") or {}).get("name") or JSON_TOOL)
+        if not isinstance(fmt.get("json_schema"), dict):
+            raise bad_request("response_format.json_schema: an object is required", param="response_format")
+        return str(fmt["json_schema"].get("name") or JSON_TOOL)
     if fmt.get("type") == "json_object":
         return JSON_TOOL
     raise bad_request(f"response_format.type: {fmt.get('type')!r} is not text, json_object or json_schema",
@@ -58,6 +60,8 @@ def _assistant(m: dict, where: str) -> str | list[dict]:
     text = content_to_blocks(m.get("content"), f"{where}.content")
     calls = m.get("tool_calls") or []
     thinking = m.get("thinking_blocks") or []
+    if not isinstance(calls, list):
+        raise bad_request(f"{where}.tool_calls: must be a list", param=f"{where}.tool_calls")
     if not calls and not thinking:
         return text
     blocks = list(thinking) + ([b for b in _as_list(text) if b.get("type") != "text" or b.get("text")])
@@ -87,8 +91,10 @@ def openai_request_to_anthropic(body: dict, upstream_model: str, default_max_tok
     system: list[str | list[dict]] = []
     messages: list[dict] = []
     for i, m in enumerate(body.get("messages") or ()):
-        role = m.get("role")
         where = f"messages.{i}"
+        if not isinstance(m, dict):
+            raise bad_request(f"{where}: a message must be an object", param=where)
+        role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_to_blocks(m.get("content") or "", f"{where}.content"))
         elif role == "user":
@@ -110,10 +116,14 @@ def openai_request_to_anthropic(body: dict, upstream_model: str, default_max_tok
             req[dst] = body[src]
     stop = body.get("stop")
     if stop:
+        if not isinstance(stop, str | list) or not all(isinstance(x, str) for x in ([stop] if isinstance(stop, str) else stop)):
+            raise bad_request("stop: a string or a list of strings", param="stop")
         req["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("user"):
         req["metadata"] = {"user_id": body["user"]}
     tools = body.get("tools")
+    if tools and not isinstance(tools, list):
+        raise bad_request("tools: must be a list", param="tools")
     if tools:
         req["tools"] = [tool_to_anthropic(t, f"tools.{i}") for i, t in enumerate(tools)]
     if body.get("tool_choice") is not None:

@@ -121,7 +121,8 @@ def anthropic_request_to_openai(body: dict) -> dict:
         req["tool_choice"] = tool_choice_to_openai(choice)
         if choice.get("disable_parallel_tool_use"):
             req["parallel_tool_calls"] = False
-    user = (body.get("metadata") or {}).get("user_id")
+    metadata = body.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if user:
         req["user"] = user
     return req
