@@ -309,3 +309,23 @@ def test_malformed_bodies_are_400s_never_crashes(messages, tools, tool_choice, r
             call()
         except GatewayError as exc:
             assert 400 <= exc.status < 500
+
+
+def test_interleaved_parallel_call_fragments_keep_their_arguments():
+    """Some OpenAI-kind servers interleave parallel calls' fragments; each lands on its own tool_use block."""
+    def chunk(calls: list[dict]) -> dict:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}]}
+
+    stream = OpenAIToAnthropicStream("m")
+    sse = b"".join(stream.feed(c) for c in [
+        chunk([{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"x": '}}]),
+        chunk([{"index": 1, "id": "b", "function": {"name": "g", "arguments": '{"y": '}}]),
+        chunk([{"index": 0, "function": {"arguments": "1}"}}]),
+        chunk([{"index": 1, "function": {"arguments": "2}"}}]),
+    ]) + stream.finish()
+    events = [orjson.loads(line[6:]) for line in sse.split(b"\n") if line.startswith(b"data: ")]
+    json_by_block: dict[int, str] = {}
+    for e in events:
+        if e["type"] == "content_block_delta":
+            json_by_block[e["index"]] = json_by_block.get(e["index"], "") + e["delta"]["partial_json"]
+    assert {k: orjson.loads(v) for k, v in json_by_block.items()} == {0: {"x": 1}, 1: {"y": 2}}

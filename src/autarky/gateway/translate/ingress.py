@@ -197,6 +197,7 @@ class OpenAIToAnthropicStream:
         self.usage: dict = {"prompt_tokens": input_tokens}
         self.index = -1
         self.open: tuple[str, int] | None = None  # ("text" | "thinking" | "tool", OpenAI tool index)
+        self.tool_blocks: dict[int, int] = {}  # OpenAI tool index -> Anthropic block index
 
     def _start(self, chunk: dict | None) -> bytes:
         self.started = True
@@ -245,12 +246,16 @@ class OpenAIToAnthropicStream:
             for call in delta.get("tool_calls") or ():
                 k = call.get("index", 0)
                 fn = call.get("function") or {}
-                if self.open != ("tool", k):
+                if k not in self.tool_blocks:
                     block = {"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
                              "name": fn.get("name") or "", "input": {}}
                     out += self._begin(("tool", k), block)
+                    self.tool_blocks[k] = self.index
                 if fn.get("arguments"):
-                    out += self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
+                    # by the call's own block: servers that interleave parallel calls' fragments lose nothing
+                    out += _event("content_block_delta", {
+                        "type": "content_block_delta", "index": self.tool_blocks[k],
+                        "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})
             if choice.get("finish_reason"):
                 self.stop_reason, self.stop_sequence = _stop(choice)
         return out
