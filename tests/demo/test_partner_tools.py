@@ -54,7 +54,7 @@ def test_simulator_streams_tool_calls_and_records_bodies():
                    for tc in ch["delta"].get("tool_calls") or ())
     assert orjson.loads(args) == example(SCHEMA)
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-    assert faults.bodies == [("/v1/chat/completions", body)]
+    assert list(faults.bodies) == [("/v1/chat/completions", body)]
     counted = client.post("/v1/messages/count_tokens", json={"model": "m", "messages": [
         {"role": "user", "content": "a b c"}]}).json()
     assert counted == {"input_tokens": 3}

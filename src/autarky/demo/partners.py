@@ -52,7 +52,8 @@ class Faults:
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.default: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []  # (path, model) in arrival order
-        self.bodies: list[tuple[str, dict]] = []  # (path, body) in arrival order
+        # (path, body) in arrival order; the latest 1000 only, so long drills and benchmarks stay small
+        self.bodies: deque[tuple[str, dict]] = deque(maxlen=1000)
         self.lock = threading.Lock()
 
     def script(self, model: str, *faults: str) -> None:
