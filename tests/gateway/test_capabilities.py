@@ -40,7 +40,8 @@ def test_defaults_keep_todays_configs_working():
     cfg = _router().config
     assert supports(cfg.models["home"], cfg.providers["home"]) == {"openai_params"}
     assert supports(cfg.models["oai"], cfg.providers["oai"]) == {"tools", "json_schema", "images", "openai_params"}
-    assert supports(cfg.models["ant"], cfg.providers["ant"]) == {"tools", "json_schema", "images", "thinking"}
+    assert supports(cfg.models["ant"], cfg.providers["ant"]) == {"tools", "json_schema", "images", "thinking",
+                                                                 "anthropic_params"}
     assert _models(_router(), {"messages": USER}) == ["home", "oai", "ant"]  # plain chat: nothing filtered
 
 
@@ -101,3 +102,23 @@ def test_thinking_reaches_an_anthropic_upstream(make_gateway, faults):
     client.messages.create(model="claude", max_tokens=5, messages=USER,
                            thinking={"type": "enabled", "budget_tokens": 1024})
     assert faults.bodies[-1][1]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_fields_of_one_format_only_stay_with_that_kind(make_gateway, faults):
+    """An Anthropic field the OpenAI form has no place for reaches Anthropic upstreams verbatim; an OpenAI field
+    the Messages API lacks reaches OpenAI-kind ones; across kinds, a 400 naming it."""
+    _, url = make_gateway()
+    client = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+    client.messages.create(model="claude", max_tokens=5, messages=USER, extra_body={"service_tier": "auto"})
+    assert faults.bodies[-1][1]["service_tier"] == "auto"
+    with pytest.raises(anthropic.BadRequestError, match="service_tier"):
+        client.messages.create(model="gpt", max_tokens=5, messages=USER, extra_body={"service_tier": "auto"})
+    oai = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    oai.chat.completions.create(model="gpt", messages=USER, seed=3, logprobs=True)
+    assert faults.bodies[-1][1]["seed"] == 3
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        oai.chat.completions.create(model="claude", messages=USER, seed=3)
+    client.messages.create(model="small", max_tokens=5, messages=USER, extra_body={"top_k": 5})
+    assert faults.bodies[-1][1]["top_k"] == 5  # in house (vLLM, autarky serve) takes top_k
+    client.messages.create(model="gpt", max_tokens=5, messages=USER, extra_body={"top_k": 5})
+    assert "top_k" not in faults.bodies[-1][1]

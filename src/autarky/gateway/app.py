@@ -215,7 +215,8 @@ class Gateway:
             raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
         try:
             decision = self.router.decide(name, request.headers.get("x-autarky-task"), key.team, key.models,
-                                          data_class, needs(body), prompt_tokens(body))
+                                          data_class, needs(body) if endpoint != "completions" else None,
+                                          prompt_tokens(body))
         except GatewayError as exc:
             if exc.status == 403:
                 ex.audit("policy.deny", {"key_id": key.id, "team": key.team, "model": name, "reason": exc.message})

@@ -16,18 +16,23 @@ ALL: frozenset[str] = frozenset(("tools", "json_schema", "images", "thinking"))
 _PARTNER_OPENAI: frozenset[str] = frozenset(("tools", "json_schema", "images"))
 
 
-# OpenAI request fields the Messages API has no counterpart for: only OpenAI-kind upstreams can carry them
-# (the implicit capability "openai_params", which no config declares).
-OPENAI_ONLY = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "audio",
-               "prediction", "reasoning_effort", "web_search_options", "functions", "function_call")
+# The request fields an Anthropic upstream is sent (translate/egress.py), and OpenAI hints it may go without
+# (caching, storage and tiering hints with no meaning there). Any other field set to something other than its
+# off value (None, False, 0, "") needs an OpenAI-kind upstream: the implicit capability "openai_params".
+CARRIED_TO_ANTHROPIC = frozenset((
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "stream",
+    "stream_options", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user", "n", "thinking",
+    "anthropic_extra", "prompt_cache_key", "store", "metadata", "service_tier", "safety_identifier", "modalities"))
+# Anthropic fields the internal form has no place for ride in `anthropic_extra` (translate/ingress.py): only
+# Anthropic-kind upstreams can carry them (the implicit capability "anthropic_params").
 
 
 def supports(entry: ModelEntry, provider: ProviderConfig) -> frozenset[str]:
-    implicit = frozenset(("openai_params",)) if provider.kind == "openai" else frozenset()
+    implicit = frozenset(("openai_params",) if provider.kind == "openai" else ("anthropic_params",))
     if entry.supports is not None:
         return frozenset(entry.supports) | implicit
     if provider.kind == "anthropic":
-        return ALL
+        return ALL | implicit
     return implicit if provider.in_house else _PARTNER_OPENAI | implicit
 
 
@@ -43,13 +48,16 @@ def needs(body: dict) -> dict[str, str]:
         out["json_schema"] = "response_format"
     if body.get("thinking") is not None:
         out["thinking"] = "thinking"
-    for name in OPENAI_ONLY:
-        if body.get(name):
+    for name, value in body.items():
+        if name not in CARRIED_TO_ANTHROPIC and value not in (None, False, 0, ""):
             out["openai_params"] = name
             break
     else:
         if body.get("n") not in (None, 1):
             out["openai_params"] = "n"
+    extra = body.get("anthropic_extra")
+    if extra:
+        out["anthropic_params"] = next(iter(extra))
     for i, m in enumerate(body.get("messages") or ()):
         if not isinstance(m, dict):
             continue

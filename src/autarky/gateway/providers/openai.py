@@ -23,7 +23,7 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 class OpenAIProvider(Provider):
     def _request(self, target: Target, body: dict, endpoint: str, stream: bool) -> tuple[str, bytes, dict]:
         p = target.provider_config
-        payload = dict(openai_only(body))
+        payload = dict(openai_only(body, top_k=p.in_house))
         payload["model"] = target.model_entry.upstream_id or target.model
         if stream:
             payload["stream"] = True

@@ -197,16 +197,18 @@ def tool_use_to_call(block: dict) -> dict:
 
 # ---- what an OpenAI-kind upstream must not see ------------------------------------------------------------
 
-_ANTHROPIC_ONLY_TOP = ("thinking", "top_k")
+_ANTHROPIC_ONLY_TOP = ("thinking", "top_k", "anthropic_extra")
 
 
-def openai_only(body: dict) -> dict:
-    """The body without our Anthropic-only extensions (a copy only where something is removed).
+def openai_only(body: dict, top_k: bool = False) -> dict:
+    """The body without our Anthropic-only extensions (a copy only where something is removed); `top_k` kept
+    when the upstream takes it (vLLM and autarky serve do, OpenAI does not).
     `cache_control` is a hint OpenAI-kind servers have no field for (they cache prefixes on their own) and
     `is_error` has no OpenAI field: the tool message's content still says what went wrong."""
     out = body
-    if any(k in body for k in _ANTHROPIC_ONLY_TOP):
-        out = {k: v for k, v in body.items() if k not in _ANTHROPIC_ONLY_TOP}
+    drop = _ANTHROPIC_ONLY_TOP[:1] + _ANTHROPIC_ONLY_TOP[2:] if top_k else _ANTHROPIC_ONLY_TOP
+    if any(k in body for k in drop):
+        out = {k: v for k, v in body.items() if k not in drop}
     tools = body.get("tools")
     if isinstance(tools, list) and any(isinstance(t, dict) and "cache_control" in t for t in tools):
         out = {**out, "tools": [_strip(t) for t in tools]}

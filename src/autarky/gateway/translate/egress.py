@@ -133,6 +133,9 @@ def openai_request_to_anthropic(body: dict, upstream_model: str, default_max_tok
         if choice["type"] != "none":
             choice["disable_parallel_tool_use"] = True
     _json_tool(body, req)
+    extra = body.get("anthropic_extra")
+    if isinstance(extra, dict):
+        req.update({k: v for k, v in extra.items() if k not in req})
     if body.get("stream"):
         req["stream"] = True
     return req

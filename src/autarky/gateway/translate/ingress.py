@@ -88,6 +88,11 @@ def _assistant(content: object, where: str) -> dict:
     return msg
 
 
+# The Messages fields the internal form has a place for; any other rides along in `anthropic_extra`.
+_KNOWN = frozenset(("model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
+                    "top_k", "tools", "tool_choice", "thinking", "metadata"))
+
+
 def anthropic_request_to_openai(body: dict) -> dict:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -121,6 +126,9 @@ def anthropic_request_to_openai(body: dict) -> dict:
         req["tool_choice"] = tool_choice_to_openai(choice)
         if choice.get("disable_parallel_tool_use"):
             req["parallel_tool_calls"] = False
+    extra = {k: v for k, v in body.items() if k not in _KNOWN}
+    if extra:
+        req["anthropic_extra"] = extra  # carried verbatim to Anthropic upstreams; the router keeps them there
     metadata = body.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if user:
