@@ -33,7 +33,7 @@ from autarky.gateway.errors import GatewayError, bad_request, unauthorized
 from autarky.gateway.exchange import Exchange
 from autarky.gateway.ledger import Ledger
 from autarky.gateway.metrics import Metrics
-from autarky.gateway.providers import KINDS, UpstreamError
+from autarky.gateway.providers import KINDS, AnthropicProvider, UpstreamError
 from autarky.gateway.router import Router
 from autarky.gateway.routes import RoutesWatcher
 from autarky.gateway.streaming import ExchangeStream
@@ -143,16 +143,19 @@ class Gateway:
             key = await self.authenticate(request)
             raw = await request.body()
             body = parse_body(raw, "messages", count_only=True)
+            data_class = request.headers.get("x-autarky-data-class")
+            if data_class is not None and data_class not in DATA_CLASSES:
+                raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
             decision = self.router.decide(body["model"], request.headers.get("x-autarky-task"), key.team,
-                                          key.models, request.headers.get("x-autarky-data-class"), needs(body))
+                                          key.models, data_class, needs(body))
             original = orjson.loads(raw)
             original.pop("max_tokens", None)
             for target in decision.targets:
-                if target.provider_config.kind == "anthropic":
-                    assert self.dispatcher is not None
-                    provider = self.dispatcher.providers["anthropic"]
+                assert self.dispatcher is not None
+                provider = self.dispatcher.providers[target.provider_config.kind]
+                if isinstance(provider, AnthropicProvider):
                     try:
-                        data = await provider.count_tokens(target, original)  # type: ignore[attr-defined]
+                        data = await provider.count_tokens(target, original)
                     except UpstreamError as err:
                         if err.retryable or err.status == 404:
                             continue
