@@ -207,6 +207,11 @@ def test_images_system_cache_control_and_tool_choice_map_both_ways():
     assert back["tools"] == body["tools"] and back["tool_choice"] == body["tool_choice"]
     plain = openai_only(openai)  # what an OpenAI-kind upstream gets: no Anthropic-only hints
     assert "cache_control" not in orjson.dumps(plain).decode()
+    result = anthropic_request_to_openai({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r", "is_error": True,
+                                      "cache_control": {"type": "ephemeral"}}]}]})
+    assert openai_only(result)["messages"][1] == {"role": "tool", "tool_call_id": "t", "content": "r"}
     assert openai_only({"model": "m", "messages": []}) == {"model": "m", "messages": []}
 
 

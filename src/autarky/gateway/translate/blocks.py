@@ -225,7 +225,7 @@ def _strip(d: object, keys: tuple[str, ...] = ("cache_control",)) -> object:
 def _marked(m: object) -> bool:
     if not isinstance(m, dict):
         return False
-    if "is_error" in m or "thinking_blocks" in m:
+    if "is_error" in m or "thinking_blocks" in m or "cache_control" in m:
         return True
     parts = m.get("content")
     calls = m.get("tool_calls")
@@ -234,7 +234,7 @@ def _marked(m: object) -> bool:
 
 
 def _clean(m: dict) -> dict:
-    out = _strip(m, ("is_error", "thinking_blocks"))
+    out = _strip(m, ("is_error", "thinking_blocks", "cache_control"))
     if isinstance(out.get("content"), list):
         out["content"] = [_strip(p) for p in out["content"]]
     if isinstance(out.get("tool_calls"), list):
