@@ -48,19 +48,19 @@ def needs(body: dict) -> dict[str, str]:
         out["json_schema"] = "response_format"
     if body.get("thinking") is not None:
         out["thinking"] = "thinking"
-    for name, value in body.items():
-        if name not in CARRIED_TO_ANTHROPIC and value not in (None, False, 0, ""):
-            out["openai_params"] = name
-            break
-    else:
-        if body.get("n") not in (None, 1):
-            out["openai_params"] = "n"
+    if not body.keys() <= CARRIED_TO_ANTHROPIC:
+        for name, value in body.items():
+            if name not in CARRIED_TO_ANTHROPIC and value not in (None, False, 0, ""):
+                out["openai_params"] = name
+                break
+    if body.get("n") not in (None, 1):
+        out.setdefault("openai_params", "n")
     extra = body.get("anthropic_extra")
     if extra:
         out["anthropic_params"] = next(iter(extra))
     for i, m in enumerate(body.get("messages") or ()):
-        if not isinstance(m, dict):
-            continue
+        if type(m) is not dict or (type(m.get("content")) is str and "tool_calls" not in m and m.get("role") != "tool"):
+            continue  # the common case: plain text
         if "tools" not in out:
             if m.get("tool_calls"):
                 out["tools"] = f"messages.{i}.tool_calls"

@@ -197,25 +197,27 @@ def tool_use_to_call(block: dict) -> dict:
 
 # ---- what an OpenAI-kind upstream must not see ------------------------------------------------------------
 
-_ANTHROPIC_ONLY_TOP = ("thinking", "top_k", "anthropic_extra")
-
-
 def openai_only(body: dict, top_k: bool = False) -> dict:
     """The body without our Anthropic-only extensions (a copy only where something is removed); `top_k` kept
     when the upstream takes it (vLLM and autarky serve do, OpenAI does not).
     `cache_control` is a hint OpenAI-kind servers have no field for (they cache prefixes on their own) and
     `is_error` has no OpenAI field: the tool message's content still says what went wrong."""
     out = body
-    drop = _ANTHROPIC_ONLY_TOP[:1] + _ANTHROPIC_ONLY_TOP[2:] if top_k else _ANTHROPIC_ONLY_TOP
-    if any(k in body for k in drop):
+    drop = _DROP_KEEPING_TOP_K if top_k else _DROP
+    if not drop.isdisjoint(body):
         out = {k: v for k, v in body.items() if k not in drop}
     tools = body.get("tools")
     if isinstance(tools, list) and any(isinstance(t, dict) and "cache_control" in t for t in tools):
         out = {**out, "tools": [_strip(t) for t in tools]}
     messages = body.get("messages")
-    if isinstance(messages, list) and any(_marked(m) for m in messages):
+    if isinstance(messages, list) and any(map(_marked, messages)):
         out = {**out, "messages": [_clean(m) if _marked(m) else m for m in messages]}
     return out
+
+
+_DROP = frozenset(("thinking", "top_k", "anthropic_extra"))
+_DROP_KEEPING_TOP_K = _DROP - {"top_k"}
+_PLAIN = frozenset(("role", "content", "name", "tool_call_id", "tool_calls"))
 
 
 def _strip(d: object, keys: tuple[str, ...] = ("cache_control",)) -> object:
@@ -223,8 +225,10 @@ def _strip(d: object, keys: tuple[str, ...] = ("cache_control",)) -> object:
 
 
 def _marked(m: object) -> bool:
-    if not isinstance(m, dict):
+    if type(m) is not dict:
         return False
+    if type(m.get("content")) is str and "tool_calls" not in m and m.keys() <= _PLAIN:
+        return False  # the common case, decided without looking further
     if "is_error" in m or "thinking_blocks" in m or "cache_control" in m:
         return True
     parts = m.get("content")
