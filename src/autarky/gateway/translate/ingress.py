@@ -126,7 +126,7 @@ def anthropic_request_to_openai(body: dict) -> dict:
         req["tool_choice"] = tool_choice_to_openai(choice)
         if choice.get("disable_parallel_tool_use"):
             req["parallel_tool_calls"] = False
-    extra = {k: v for k, v in body.items() if k not in _KNOWN}
+    extra = {k: v for k, v in body.items() if k not in _KNOWN and v is not None}
     if extra:
         req["anthropic_extra"] = extra  # carried verbatim to Anthropic upstreams; the router keeps them there
     metadata = body.get("metadata")
