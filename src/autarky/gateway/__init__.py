@@ -7,7 +7,8 @@ task by policy, score and cost, with virtual keys, limits, budgets, a usage ledg
     proc, url = start_gateway_process("gateway.toml")    # `autarky gateway` as a subprocess
     ...; proc.terminate(); proc.wait()                   # SIGTERM: same graceful shutdown
 
-Inside: config (gateway.toml), routes (routing table, hot reload), router (policy → RouteDecision), dispatch
+Inside: config (gateway.toml), routes (routing table, hot reload), router (policy → RouteDecision, narrowed by
+capabilities: what a request needs and each model supports), translate/ (OpenAI ↔ Anthropic), dispatch
 (retries, failover, breakers), providers/ (egress), exchange (one request's accounting over the `Accounting`
 interface in accounting), streaming, auth (keys, limits), ledger, audit, admin, metrics, errors, app, server.
 """

@@ -26,13 +26,14 @@ from autarky.gateway import admin
 from autarky.gateway.accounting import Accounting, LedgerAccounting
 from autarky.gateway.auth import KeyCache, KeyRecord, Limiter
 from autarky.gateway.breaker import Breaker
+from autarky.gateway.capabilities import needs, prompt_tokens
 from autarky.gateway.config import DATA_CLASSES, GatewayConfig
-from autarky.gateway.dispatch import Dispatcher
+from autarky.gateway.dispatch import Dispatcher, client_error
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
 from autarky.gateway.exchange import Exchange
 from autarky.gateway.ledger import Ledger
 from autarky.gateway.metrics import Metrics
-from autarky.gateway.providers import KINDS
+from autarky.gateway.providers import KINDS, AnthropicProvider, UpstreamError
 from autarky.gateway.router import Router
 from autarky.gateway.routes import RoutesWatcher
 from autarky.gateway.streaming import ExchangeStream
@@ -110,6 +111,7 @@ class Gateway:
             Route("/v1/chat/completions", ExchangeEndpoint(self, "chat"), methods=["POST"]),
             Route("/v1/completions", ExchangeEndpoint(self, "completions"), methods=["POST"]),
             Route("/v1/messages", ExchangeEndpoint(self, "messages"), methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
@@ -133,6 +135,37 @@ class Gateway:
     async def metrics_endpoint(self, request: Request) -> Response:
         body = self.metrics.render(self.breakers, self.ledger.pending)
         return Response(body, media_type="text/plain; version=0.0.4")
+
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's count_tokens: forwarded to the first capable Anthropic-kind candidate; with none, an
+        estimate (4 bytes a token, marked `x-autarky-token-count: estimate`). No ledger row: nothing is generated."""
+        try:
+            key = await self.authenticate(request)
+            raw = await request.body()
+            body = parse_body(raw, "messages", count_only=True)
+            data_class = request.headers.get("x-autarky-data-class")
+            if data_class is not None and data_class not in DATA_CLASSES:
+                raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
+            decision = self.router.decide(body["model"], request.headers.get("x-autarky-task"), key.team,
+                                          key.models, data_class, needs(body))
+            original = orjson.loads(raw)
+            original.pop("max_tokens", None)
+            for target in decision.targets:
+                assert self.dispatcher is not None
+                provider = self.dispatcher.providers[target.provider_config.kind]
+                if isinstance(provider, AnthropicProvider):
+                    try:
+                        data = await provider.count_tokens(target, original)
+                    except UpstreamError as err:
+                        if err.retryable or err.status == 404:
+                            continue
+                        raise client_error(err) from err
+                    return json_response({"input_tokens": data["input_tokens"]},
+                                         headers={"x-autarky-model": target.model})
+            estimate = len(orjson.dumps(body.get("messages")) + orjson.dumps(body.get("tools") or [])) // 4 + 1
+            return json_response({"input_tokens": estimate}, headers={"x-autarky-token-count": "estimate"})
+        except GatewayError as exc:
+            return exc.response(anthropic=True)
 
     # ---- the hot path -----------------------------------------------------------------------------------
 
@@ -185,7 +218,8 @@ class Gateway:
             raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
         try:
             decision = self.router.decide(name, request.headers.get("x-autarky-task"), key.team, key.models,
-                                          data_class)
+                                          data_class, needs(body) if endpoint != "completions" else None,
+                                          prompt_tokens(body))
         except GatewayError as exc:
             if exc.status == 403:
                 ex.audit("policy.deny", {"key_id": key.id, "team": key.team, "model": name, "reason": exc.message})
@@ -273,7 +307,7 @@ async def _until_disconnect(request: Request, coro):  # noqa: ANN001, ANN202
     raise ClientGone
 
 
-def parse_body(raw: bytes, endpoint: str) -> dict:
+def parse_body(raw: bytes, endpoint: str, count_only: bool = False) -> dict:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -282,6 +316,8 @@ def parse_body(raw: bytes, endpoint: str) -> dict:
         raise bad_request("request body must be a JSON object")
     if endpoint == "messages":
         model = body.get("model")
+        if count_only:  # count_tokens bodies have no max_tokens
+            body = {**body, "max_tokens": 1}
         body = anthropic_request_to_openai(body)
         body["model"] = model
     if not isinstance(body.get("model"), str) or not body["model"]:

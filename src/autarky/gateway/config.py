@@ -36,6 +36,12 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     stream_usage: bool = True  # ask OpenAI-kind upstreams for a usage chunk (Azure rejects stream_options)
+    # Ask OpenAI-kind upstreams for usage on every chunk (vLLM's stream_options.continuous_usage_stats), so an
+    # Anthropic client's message_start carries the real input-token count. Default: in_house.
+    continuous_usage_stats: bool | None = None
+
+    def continuous_usage(self) -> bool:
+        return self.in_house if self.continuous_usage_stats is None else self.continuous_usage_stats
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -57,6 +63,9 @@ class ModelEntry(_Strict):
     usd_per_1m_input: float = Field(0.0, ge=0)
     usd_per_1m_output: float = Field(0.0, ge=0)
     context_window: int = Field(8192, gt=0)
+    # What this model can carry: "tools", "json_schema", "images", "thinking". None: the provider's default
+    # (capabilities.supports); requests needing more go to another candidate or get a 400 naming the field.
+    supports: list[Literal["tools", "json_schema", "images", "thinking"]] | None = None
 
     def usd_per_1k(self) -> float:
         return (self.usd_per_1m_input + self.usd_per_1m_output) / 2 / 1000

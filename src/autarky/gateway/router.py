@@ -8,10 +8,12 @@ per routing-table generation and the hot path only does a dict lookup.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
+from autarky.gateway.capabilities import supports
 from autarky.gateway.config import DATA_CLASSES, GatewayConfig, ModelEntry, ProviderConfig
-from autarky.gateway.errors import GatewayError, forbidden, not_found
+from autarky.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from autarky.gateway.routes import Candidate, RoutesWatcher
 
 TASK_PREFIX = "task:"
@@ -28,6 +30,7 @@ class Target:
     usd_per_1k: float
     p50_latency_ms: float
     evidence: str = ""  # the routing table's evidence for this candidate's place (shown in x-autarky-route-reason)
+    supports: frozenset[str] = frozenset()  # capabilities.supports: what it can carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +127,11 @@ class Router:
         team: str | None = None,
         key_models: tuple[str, ...] | None = None,
         data_class: str | None = None,
+        needs: Mapping[str, str] | None = None,
+        prompt_tokens: int = 0,
     ) -> RouteDecision:
-        """The ordered targets for a request naming `name` (a model or `task:NAME`); raises GatewayError."""
+        """The ordered targets for a request naming `name` (a model or `task:NAME`) that can carry what the
+        request `needs` (capability -> field, from capabilities.needs); raises GatewayError."""
         table = self.routes.current()
         if self.routes.generation != self._generation:
             self._cache.clear()
@@ -142,7 +148,7 @@ class Router:
             self._cache[cache_key] = hit
         if isinstance(hit, GatewayError):
             raise hit
-        return hit
+        return capable(hit, needs or {}, prompt_tokens) if needs or prompt_tokens else hit
 
     def _compute(self, table, name, task_header, team, key_models, data_class) -> RouteDecision:  # noqa: ANN001
         task = task_header or (name[len(TASK_PREFIX) :] if name.startswith(TASK_PREFIX) else None)
@@ -212,4 +218,27 @@ class Router:
             usd_per_1k=max(cand.usd_per_1k_tokens or 0.0, model_cfg.usd_per_1k()),
             p50_latency_ms=cand.p50_latency_ms if cand.p50_latency_ms is not None else 0.0,
             evidence=cand.evidence(),
+            supports=supports(model_cfg, self.config.providers[model_cfg.provider]),
         )
+
+
+def capable(decision: RouteDecision, needs: Mapping[str, str], prompt_tokens: int) -> RouteDecision:
+    """The decision narrowed to targets that can carry what the request needs: a capability none has is a 400
+    naming the field; a context window too small only sends the target behind those whose window fits."""
+    targets = decision.targets
+    dropped: list[str] = []
+    for cap, field in needs.items():
+        able = tuple(t for t in targets if cap in t.supports)
+        if not able:
+            names = ", ".join(t.model for t in targets)
+            raise bad_request(f"{field}: needs {cap!r}, which no allowed candidate supports ({names}); declare it "
+                              "with `supports` in the gateway config if the model can", param=field)
+        dropped += [f"{t.model}(no {cap})" for t in targets if cap not in t.supports]
+        targets = able
+    if prompt_tokens:
+        fits = tuple(t for t in targets if t.model_entry.context_window > prompt_tokens)
+        targets = fits + tuple(t for t in targets if t not in fits)
+    if targets == decision.targets:
+        return decision
+    reason = decision.reason + ("; dropped " + " ".join(dropped) if dropped else "") + "; by capability"
+    return replace(decision, targets=targets, reason=reason)

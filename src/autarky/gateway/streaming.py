@@ -16,7 +16,7 @@ from autarky.gateway.breaker import Breaker
 from autarky.gateway.errors import inband_anthropic, inband_openai, upstream_failed
 from autarky.gateway.exchange import Exchange
 from autarky.gateway.providers import UpstreamError
-from autarky.gateway.translate import OpenAIToAnthropicStream
+from autarky.gateway.translate import START_USAGE, OpenAIToAnthropicStream
 
 
 class ExchangeStream(StreamingResponse):
@@ -69,20 +69,23 @@ class ExchangeStream(StreamingResponse):
             while batch is not None:
                 out: list[bytes] = []  # one write per upstream read, however many chunks it held
                 for chunk in batch:
-                    u = chunk.get("usage")
+                    u = chunk.get("usage") or chunk.get(START_USAGE)
                     if u:
                         self.prompt_tokens = int(u.get("prompt_tokens") or 0)
                         self.completion_tokens = int(u.get("completion_tokens") or 0)
                     choices = chunk.get("choices")
                     for c in choices or ():
-                        piece = (c.get("delta") or {}).get("content") or c.get("text")
-                        if piece:
+                        delta = c.get("delta") or {}
+                        piece = delta.get("content") or c.get("text")
+                        if piece or delta.get("tool_calls"):
                             self.deltas += 1
-                            if ex.store_content:
+                            if ex.store_content and piece:
                                 self.text.append(piece)
                     if translator is not None:
                         out.append(translator.feed(chunk))
-                    elif choices or include_usage:  # drop the usage-only chunk the client did not ask for
+                        continue
+                    chunk.pop(START_USAGE, None)
+                    if choices or include_usage:  # drop the usage-only chunk the client did not ask for
                         if not include_usage:
                             chunk.pop("usage", None)
                         chunk["model"] = target.model
