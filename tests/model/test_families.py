@@ -1,0 +1,127 @@
+"""The open families, each as transformers builds it from its config.json: a tiny random model saved by
+`save_pretrained` loads into our Llama with the same logits (fp32, 1e-4), greedy-generates the same tokens, and
+round-trips through our HF writer into a folder transformers loads as the same family with the same logits."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from autarky.errors import UserError
+from autarky.model.generate import generate_tokens
+from autarky.model.hf import load_hf_folder, model_config_from_hf, read_model_config, save_hf_folder
+from autarky.model.sampling import SamplingParams
+
+VOCAB = 512  # the tiny tokenizer's (tiny_data_dir), so exports carry a real tokenizer
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False)
+# original_max_position_embeddings 16 and a 40-token sequence: every scaled frequency band is exercised.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 10_000.0}
+
+FAMILIES = {
+    "llama2": lambda: transformers.LlamaConfig(**COMMON),
+    "smollm2-tied": lambda: transformers.LlamaConfig(**{**COMMON, "tie_word_embeddings": True}),
+    "llama3": lambda: transformers.LlamaConfig(**COMMON, rope_parameters=LLAMA3_ROPE),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=8, rope_theta=1e6),
+    "mistral-no-window": lambda: transformers.MistralConfig(**COMMON, sliding_window=None),
+    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}),
+    "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=24),
+    "qwen3-bias": lambda: transformers.Qwen3Config(**COMMON, head_dim=24, attention_bias=True),
+}
+CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+           "qwen3": "Qwen3ForCausalLM"}
+
+
+def build_family(config: transformers.PretrainedConfig, folder: Path, seed: int = 0) -> transformers.PreTrainedModel:
+    """A random transformers model saved to `folder` (fp32). Weights are spread well beyond init scale, biases
+    and norm weights randomised too: at init a random model repeats one token and zero biases would hide a
+    wrong mapping."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.2 * torch.randn_like(param))
+            elif name.endswith("bias"):
+                param.copy_(0.5 * torch.randn_like(param))
+            else:
+                param.copy_(0.15 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp(request.param) / "hf"
+    return request.param, build_family(FAMILIES[request.param](), folder), folder
+
+
+def _tokens(shape: tuple[int, int] = (2, 40)) -> torch.Tensor:
+    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(7))
+
+
+def test_logits_match_transformers(family) -> None:
+    name, hf, folder = family
+    ours, cfg = load_hf_folder(folder)
+    assert cfg.family == hf.config.model_type
+    tokens = _tokens()
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= 1e-4
+
+
+def test_greedy_generation_matches_transformers(family) -> None:
+    _, hf, folder = family
+    ours, _ = load_hf_folder(folder)
+    prompt = _tokens((1, 12))
+    with torch.no_grad():
+        theirs = hf.generate(prompt, max_new_tokens=24, min_new_tokens=24, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, 12:].tolist()
+    mine = list(generate_tokens(ours, prompt[0].tolist(), SamplingParams(max_tokens=24, temperature=0)))
+    assert mine == theirs
+    assert len(set(mine)) >= 3  # a varied sequence, so the comparison means something
+
+
+def test_export_round_trips_through_transformers(family, tmp_path: Path, tiny_data_dir: Path) -> None:
+    _, hf, folder = family
+    ours, cfg = load_hf_folder(folder)
+    out = save_hf_folder(ours, tiny_data_dir, tmp_path / "export")
+    assert read_model_config(out) == cfg
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded).__name__ == CLASSES[cfg.family] == type(hf).__name__
+    tokens = _tokens()
+    with torch.no_grad():
+        assert (reloaded(tokens).logits - ours(tokens)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "yarn"),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}}, "low_freq_factor"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"model_type": "gemma", "architectures": ["GemmaForCausalLM"]}, "gemma"),
+])
+def test_unsupported_fields_are_named(change: dict, field: str) -> None:
+    config = {**transformers.LlamaConfig(**COMMON).to_dict(), **change}
+    with pytest.raises(UserError, match=field):
+        model_config_from_hf(config)
+
+
+def test_qwen_layers_with_their_own_sliding_window_are_refused() -> None:
+    config = transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    with pytest.raises(UserError, match="use_sliding_window"):
+        model_config_from_hf(config.to_dict())
+
+
+def test_a_family_that_cannot_express_the_model_is_refused(tmp_path: Path, tiny_data_dir: Path) -> None:
+    from dataclasses import replace
+
+    from autarky.model.llama import Llama
+
+    cfg = model_config_from_hf(transformers.Qwen3Config(**COMMON, head_dim=24).to_dict())
+    model = Llama(replace(cfg, family="mistral"))
+    with pytest.raises(UserError, match="MistralForCausalLM"):
+        save_hf_folder(model, tiny_data_dir, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
