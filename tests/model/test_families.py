@@ -12,54 +12,20 @@ from autarky.errors import UserError
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder, model_config_from_hf, read_model_config, save_hf_folder
 from autarky.model.sampling import SamplingParams
+from fixtures.families import COMMON, FAMILY_CONFIGS, FAMILY_VOCAB, build_family
 
-VOCAB = 512  # the tiny tokenizer's (tiny_data_dir), so exports carry a real tokenizer
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False)
-# original_max_position_embeddings 16 and a 40-token sequence: every scaled frequency band is exercised.
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16, "rope_theta": 10_000.0}
-
-FAMILIES = {
-    "llama2": lambda: transformers.LlamaConfig(**COMMON),
-    "smollm2-tied": lambda: transformers.LlamaConfig(**{**COMMON, "tie_word_embeddings": True}),
-    "llama3": lambda: transformers.LlamaConfig(**COMMON, rope_parameters=LLAMA3_ROPE),
-    "mistral": lambda: transformers.MistralConfig(**COMMON, sliding_window=8, rope_theta=1e6),
-    "mistral-no-window": lambda: transformers.MistralConfig(**COMMON, sliding_window=None),
-    "qwen2": lambda: transformers.Qwen2Config(**{**COMMON, "tie_word_embeddings": True}),
-    "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=24),
-    "qwen3-bias": lambda: transformers.Qwen3Config(**COMMON, head_dim=24, attention_bias=True),
-}
 CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
            "qwen3": "Qwen3ForCausalLM"}
 
 
-def build_family(config: transformers.PretrainedConfig, folder: Path, seed: int = 0) -> transformers.PreTrainedModel:
-    """A random transformers model saved to `folder` (fp32). Weights are spread well beyond init scale, biases
-    and norm weights randomised too: at init a random model repeats one token and zero biases would hide a
-    wrong mapping."""
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.copy_(1 + 0.2 * torch.randn_like(param))
-            elif name.endswith("bias"):
-                param.copy_(0.5 * torch.randn_like(param))
-            else:
-                param.copy_(0.15 * torch.randn_like(param))
-    model.save_pretrained(folder)
-    return model
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))
 def family(request, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp(request.param) / "hf"
-    return request.param, build_family(FAMILIES[request.param](), folder), folder
+    return request.param, build_family(FAMILY_CONFIGS[request.param](), folder), folder
 
 
 def _tokens(shape: tuple[int, int] = (2, 40)) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(7))
+    return torch.randint(0, FAMILY_VOCAB, shape, generator=torch.Generator().manual_seed(7))
 
 
 def test_logits_match_transformers(family) -> None:
