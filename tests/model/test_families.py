@@ -10,7 +10,13 @@ import transformers
 
 from autarky.errors import UserError
 from autarky.model.generate import generate_tokens
-from autarky.model.hf import load_hf_folder, model_config_from_hf, read_model_config, save_hf_folder
+from autarky.model.hf import (
+    eos_token_ids,
+    load_hf_folder,
+    model_config_from_hf,
+    read_model_config,
+    save_hf_folder,
+)
 from autarky.model.sampling import SamplingParams
 from fixtures.families import COMMON, FAMILY_CONFIGS, FAMILY_VOCAB, build_family
 
@@ -91,3 +97,16 @@ def test_a_family_that_cannot_express_the_model_is_refused(tmp_path: Path, tiny_
     with pytest.raises(UserError, match="MistralForCausalLM"):
         save_hf_folder(model, tiny_data_dir, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_keeps_the_source_folders_end_ids(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """A model folder given as the tokenizer source (as when exporting a fine-tuned open model) keeps the eos ids
+    its generation config declares besides the tokenizer's own."""
+    import json
+
+    source = tmp_path / "source"
+    build_family(FAMILY_CONFIGS["llama3"](), source, tokenizer_dir=tiny_data_dir)
+    (source / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    ours, _ = load_hf_folder(source)
+    out = save_hf_folder(ours, source, tmp_path / "export")
+    assert eos_token_ids(out) == [0, 2, 7]

@@ -197,3 +197,17 @@ def test_decode_blocks_compute_the_family_features(family, tmp_path: Path):
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
     with torch.inference_mode():
         torch.testing.assert_close(logits[0][-1], eager(tokens)[:, -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_quantized_serving_keeps_the_families_biases(quantize, tmp_path: Path):
+    from fixtures.families import FAMILY_CONFIGS, build_family
+
+    build_family(FAMILY_CONFIGS["qwen2"](), tmp_path / "qwen2")
+    eager, cfg = load_hf_folder(tmp_path / "qwen2")
+    served, _ = load_served_model(ServedModelSpec(str(tmp_path / "qwen2"), quantize=quantize))
+    assert served.layers["0"].attention.wq.bias is not None
+    tokens = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected, got = eager(tokens).flatten(), served(tokens).flatten()
+    assert F.cosine_similarity(got, expected, dim=0).item() > 0.999

@@ -303,6 +303,10 @@ def save_hf_folder(model: Llama, tokenizer_dir: Path, out_dir: Path, dtype: torc
     try:
         write_tokenizer(tokenizer_dir, tmp)
         bos, eos = special_token_ids(tmp)
+        if any((Path(tokenizer_dir) / name).exists() for name in ("generation_config.json", "config.json")):
+            # A model folder as the source (a fine-tuned open model): keep the end ids its generation config
+            # declares, e.g. Llama 3 Instruct's <|eot_id|> besides the tokenizer's eos.
+            eos += [i for i in eos_token_ids(tokenizer_dir) if i not in eos]
         cfg = model.config
         _write_json(tmp / "config.json", hf_config_dict(cfg, bos, eos[0] if len(eos) == 1 else eos, dtype))
         _write_json(tmp / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})

@@ -25,6 +25,7 @@ from autarky.model.rope import RopeScaling, apply_rope, rope_tables
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # Hugging Face model_type each config is read from / written as
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
