@@ -61,3 +61,47 @@ def test_model_info_rejects_unknown_preset() -> None:
     result = CliRunner().invoke(app, ["model", "info", "huge"])
     assert result.exit_code == 2
     assert "unknown preset" in result.output
+
+
+# The open families' published models: totals from the model cards / safetensors indexes, and recomputed here by
+# transformers building each config.json (as our HF writer writes it) on the meta device.
+FAMILY_PUBLISHED = {
+    "llama3.2-1b": 1_235_814_400,
+    "llama3.1-8b": 8_030_261_248,
+    "mistral-7b": 7_248_023_552,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen3-0.6b": 596_049_920,
+    "qwen3-8b": 8_190_735_360,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_PUBLISHED))
+def test_family_presets_match_published_and_transformers_counts(name: str) -> None:
+    import transformers
+
+    from autarky.model.hf import hf_config_dict, model_config_from_hf
+
+    cfg = preset(name)
+    assert parameter_count(cfg) == FAMILY_PUBLISHED[name]
+    assert sum(p.numel() for p in build_on_meta(cfg).parameters()) == FAMILY_PUBLISHED[name]
+    written = hf_config_dict(cfg, None, None, torch.bfloat16)
+    assert model_config_from_hf(written) == cfg
+    hf_config = transformers.AutoConfig.for_model(**written)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config)
+    assert type(hf).__name__ == written["architectures"][0]
+    assert hf.num_parameters() == FAMILY_PUBLISHED[name]
+
+
+def test_overriding_a_presets_width_keeps_a_derived_head_dim_derived() -> None:
+    assert preset("nano", dim=256).head_dim == 64
+    assert preset("qwen3-0.6b", dim=2048).head_dim == 128  # published explicitly: it stays
+
+
+def test_model_info_of_a_family_preset() -> None:
+    result = CliRunner().invoke(app, ["model", "info", "qwen3-0.6b", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["parameters"] == FAMILY_PUBLISHED["qwen3-0.6b"]
+    assert (info["head_dim"], info["qk_norm"], info["family"]) == (128, True, "qwen3")

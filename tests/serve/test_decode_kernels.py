@@ -140,3 +140,74 @@ def test_int8_layers_switch_their_kernels_on_with_the_spec(tiny_hf_model_dir: Pa
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     assert layers and all(m.decode_kernels for m in layers)
     assert all(isinstance(block, DecodeBlock) for block in model.layers.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_linear_adds_the_bias(dtype):
+    linear = torch.nn.Linear(96, 200, bias=True).to(dtype)
+    layer = DecodeLinear(linear)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    with torch.inference_mode():
+        for x in (torch.randn(1, 1, 96, dtype=dtype), torch.randn(2, 9, 96, dtype=dtype)):  # matvec, oneDNN
+            torch.testing.assert_close(layer(x), linear(x), **tolerance)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_int8_linear_adds_the_bias(kernels):
+    linear = torch.nn.Linear(96, 200, bias=True)
+    layer = Int8Linear(linear)
+    layer.decode_kernels = kernels
+    dequantized = layer.weight_int8.float() * layer.scales[:, None]
+    with torch.inference_mode():
+        for x in (torch.randn(1, 1, 96), torch.randn(2, 9, 96)):
+            torch.testing.assert_close(layer(x), F.linear(x, dequantized, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_bf16_linear_adds_the_bias():
+    from autarky.serve.packed import PackedBF16Linear
+
+    linear = torch.nn.Linear(96, 200, bias=True)
+    with torch.inference_mode():
+        x = torch.randn(2, 5, 96)
+        expected = F.linear(x.bfloat16(), linear.weight.bfloat16()).float() + linear.bias
+        torch.testing.assert_close(PackedBF16Linear(linear)(x), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("family", ["qwen3-bias", "mistral"])
+def test_decode_blocks_compute_the_family_features(family, tmp_path: Path):
+    """q/k/v/o biases, per-head q/k norms and a head width of its own (qwen3-bias), a sliding window shorter
+    than the sequence (mistral): the fused decode steps give the eager model's logits at every position."""
+    from fixtures.families import FAMILY_CONFIGS, build_family
+
+    build_family(FAMILY_CONFIGS[family](), tmp_path / family)
+    eager, cfg = load_hf_folder(tmp_path / family)
+    fused, _ = load_hf_folder(tmp_path / family)
+    assert use_decode_kernels(fused)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    logits = []
+    with torch.inference_mode():
+        for model in (eager, fused):
+            cache = SlotKVCache(cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
+            cache.begin_prefill(0, 6)
+            steps = [model(tokens[:, :6], cache=cache, logits_at=[5])]
+            for t in range(6, 16):  # past the window of 8
+                cache.begin_decode(torch.tensor([t]))
+                steps.append(model(tokens[:, t:t + 1], torch.tensor([[t]]), cache, logits_at=[0]))
+            logits.append(torch.stack(steps))
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        torch.testing.assert_close(logits[0][-1], eager(tokens)[:, -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_quantized_serving_keeps_the_families_biases(quantize, tmp_path: Path):
+    from fixtures.families import FAMILY_CONFIGS, build_family
+
+    build_family(FAMILY_CONFIGS["qwen2"](), tmp_path / "qwen2")
+    eager, cfg = load_hf_folder(tmp_path / "qwen2")
+    served, _ = load_served_model(ServedModelSpec(str(tmp_path / "qwen2"), quantize=quantize))
+    assert served.layers["0"].attention.wq.bias is not None
+    tokens = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected, got = eager(tokens).flatten(), served(tokens).flatten()
+    assert F.cosine_similarity(got, expected, dim=0).item() > 0.999

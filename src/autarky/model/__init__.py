@@ -1,5 +1,6 @@
-"""The model stage: Llama in plain PyTorch (one forward pass, shapes on the line), its HF folder format, the GGUF
-import, sampling and detokenization. A leaf: it imports nothing of the other stages, which apply parallelism,
+"""The model stage: Llama in plain PyTorch (one forward pass, shapes on the line) with the open families as its
+configuration (Llama 3.x, Mistral, Qwen2/2.5, Qwen3), their HF folder format, the GGUF import, sampling and
+detokenization. A leaf: it imports nothing of the other stages, which apply parallelism,
 checkpoints, compile and serving kernels from outside.
 
     from autarky.model import SamplingParams, generate_tokens, load_hf_folder
@@ -15,6 +16,8 @@ __all__, __getattr__ = public(__name__, {
     "KVCache": "llama",
     "parameter_count": "llama",
     "flops_per_token": "llama",
+    "FAMILIES": "llama",
+    "RopeScaling": "rope",
     "PRESETS": "sizes",
     "preset": "sizes",
     "load_hf_folder": "hf",

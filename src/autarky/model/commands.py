@@ -30,13 +30,14 @@ def model_info(name: str) -> dict:
 
 def register(app: typer.Typer) -> typer.Typer:
     """Add `autarky model` to the app; returns the group for the later stages' model commands."""
-    model_app = typer.Typer(help="Model presets, export of a run and sampling (the Llama architecture, nano … 405b).",
+    model_app = typer.Typer(help="Model presets, export of a run and sampling (the Llama architecture and the open families built on it).",
                             no_args_is_help=True)
     app.add_typer(model_app, name="model")
 
     @model_app.command("info")
     def info(
-        name: str = typer.Argument(..., help="preset: nano, micro, small, 1b, 8b, 70b, 405b"),
+        name: str = typer.Argument(..., help="preset: nano, micro, small, 1b, 8b, 70b, 405b, or a published model (llama3.2-1b, "
+                                                    "llama3.1-8b, mistral-7b, qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, qwen3-8b)"),
         as_json: bool = typer.Option(False, "--json", help="print JSON for programs"),
     ) -> None:
         """Layers, width, heads, parameters and training FLOPs per token (built on the meta device)."""

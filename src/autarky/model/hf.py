@@ -1,8 +1,9 @@
-"""To and from Hugging Face folders (`LlamaForCausalLM`): config.json, model.safetensors, tokenizer, generation config.
+"""To and from Hugging Face folders: config.json, model.safetensors, tokenizer, generation config.
 
-Our Llama uses HF's rotate-half RoPE and the same weight layout, so conversion is a rename. Loading accepts any
-Llama-architecture folder (our exports, SmolLM2, Llama 3 …) whose features our model implements, and refuses the
-rest with a UserError instead of producing wrong logits.
+Our Llama uses HF's rotate-half RoPE and the same weight layout, so conversion is a rename. Loading accepts the
+families our model implements (FAMILIES: Llama 2/3.x and SmolLM2, Mistral, Qwen2/2.5, Qwen3), each read the way
+its transformers class reads config.json, and refuses any other feature with a UserError naming the field instead
+of producing wrong logits. Export writes the family's own `architectures`/`model_type` and fields back.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from autarky.errors import UserError
 from autarky.model.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
-from autarky.model.llama import Llama, ModelConfig, rope_tables
+from autarky.model.llama import FAMILIES, Llama, ModelConfig
+from autarky.model.rope import RopeScaling, rope_tables
 
 # The eos tokens of ChatML-style tokenizers (ours and SmolLM2): end of document and end of chat turn.
 EOS_TOKENS = (ENDOFTEXT, IM_END)
@@ -30,6 +32,8 @@ _BLOCK_NAMES = {
     "attention.wk": "self_attn.k_proj",
     "attention.wv": "self_attn.v_proj",
     "attention.wo": "self_attn.o_proj",
+    "attention.q_norm": "self_attn.q_norm",
+    "attention.k_norm": "self_attn.k_norm",
     "feed_forward.w1": "mlp.gate_proj",
     "feed_forward.w2": "mlp.down_proj",
     "feed_forward.w3": "mlp.up_proj",
@@ -54,23 +58,33 @@ def from_hf_name(name: str) -> str:
         _, _, index, module = stem.split(".", 3)
         ours = {v: k for k, v in _BLOCK_NAMES.items()}.get(module)
         if ours is None:
-            raise UserError(f"unexpected weight {name!r}: not a plain Llama layer (biases or extra modules are not supported)")
+            raise UserError(f"unexpected weight {name!r}: not a layer of the supported families ({', '.join(FAMILIES)})")
         return f"layers.{index}.{ours}.{leaf}"
     ours = {v: k for k, v in _TOP_NAMES.items()}.get(stem)
     if ours is None:
-        raise UserError(f"unexpected weight {name!r} in the safetensors files: not a LlamaForCausalLM weight")
+        raise UserError(f"unexpected weight {name!r} in the safetensors files: not a weight of the supported families")
     return f"{ours}.{leaf}"
 
 
 # ---------------------------------------------------------------------------------------------- config
 
 
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM"}
+_LLAMA3_ROPE = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
 def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int | list[int] | None,
                    dtype: torch.dtype) -> dict:
+    """config.json for `cfg` as its family's transformers class reads it; UserError when the family cannot
+    express one of the model's features (e.g. a sliding window written as Llama)."""
     dtype_name = str(dtype).removeprefix("torch.")
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    rope: dict = {"rope_type": "default"}
+    if cfg.rope_scaling is not None:
+        rope = {"rope_type": "llama3", **{k: getattr(cfg.rope_scaling, k) for k in _LLAMA3_ROPE}}
+    config = {
+        "architectures": [_ARCHITECTURES[cfg.family]],
+        "model_type": cfg.family,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
         "num_attention_heads": cfg.n_heads,
@@ -81,42 +95,91 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int
         "max_position_embeddings": cfg.max_seq_len,
         # transformers 4.x reads rope_theta/rope_scaling, 5.x rope_parameters; both are written.
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None if cfg.rope_scaling is None else rope,
+        "rope_parameters": {**rope, "rope_theta": cfg.rope_theta},
         "rms_norm_eps": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "torch_dtype": dtype_name,
         "use_cache": True,
     }
+    fits = {  # the features each family's class can express, and the fields that say so
+        "llama": (cfg.qkv_bias == cfg.wo_bias and not cfg.qk_norm and cfg.sliding_window is None,
+                  {"attention_bias": cfg.qkv_bias, "mlp_bias": False}),
+        "mistral": (not (cfg.qkv_bias or cfg.wo_bias or cfg.qk_norm), {"sliding_window": cfg.sliding_window}),
+        "qwen2": (cfg.qkv_bias and not (cfg.wo_bias or cfg.qk_norm) and cfg.sliding_window is None,
+                  {"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.n_layers}),
+        "qwen3": (cfg.qk_norm and cfg.qkv_bias == cfg.wo_bias and cfg.sliding_window is None,
+                  {"attention_bias": cfg.qkv_bias, "use_sliding_window": False, "sliding_window": None,
+                   "max_window_layers": cfg.n_layers}),
+    }
+    ok, fields = fits[cfg.family]
+    if not ok:
+        features = {k: getattr(cfg, k) for k in ("qkv_bias", "wo_bias", "qk_norm", "sliding_window")}
+        raise UserError(f"a {_ARCHITECTURES[cfg.family]} config.json cannot express this model's {features}")
+    return {**config, **fields}
+
+
+def _family(hf: dict, source: str) -> str:
+    model_type = hf.get("model_type")
+    architectures = hf.get("architectures") or []
+    for family, architecture in _ARCHITECTURES.items():
+        if model_type == family or (model_type is None and architecture in architectures):
+            return family
+    raise UserError(
+        f"{source}: model_type {model_type!r} / architectures {architectures} is not a Llama model nor one of the "
+        f"families built on it; autarky loads {', '.join(_ARCHITECTURES.values())} folders"
+    )
+
+
+def _rope_scaling(hf: dict, source: str) -> RopeScaling | None:
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise UserError(f"{source}: partial_rotary_factor is not supported; RoPE must rotate the whole head")
+    if rope_type == "default":
+        return None
+    if rope_type != "llama3":
+        raise UserError(f"{source}: rope scaling {rope_type!r} (rope_scaling.rope_type) is not implemented; "
+                        "supported: default RoPE and 'llama3'")
+    missing = [k for k in _LLAMA3_ROPE if rope.get(k) is None]
+    if missing:
+        raise UserError(f"{source}: rope scaling 'llama3' lacks rope_scaling field(s) {', '.join(missing)}")
+    try:
+        return RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                           int(rope["original_max_position_embeddings"]))
+    except ValueError as bad:
+        raise UserError(f"{source}: {bad}") from None
+
+
+def _features(hf: dict, family: str, source: str) -> dict:
+    """The family's own switches, read as its transformers class reads them (other keys are ignored there too)."""
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; only silu (SwiGLU)")
+    if family == "llama" and hf.get("mlp_bias"):
+        raise UserError(f"{source}: mlp_bias=true is not supported by the autarky Llama")
+    layer_types = hf.get("layer_types") or []
+    if family in ("qwen2", "qwen3") and (hf.get("use_sliding_window") or "sliding_attention" in layer_types):
+        raise UserError(f"{source}: use_sliding_window=true (sliding attention on some layers only) is not "
+                        "supported; only Mistral's window on every layer is")
+    bias = bool(hf.get("attention_bias", False))
+    window = hf.get("sliding_window") if family == "mistral" else None
+    return {
+        "llama": {"qkv_bias": bias, "wo_bias": bias},
+        "mistral": {"sliding_window": int(window) if window else None},
+        "qwen2": {"qkv_bias": True},
+        "qwen3": {"qkv_bias": bias, "wo_bias": bias, "qk_norm": True},
+    }[family]
 
 
 def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Our ModelConfig from a config.json dict; UserError for anything our Llama does not implement."""
-    architectures = hf.get("architectures") or []
-    if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in architectures:
-        raise UserError(
-            f"{source}: model_type {hf.get('model_type')!r} / architectures {architectures} is not a Llama model; "
-            "only LlamaForCausalLM folders can be loaded"
-        )
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise UserError(f"{source}: rope scaling {rope_type!r} is not implemented; only default RoPE is supported")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf.get(flag):
-            raise UserError(f"{source}: {flag}=true is not supported by the autarky Llama")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; only silu (SwiGLU)")
+    """Our ModelConfig from a config.json dict; UserError for anything our model does not implement."""
+    family = _family(hf, source)
     try:
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-        head_dim = int(hf.get("head_dim") or dim // n_heads)
-        if head_dim * n_heads != dim:
-            raise UserError(f"{source}: head_dim {head_dim} × heads {n_heads} != hidden_size {dim} is not supported")
         return ModelConfig(
             vocab_size=int(hf["vocab_size"]),
             dim=dim,
@@ -128,10 +191,14 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             rope_theta=float(rope.get("rope_theta") or hf.get("rope_theta") or 10_000.0),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            head_dim=int(hf.get("head_dim") or dim // n_heads),
+            rope_scaling=_rope_scaling(hf, source),
+            family=family,
+            **_features(hf, family, source),
         )
     except KeyError as missing:
-        raise UserError(f"{source}: missing field {missing}; is this a LlamaForCausalLM config?") from None
-    except ValueError as bad:
+        raise UserError(f"{source}: missing field {missing}; is this a {family} config?") from None
+    except (TypeError, ValueError) as bad:
         raise UserError(f"{source}: {bad}") from None
 
 
@@ -211,7 +278,7 @@ def write_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 
 
 def hf_state_dict(model: Llama, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The model's weights under LlamaForCausalLM names (the tied output projection left out)."""
+    """The model's weights under transformers' names (the tied output projection left out)."""
     state = {}
     for name, tensor in model.state_dict().items():
         if model.config.tie_embeddings and name == "output.weight":
@@ -236,6 +303,10 @@ def save_hf_folder(model: Llama, tokenizer_dir: Path, out_dir: Path, dtype: torc
     try:
         write_tokenizer(tokenizer_dir, tmp)
         bos, eos = special_token_ids(tmp)
+        if any((Path(tokenizer_dir) / name).exists() for name in ("generation_config.json", "config.json")):
+            # A model folder as the source (a fine-tuned open model): keep the end ids its generation config
+            # declares, e.g. Llama 3 Instruct's <|eot_id|> besides the tokenizer's eos.
+            eos += [i for i in eos_token_ids(tokenizer_dir) if i not in eos]
         cfg = model.config
         _write_json(tmp / "config.json", hf_config_dict(cfg, bos, eos[0] if len(eos) == 1 else eos, dtype))
         _write_json(tmp / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
@@ -266,7 +337,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                    ) -> tuple[Llama, ModelConfig]:
-    """Our Llama (eval mode) from any Llama-architecture HF folder."""
+    """Our Llama (eval mode) from an HF folder of one of the supported families."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
@@ -283,17 +354,19 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
     expected = {n for n in model.state_dict() if not (cfg.tie_embeddings and n == "output.weight")}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise UserError(
-            f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
+        hint = " (biases: attention_bias / the family's q/k/v biases)" if any(
+            n.endswith(".bias") for n in missing | unexpected) else ""
+        raise UserError(f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}){hint}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(model.get_parameter(name).shape):
             raise UserError(f"{folder}: weight {name} has shape {tuple(tensor.shape)}, config.json implies "
-                            f"{tuple(model.get_parameter(name).shape)}")
+                            f"{tuple(model.get_parameter(name).shape)} (hidden_size {cfg.dim}, head_dim "
+                            f"{cfg.head_dim}, vocab_size {cfg.vocab_size})")
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)  # fp32, as HF computes them
     return model.eval(), cfg
 

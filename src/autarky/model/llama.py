@@ -1,5 +1,8 @@
 """The Llama architecture in plain PyTorch: RMSNorm, RoPE, SwiGLU, grouped-query attention.
 
+The open families built on it are configuration of this one model: Llama 3.x (scaled RoPE), Mistral (a sliding
+attention window), Qwen2/2.5 (q/k/v biases), Qwen3 (RMSNorm on each query/key head, a head width of its own).
+
 One file, no parallelism, no logging: FSDP2, tensor parallel, compile and checkpointing are applied from
 outside (autarky.train.parallelize). Weight names and the rotary convention (rotate-half) match Hugging Face's
 LlamaForCausalLM, so export is a rename and logits agree to float precision.
@@ -11,12 +14,16 @@ K = key/value heads, E = head dim, V = vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autarky.model.rope import RopeScaling, apply_rope, rope_tables
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # Hugging Face model_type each config is read from / written as
 
 
 @dataclass(frozen=True)
@@ -31,19 +38,42 @@ class ModelConfig:
     rope_theta: float = 500_000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    # The family features; the defaults are the plain Llama (and to_dict leaves them out).
+    head_dim: int = 0  # width of one head; 0 = dim // n_heads (Qwen3 sets its own)
+    qkv_bias: bool = False  # biases on wq/wk/wv (Qwen2, attention_bias)
+    wo_bias: bool = False  # bias on wo (attention_bias of Llama / Qwen3)
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
+    rope_scaling: RopeScaling | None = None  # Llama 3.1's rope_type "llama3"
+    sliding_window: int | None = None  # each token attends to at most this many (itself included; Mistral)
+    family: str = "llama"
 
     def __post_init__(self) -> None:
-        if self.dim % self.n_heads:
+        if not self.head_dim and self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        if self.family not in FAMILIES:
+            raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be positive, got {self.sliding_window}")
+        # Frozen: derived values are filled in once here (a dict from to_dict() comes back as the same config).
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field that differs from the plain Llama's default, and always the shape."""
+        values = asdict(self)
+        derived = {"head_dim": self.dim // self.n_heads}
+        return {f.name: values[f.name] for f in fields(self)
+                if f.name in _SHAPE_FIELDS or values[f.name] != derived.get(f.name, f.default)}
+
+
+_SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len", "rope_theta",
+                 "norm_eps", "tie_embeddings")
 
 
 class KVCache(Protocol):
@@ -70,21 +100,6 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each (max_seq_len, E), in the rotate-half layout used by Hugging Face."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (E/2,)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (max_T, E/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (max_T, E)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, heads, E); cos/sin (B, T, E) for each token's own position."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos.unsqueeze(2) + rotated * sin.unsqueeze(2)).to(x.dtype)
-
-
 class Attention(nn.Module):
     # Whether SDPA shares each key/value head across its query group (enable_gqa) instead of repeating them: the
     # same result without copies. Off here because some of CUDA's fused kernels do not take enable_gqa; whoever
@@ -95,10 +110,14 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.head_dim = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.sliding_window = cfg.sliding_window
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.wo_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
@@ -114,6 +133,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, -1, self.head_dim)
         k = self.wk(x).view(B, T, -1, self.head_dim)
         v = self.wv(x).view(B, T, -1, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # over E, per head
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
@@ -121,7 +142,25 @@ class Attention(nn.Module):
         mask = None
         if cache is not None:
             k, v, mask = cache.update(self.layer, k, v)  # (B, S, K, E), mask (B, 1, T, S)
+        if self.sliding_window is not None:
+            mask = sliding_window_mask(mask, q.shape[1], k.shape[1], self.sliding_window, q.device)
         return attention(q, k, v, mask, share_kv_heads=self.share_kv_heads)
+
+
+def sliding_window_mask(mask: torch.Tensor | None, T: int, S: int, window: int,
+                        device: torch.device) -> torch.Tensor | None:  # fmt: skip
+    """`mask` (B, 1, T, S) (None = causal over S == T) narrowed to each query's `window` newest keys, itself
+    included (transformers' `kv_idx > q_idx - sliding_window`). Caches hold key s at position s, so a query's
+    newest attended keys are its window; None when no query sees more than `window` keys."""
+    if mask is None:
+        if T <= window:
+            return None
+        q, s = torch.arange(T, device=device)[:, None], torch.arange(S, device=device)[None, :]
+        return ((s <= q) & (s > q - window))[None, None]  # (1, 1, T, S)
+    if S <= window:
+        return mask
+    newer = mask.flip(-1).int().cumsum(-1).flip(-1)  # (B, 1, T, S): attended keys at or after each key
+    return mask & (newer <= window)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
@@ -176,14 +215,15 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_T, E)
         self.register_buffer("rope_sin", sin, persistent=False)  # (max_T, E)
 
     def init_weights(self, seed: int | None = None) -> None:
         """Initialise every parameter and buffer; also used after building on the meta device."""
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        cfg = self.config
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         with torch.no_grad():
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
@@ -193,6 +233,8 @@ class Llama(nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("norm.weight"):
                     param.fill_(1.0)
+                elif name.endswith(".bias"):
+                    param.zero_()
                 elif name.endswith(("wo.weight", "w2.weight")):
                     _normal(param, residual_std, generator)
                 else:
@@ -236,8 +278,9 @@ def _normal(param: torch.Tensor, std: float, generator: torch.Generator | None) 
 
 def parameter_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
     """Exact parameter count from the shape alone (tied embeddings counted once)."""
-    kv = cfg.n_kv_heads * cfg.head_dim
-    attention = cfg.dim * cfg.dim * 2 + cfg.dim * kv * 2
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    attention = cfg.dim * q * 2 + cfg.dim * kv * 2
+    attention += (q + 2 * kv) * cfg.qkv_bias + cfg.dim * cfg.wo_bias + 2 * cfg.head_dim * cfg.qk_norm
     block = attention + 3 * cfg.dim * cfg.ffn_dim + 2 * cfg.dim
     embedding = cfg.vocab_size * cfg.dim
     output = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim

@@ -1,4 +1,5 @@
-"""Presets from a laptop-sized model to the published Llama 3 shapes, all one architecture."""
+"""Presets from a laptop-sized model to the published Llama 3 shapes, plus the open families' published models
+(Llama 3.x, Mistral, Qwen2.5, Qwen3), all one architecture."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import torch
 
 from autarky.errors import UserError
 from autarky.model.llama import Llama, ModelConfig
+from autarky.model.rope import RopeScaling
+
+# rope_scaling of Llama 3.1 (factor 8) and Llama 3.2 (factor 32), from their config.json.
+_LLAMA31_ROPE = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                            original_max_position_embeddings=8192)
+_LLAMA32_ROPE = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                            original_max_position_embeddings=8192)
 
 PRESETS: dict[str, ModelConfig] = {
     # Trains on 2 CPU cores in minutes: ~1.3M parameters with a 4,096-token vocabulary.
@@ -29,6 +37,28 @@ PRESETS: dict[str, ModelConfig] = {
                        max_seq_len=8192),
     "405b": ModelConfig(vocab_size=128_256, dim=16_384, n_layers=126, n_heads=128, n_kv_heads=8,
                         ffn_dim=53_248, max_seq_len=8192),
+    # The open families as published: the config.json of each model on the Hugging Face hub
+    # (meta-llama/Llama-3.2-1B, meta-llama/Llama-3.1-8B, mistralai/Mistral-7B-v0.3, Qwen/Qwen2.5-0.5B,
+    # Qwen/Qwen2.5-7B, Qwen/Qwen3-0.6B, Qwen/Qwen3-8B). Parameter totals are checked against transformers
+    # building each model in tests/model/test_sizes.py (e.g. Qwen2.5-0.5B: 494,032,768).
+    "llama3.2-1b": ModelConfig(vocab_size=128_256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192,
+                               max_seq_len=131_072, tie_embeddings=True, rope_scaling=_LLAMA32_ROPE),
+    "llama3.1-8b": ModelConfig(vocab_size=128_256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                               ffn_dim=14_336, max_seq_len=131_072, rope_scaling=_LLAMA31_ROPE),
+    "mistral-7b": ModelConfig(vocab_size=32_768, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14_336,
+                              max_seq_len=32_768, rope_theta=1_000_000.0, family="mistral"),
+    "qwen2.5-0.5b": ModelConfig(vocab_size=151_936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_dim=4864,
+                                max_seq_len=32_768, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
+                                qkv_bias=True, family="qwen2"),
+    "qwen2.5-7b": ModelConfig(vocab_size=152_064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, ffn_dim=18_944,
+                              max_seq_len=131_072, rope_theta=1_000_000.0, norm_eps=1e-6, qkv_bias=True,
+                              family="qwen2"),
+    "qwen3-0.6b": ModelConfig(vocab_size=151_936, dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, ffn_dim=3072,
+                              max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
+                              head_dim=128, qk_norm=True, family="qwen3"),
+    "qwen3-8b": ModelConfig(vocab_size=151_936, dim=4096, n_layers=36, n_heads=32, n_kv_heads=8, ffn_dim=12_288,
+                            max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, head_dim=128, qk_norm=True,
+                            family="qwen3"),
 }
 
 
@@ -38,6 +68,8 @@ def preset(name: str, **overrides: object) -> ModelConfig:
         cfg = PRESETS[name]
     except KeyError:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    if cfg.head_dim == cfg.dim // cfg.n_heads and "head_dim" not in overrides:
+        overrides = {**overrides, "head_dim": 0}  # derived, so it follows an overridden dim or n_heads
     return replace(cfg, **overrides) if overrides else cfg
 
 

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("plan")
     def plan_command(
-        preset: str | None = _opt("preset", _MODEL, "model preset: nano … 405b"),
+        preset: str | None = _opt("preset", _MODEL, "model preset: nano … 405b, or llama3.1-8b, mistral-7b, qwen3-0.6b …"),
         hf_config: Path | None = _opt("hf_config", _MODEL, "a Hugging Face config.json (or its folder)"),
         params: float | None = _opt("params", _MODEL, "raw parameter count, e.g. 405e9"),
         active_params: float | None = _opt("active_params", _MODEL, "MoE: parameters a token touches"),

@@ -1,8 +1,9 @@
 """What the planner needs to know about a model: parameters (total and active) and, when known, its shape.
 
-Three ways in: a preset of `autarky.model.sizes`, a Hugging Face `config.json` (Llama, Mistral, Mixtral and
-Qwen-MoE key names), or a raw parameter count with optional shape flags. Without shape flags the shape is
-estimated Llama-style (hidden ≈ 128·layers, N ≈ 12·L·h²) and the result says so.
+Three ways in: a preset of `autarky.model.sizes`, a Hugging Face `config.json` (Llama, Mistral, Qwen2/2.5, Qwen3,
+Mixtral and Qwen-MoE key names; q/k/v biases, q/k norms and an explicit head_dim are counted), or a raw parameter
+count with optional shape flags. Without shape flags the shape is estimated Llama-style (hidden ≈ 128·layers,
+N ≈ 12·L·h²) and the result says so.
 
 Parameter convention: N counts every parameter (PaLM / nanoGPT), tied embeddings once. For mixture-of-experts,
 `active_params` (what one token touches) drives compute and `params` (all experts) drives memory.
@@ -102,19 +103,23 @@ def from_hf_config(path: Path, seq_len: int | None = None) -> ModelShape:
         heads = int(raw["num_attention_heads"])
         experts = int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 1)
         expert_ffn = raw.get("moe_intermediate_size")
+        model_type = str(raw.get("model_type") or "")
+        bias = bool(raw.get("attention_bias"))
+        qkv_bias_always = model_type in ("qwen2", "qwen2_moe")  # their q/k/v projections always have biases
         cfg = ModelConfig(
             vocab_size=int(raw["vocab_size"]), dim=hidden, n_layers=layers, n_heads=heads,
             n_kv_heads=int(raw.get("num_key_value_heads") or heads), ffn_dim=int(raw["intermediate_size"]),
             max_seq_len=int(raw.get("max_position_embeddings", 2048)),
-            tie_embeddings=bool(raw.get("tie_word_embeddings", False)))
+            tie_embeddings=bool(raw.get("tie_word_embeddings", False)), head_dim=int(raw.get("head_dim") or 0),
+            qkv_bias=bias or qkv_bias_always, wo_bias=bias and not qkv_bias_always,
+            qk_norm=model_type.startswith("qwen3"))
     except KeyError as exc:
         raise UserError(f"--hf-config {path} lacks {exc.args[0]!r}; a Llama-style config.json is needed") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"--hf-config {path}: {exc}") from None
     name = raw.get("_name_or_path") or path.parent.name or "hf-model"
     active = int(raw.get("num_experts_per_tok", 1)) if experts > 1 else 1
-    return from_config(str(name), cfg, experts, active, int(expert_ffn) if expert_ffn else None, seq_len,
-                       head_dim=raw.get("head_dim"))
+    return from_config(str(name), cfg, experts, active, int(expert_ffn) if expert_ffn else None, seq_len)
 
 
 def from_params(

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autarky.model.llama import Block, KVCache
+from autarky.model.llama import Block, KVCache, sliding_window_mask
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
@@ -152,11 +152,16 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
                  cache: KVCache) -> torch.Tensor:  # fmt: skip
     """Block.forward for a decode step of at most MAX_ROWS rows, in two compiled pieces around the cache
     update: norms, rotary, attention and the SwiGLU are fused with the matrix–vector kernels, and a layer
-    costs 2 compiled calls instead of about 30 eager ones."""
+    costs 2 compiled calls instead of about 30 eager ones. The family features go through the same pieces:
+    biases and per-head norms are in the block's own projections, scaled RoPE in cos/sin, and a sliding
+    window narrows the cache's mask between the two."""
     h = _rows(h).unsqueeze(1)  # (B, 1, D) with the same strides every step
     q, k, v = _block_head(block, h, cos, sin)
     k, v, mask = cache.update(block.attention.layer, k, v)
     assert mask is not None, "decode_block needs a cache in decode mode (begin_decode)"
+    window = block.attention.sliding_window
+    if window is not None:
+        mask = sliding_window_mask(mask, 1, k.shape[1], window, mask.device)
     return _block_tail(block, h, q, k, v, mask)
 
 
@@ -185,7 +190,7 @@ class DecodeBlock(Block):
 
 
 class DecodeLinear(nn.Module):
-    """A bias-free nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
+    """An nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
     batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32, and
     bf16 where the CPU has it natively; otherwise F.linear). The plain weight is a buffer sharing the
     original's storage (a tied output projection stays tied); the packed copy doubles the weight memory, the
@@ -193,11 +198,10 @@ class DecodeLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        if linear.bias is not None:
-            raise ValueError("DecodeLinear takes bias-free projections only (Llama has no biases)")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # A buffer, not a Parameter: the compiled kernel then takes every matrix shape with one graph.
         self.register_buffer("weight", linear.weight.detach())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())  # (N,) (Qwen2's q/k/v)
         packable = torch.backends.mkldnn.is_available() and (
             self.weight.dtype == torch.float32 or (self.weight.dtype == torch.bfloat16 and bf16_packing_supported())
         )
@@ -206,10 +210,12 @@ class DecodeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if decode_rows(x):
-            return matvec(x, self.weight)
-        if self.packed is not None:
-            return packed_linear(x, self.packed)
-        return F.linear(x, self.weight)
+            out = matvec(x, self.weight)
+        elif self.packed is not None:
+            out = packed_linear(x, self.packed)
+        else:
+            return F.linear(x, self.weight, self.bias)
+        return out if self.bias is None else out + self.bias
 
 
 def use_decode_kernels(model: nn.Module) -> bool:

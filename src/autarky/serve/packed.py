@@ -39,13 +39,13 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
 
 
 class PackedBF16Linear(nn.Module):
-    """A bias-free nn.Linear whose weight lives in bf16, prepacked for oneDNN on CPU (plain bf16 elsewhere)."""
+    """An nn.Linear whose weight lives in bf16, prepacked for oneDNN on CPU (plain bf16 elsewhere); a bias, if
+    any, is added in the model's dtype after the product."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        if linear.bias is not None:
-            raise ValueError("PackedBF16Linear packs bias-free projections only (Llama has no biases)")
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         weight = linear.weight.detach().to(torch.bfloat16)
         self.packed = weight.device.type == "cpu" and bf16_packing_supported()
         # A plain attribute, not a buffer: an mkldnn-layout tensor cannot be moved, saved or cloned like one.
@@ -57,7 +57,7 @@ class PackedBF16Linear(nn.Module):
             out = packed_linear(xb, self.weight_bf16)
         else:
             out = F.linear(xb, self.weight_bf16)
-        return out.to(x.dtype)
+        return out.to(x.dtype) if self.bias is None else out.to(x.dtype) + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed}"

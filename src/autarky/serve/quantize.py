@@ -44,9 +44,15 @@ class Int8Linear(KernelSwitch, nn.Module):
         q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
+        # Biases (Qwen2's q/k/v) stay in the model's dtype: N numbers, not worth quantizing.
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         self.rows_per_piece = max(1, min(self.out_features, PIECE_ELEMENTS // self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._scaled_product(x)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def _scaled_product(self, x: torch.Tensor) -> torch.Tensor:
         if self.decode_kernels and decode_rows(x):
             return matvec_int8(x, self.weight_int8, self.scales)
         rows, n_in = self.rows_per_piece, self.in_features

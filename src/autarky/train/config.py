@@ -60,8 +60,9 @@ class ModelSection(_Section):
 
     @classmethod
     def pinned(cls, name: str, cfg: ModelConfig) -> ModelSection:
-        """The section that reproduces `cfg` exactly (written to RUN_DIR/config.toml)."""
-        return cls(preset=name, **cfg.to_dict())
+        """The section that reproduces `cfg` exactly (written to RUN_DIR/config.toml); family features (biases,
+        q/k norms, head_dim, rope scaling) are the preset's own, so only the shape fields are written."""
+        return cls(preset=name, **{k: v for k, v in cfg.to_dict().items() if k in cls.model_fields})
 
 
 class OptimSection(_Section):

@@ -94,17 +94,30 @@ def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: b
 
 
 def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
 
+    # Biases follow their weights: a colwise bias is sharded with the output features, a rowwise one replicated.
+    qk_norm = model.config.qk_norm
     plan = {
-        "attention.wq": ColwiseParallel(),
-        "attention.wk": ColwiseParallel(),
+        "attention.wq": ColwiseParallel(use_local_output=not qk_norm),
+        "attention.wk": ColwiseParallel(use_local_output=not qk_norm),
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(),
         "feed_forward.w1": ColwiseParallel(),
         "feed_forward.w3": ColwiseParallel(),
         "feed_forward.w2": RowwiseParallel(),
     }
+    if qk_norm:
+        # Each rank normalises only its own heads, so a plain norm weight would get a different gradient on each
+        # rank. As DTensors (queries/keys sharded on the head dim, weights replicated) their gradients are summed
+        # over the tp group (torchtitan's Qwen3 plan).
+        plan["attention.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        plan["attention.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, plan)
 
