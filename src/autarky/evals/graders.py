@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autarky.errors import UserError
+from autarky.evals import formats
 from autarky.evals.sandbox import run_python
 
 
@@ -360,6 +361,24 @@ def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, f
     return Grade(float(got == want), metrics, detail=f"next line {got!r}")
 
 
+# --- tool-use: the exact call (the output is the runner's envelope of the wire's tool_calls) ---------------
+
+def grade_tool_call(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    """1 when the reply makes exactly the expected call: that function, arguments valid for its schema and equal
+    to the expected ones (see formats.normalize); format_valid when every call is a valid call of a tool."""
+    _text, calls = formats.decode_calls(output)
+    problem = formats.calls_problem(output, item["tools"])
+    metrics = {"format_valid": float(problem is None)}
+    want = item["expected"]
+    if problem is not None or len(calls) != 1 or calls[0].name != want["name"]:
+        got = ", ".join(c.name for c in calls) or "no call"
+        return Grade(0.0, metrics, detail=problem or f"called {got}; expected only {want['name']}")
+    schema = formats.declared(item["tools"])[want["name"]]
+    wrong = formats.argument_mismatches(formats.call_arguments(calls[0]), want["arguments"], schema,
+                                        item.get("unordered", []))
+    return Grade(float(not wrong), metrics, detail=f"wrong {', '.join(wrong)}" if wrong else "exact call")
+
+
 def grade_none(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
     return Grade(0.0, detail="pairwise suite: outputs are compared by `autarky arena --judge`")
 
@@ -372,6 +391,7 @@ GRADERS: dict[str, Grader] = {
         Grader("python-tests", ("generate",), ("tests",), grade_python_tests),
         Grader("formula", ("generate",), ("sheet", "expected"), grade_formula),
         Grader("slides-structure", ("generate",), ("slides",), grade_slides),
+        Grader("tool-call", ("generate",), ("tools", "expected"), grade_tool_call),
         Grader("code-completion", ("loglikelihood",), ("body", "next_line"), grade_code_completion),
         Grader("none", ("pairwise",), (), grade_none),
     )
