@@ -70,6 +70,15 @@ def test_slides_asks_through_json_schema_and_format_is_apart_from_score(stub_ser
     assert all("format: not JSON" in d for d in details)
 
 
+def test_a_completions_endpoint_gets_the_deck_prompt_and_the_schema_judges_its_text(stub_server, store_url):
+    deck = {"slides": [{"title": "Revenue", "bullets": ["Revenue grew", "Bicycle sales up"]}]}
+    stub = stub_server(Script(answer=lambda p: json.dumps(deck)))
+    evaluate({"base": stub.base_url}, ["slides"], limit=2, store_url=store_url, progress=False,
+             modes={"base": "completions"})
+    assert all("prompt" in body and "response_format" not in body for body in stub.script.requests)
+    assert by_suite(store_url)[("base", "slides")].format_valid == 1.0
+
+
 def test_an_endpoint_that_refuses_tools_or_cannot_carry_them_scores_zero(stub_server, store_url):
     stub = stub_server(Script())
     refusing = serve_app(_refusing_app())

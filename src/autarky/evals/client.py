@@ -140,8 +140,10 @@ class Client:
         tools: list[dict[str, Any]] | None = None, tool_choice: Any = "auto",
         response_format: dict[str, Any] | None = None,
     ) -> Reply:
-        """One answer. `tools` (with `tool_choice`) and `response_format` travel in chat mode only, as the OpenAI
-        wire carries them; the reply's tool calls come back in `Reply.tool_calls`."""
+        """One answer. `tools` (with `tool_choice`) and `response_format` travel in chat mode, as the OpenAI wire
+        carries them; the reply's tool calls come back in `Reply.tool_calls`. In completions mode there is no
+        field for either: tools make the request fail (final), while a response_format stays behind and the text
+        is judged against its schema all the same (the prompt asks for the JSON too)."""
         mode = mode or endpoint.mode
         body: dict[str, Any] = {"model": endpoint.model_field, "max_tokens": max_tokens, "temperature": temperature}
         if stop:
@@ -157,9 +159,9 @@ class Client:
             message = data["choices"][0]["message"]
             text = message.get("content") or ""
             calls = [_tool_call(c) for c in message.get("tool_calls") or () if isinstance(c, dict)]
-        elif tools or response_format:
-            raise EndpointError(f"endpoint {endpoint.name!r} is in completions mode, which cannot carry tools or "
-                                "response_format; use chat mode", final=True)
+        elif tools:
+            raise EndpointError(f"endpoint {endpoint.name!r} is in completions mode, which cannot carry tools; "
+                                "use chat mode", final=True)
         else:
             full = f"{system}\n\n{prompt}" if system else prompt
             data, latency = await self._post(endpoint, "/completions", {**body, "prompt": full})

@@ -5,8 +5,9 @@ validated on load so that a malformed suite fails before any request is sent, wi
 
 A suite declares what it needs of an endpoint in `needs`: "tools" (each item carries OpenAI-format `tools`, sent
 with `tool_choice`, and the reply's tool calls are graded) or "json_schema" (the folder holds `schema.json`, sent
-as a strict `response_format`). Nothing is skipped for an endpoint that cannot serve them: its refusal (a 400) or
-a plain-text answer is recorded as that item's failure, with format_valid = 0, so the leaderboard shows it.
+as a strict `response_format` in chat mode; a completions-mode endpoint gets the prompt alone, judged by the same
+schema). Nothing is skipped for an endpoint that cannot serve them: its refusal (a 400) or a plain-text answer is
+recorded as that item's failure, with format_valid = 0, so the leaderboard shows it.
 """
 
 from __future__ import annotations
