@@ -175,6 +175,20 @@ def argument_mismatches(got: dict[str, Any], expected: dict[str, Any], schema: d
     return wrong
 
 
+def exact_call(item: dict[str, Any], output: str) -> tuple[float, float, str]:
+    """(score, format_valid, why) of a stored tool-calling reply against the item's expected call: 1 when it makes
+    exactly that call, of that function, with arguments valid for its schema and equal to the expected ones."""
+    _content, calls = decode_calls(output)
+    problem = calls_problem(output, item["tools"])
+    want = item["expected"]
+    if problem is not None or len(calls) != 1 or calls[0].name != want["name"]:
+        got = ", ".join(c.name for c in calls) or "no call"
+        return 0.0, float(problem is None), problem or f"called {got}; expected only {want['name']}"
+    wrong = argument_mismatches(call_arguments(calls[0]), want["arguments"], declared(item["tools"])[want["name"]],
+                                item.get("unordered", []))
+    return float(not wrong), 1.0, f"wrong {', '.join(wrong)}" if wrong else "exact call"
+
+
 def tool_item_problem(item: dict[str, Any]) -> str | None:
     """Why a tool-use item is malformed (tools, expected call, unordered), or None: checked when a suite loads."""
     tools = item.get("tools")

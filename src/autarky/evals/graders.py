@@ -364,19 +364,9 @@ def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, f
 # --- tool-use: the exact call (the output is the runner's envelope of the wire's tool_calls) ---------------
 
 def grade_tool_call(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
-    """1 when the reply makes exactly the expected call: that function, arguments valid for its schema and equal
-    to the expected ones (see formats.normalize); format_valid when every call is a valid call of a tool."""
-    _text, calls = formats.decode_calls(output)
-    problem = formats.calls_problem(output, item["tools"])
-    metrics = {"format_valid": float(problem is None)}
-    want = item["expected"]
-    if problem is not None or len(calls) != 1 or calls[0].name != want["name"]:
-        got = ", ".join(c.name for c in calls) or "no call"
-        return Grade(0.0, metrics, detail=problem or f"called {got}; expected only {want['name']}")
-    schema = formats.declared(item["tools"])[want["name"]]
-    wrong = formats.argument_mismatches(formats.call_arguments(calls[0]), want["arguments"], schema,
-                                        item.get("unordered", []))
-    return Grade(float(not wrong), metrics, detail=f"wrong {', '.join(wrong)}" if wrong else "exact call")
+    """1 for exactly the expected call (formats.exact_call); format_valid when every call is a valid one."""
+    score, valid, detail = formats.exact_call(item, output)
+    return Grade(score, {"format_valid": valid}, detail=detail)
 
 
 def grade_none(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
