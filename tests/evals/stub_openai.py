@@ -1,6 +1,7 @@
 """A scripted OpenAI-compatible model server on 127.0.0.1 (real uvicorn, real HTTP, the real wire format):
 answers from a lookup table, counts requests, and can be told to fail, so runner tests can prove resume,
-retries and per-item failures. (End-to-end tests against `autarky serve` use `served_tiny_model`.)
+retries and per-item failures. `Script.calls` answers chat requests with tool calls instead of text.
+(End-to-end tests against `autarky serve` use `served_tiny_model`.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Script:
     fail_first: int = 0  # answer 500 to the first N requests (retries should absorb them)
     delay_s: float = 0.0  # think this long before answering chat requests
     max_context: int | None = None  # characters (= tokens here): longer completions prompts get a 400 like vLLM's
+    # request body → [(function name, arguments JSON text)] to answer with tool calls, or None to answer with text
+    calls: Callable[[dict], list[tuple[str, str]] | None] | None = None
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,9 +61,15 @@ def _app(script: Script, model: str) -> FastAPI:
         prompt = body["messages"][-1]["content"]
         await asyncio.sleep(script.delay_s)
         text = script.answer(prompt)
+        calls = script.calls(body) if script.calls is not None else None
+        message: dict = {"role": "assistant", "content": text}
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+                for i, (name, arguments) in enumerate(calls)]}
         return JSONResponse({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop",
                          "logprobs": None}],
             "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                       "total_tokens": len(prompt.split()) + len(text.split())},
@@ -108,12 +118,13 @@ class StubServer:
         self.thread.join(timeout=10)
 
 
-def start_stub(script: Script, model: str = "stub-model") -> StubServer:
+def serve_app(app: ASGIApp) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Serve any ASGI app on a free 127.0.0.1 port in a thread; returns once it accepts requests."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_app(script, model), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -121,4 +132,9 @@ def start_stub(script: Script, model: str = "stub-model") -> StubServer:
         if time.monotonic() > deadline:
             raise RuntimeError("stub server did not start")
         time.sleep(0.02)
+    return server, thread, port
+
+
+def start_stub(script: Script, model: str = "stub-model") -> StubServer:
+    server, thread, port = serve_app(_app(script, model))
     return StubServer(script, f"http://127.0.0.1:{port}/v1", model, server, thread)

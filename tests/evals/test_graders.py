@@ -165,3 +165,97 @@ def test_code_in_prose_or_fences_is_found():
     assert grade("formula", total, "367").score == 0.0  # a number is not a formula
     line = {"next_line": "return a + b", "body": "    return a + b\n"}
     assert grade("code-completion", line, "```python\n    return a + b\n```").score == 1.0
+
+
+# --- tool-call: the exact call, from the runner's envelope of the wire's tool_calls ------------------------
+
+def _ticket_item() -> dict:
+    from autarky.evals.generators.tool_use import TOOLS
+
+    return {"id": "t", "prompt": "open a ticket", "tools": [TOOLS["create_ticket"], TOOLS["convert_currency"]],
+            "expected": {"name": "create_ticket",
+                         "arguments": {"title": "Export to CSV fails", "priority": "high", "tags": ["billing", "docs"]}},
+            "unordered": ["tags"]}
+
+
+def _calls(*calls: tuple[str, object]) -> str:
+    from autarky.evals.formats import ToolCall, encode_calls
+
+    return encode_calls("", [ToolCall(name, a if isinstance(a, str) else json.dumps(a)) for name, a in calls])
+
+
+def test_tool_call_right_call_with_normalized_arguments():
+    args = {"title": "  Export to CSV fails ", "priority": "high", "tags": ["docs", "billing"]}  # trimmed, any order
+    g = grade("tool-call", _ticket_item(), _calls(("create_ticket", args)))
+    assert (g.score, g.metrics["format_valid"], g.detail) == (1.0, 1.0, "exact call")
+
+
+def test_tool_call_wrong_function_wrong_value_and_two_calls():
+    item = _ticket_item()
+    wrong_fn = grade("tool-call", item, _calls(("convert_currency", {"amount": 5, "from": "USD", "to": "EUR"})))
+    assert (wrong_fn.score, wrong_fn.metrics["format_valid"]) == (0.0, 1.0)  # a valid call, of the wrong tool
+    assert "expected only create_ticket" in wrong_fn.detail
+    wrong_value = grade("tool-call", item, _calls(("create_ticket", {**item["expected"]["arguments"], "priority": "low"})))
+    assert (wrong_value.score, wrong_value.metrics["format_valid"], wrong_value.detail) == (0.0, 1.0, "wrong priority")
+    right = ("create_ticket", item["expected"]["arguments"])
+    twice = grade("tool-call", item, _calls(right, right))
+    assert (twice.score, twice.metrics["format_valid"]) == (0.0, 1.0)
+
+
+def test_tool_call_bad_and_extra_arguments_are_not_format_valid():
+    item = _ticket_item()
+    args = item["expected"]["arguments"]
+    for bad in ({**args, "priority": "HIGH"},  # not one of the enum's values: the schema decides
+                {**args, "tags": "billing"},  # wrong type
+                {k: v for k, v in args.items() if k != "tags"},  # a required argument missing
+                {**args, "assignee": "omar"}):  # additionalProperties: false
+        g = grade("tool-call", item, _calls(("create_ticket", bad)))
+        assert (g.score, g.metrics["format_valid"]) == (0.0, 0.0), bad
+        assert "schema" in g.detail
+    broken = grade("tool-call", item, _calls(("create_ticket", '{"title": "Export')))
+    assert broken.metrics["format_valid"] == 0.0 and "not JSON" in broken.detail
+    undeclared = grade("tool-call", item, _calls(("delete_everything", {})))
+    assert undeclared.metrics["format_valid"] == 0.0 and "not a declared tool" in undeclared.detail
+
+
+def test_tool_call_extra_arguments_match_when_the_schema_allows_them():
+    item = _ticket_item()
+    item["tools"][0] = json.loads(json.dumps(item["tools"][0]))
+    item["tools"][0]["function"]["parameters"]["additionalProperties"] = True
+    g = grade("tool-call", item, _calls(("create_ticket", {**item["expected"]["arguments"], "assignee": "omar"})))
+    assert (g.score, g.metrics["format_valid"], g.detail) == (0.0, 1.0, "wrong assignee")  # valid, not the call
+
+
+def test_tool_call_text_instead_of_a_call_scores_zero():
+    from autarky.evals.formats import encode_calls
+
+    item = _ticket_item()
+    looks_like_a_call = json.dumps({"name": "create_ticket", "arguments": item["expected"]["arguments"]})
+    for output in (encode_calls(looks_like_a_call, []), looks_like_a_call, ""):
+        g = grade("tool-call", item, output)
+        assert (g.score, g.metrics["format_valid"]) == (0.0, 0.0)
+        assert "text" in g.detail
+
+
+def test_tool_call_numbers_by_value_and_times_as_instants():
+    from autarky.evals.generators.tool_use import TOOLS
+
+    item = {"tools": [TOOLS["convert_currency"], TOOLS["schedule_meeting"]],
+            "expected": {"name": "convert_currency", "arguments": {"amount": 250, "from": "EUR", "to": "USD"}}}
+    assert grade("tool-call", item, _calls(("convert_currency", {"amount": 250.0, "from": "EUR", "to": "USD"}))).score == 1.0
+    meeting = {"attendees": ["ana@acme.example", "raj@acme.example"], "start": "2027-03-04T15:00:00",
+               "duration_minutes": 45}
+    item = {"tools": item["tools"], "expected": {"name": "schedule_meeting", "arguments": meeting}}
+    same = {**meeting, "start": "2027-03-04T16:00:00+01:00", "attendees": ["Raj@acme.example", "ana@acme.example"]}
+    assert grade("tool-call", {**item, "unordered": ["attendees"]}, _calls(("schedule_meeting", same))).score == 1.0
+    assert grade("tool-call", item, _calls(("schedule_meeting", same))).score == 0.0  # order counts unless stated
+    assert grade("tool-call", item, _calls(("schedule_meeting", {**meeting, "duration_minutes": 45.5}))).score == 0.0
+
+
+def test_every_tool_use_item_is_graded_right_by_its_own_expected_call():
+    from autarky.evals.suite import load_suite
+
+    for item in load_suite("tool-use").items:
+        expected = item["expected"]
+        g = grade("tool-call", item, _calls((expected["name"], expected["arguments"])))
+        assert g.score == 1.0, (item["id"], g.detail)

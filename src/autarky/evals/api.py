@@ -124,15 +124,17 @@ def evaluate(models: dict[str, str] | Iterable[str], suites: Iterable[str] | Non
 
 
 def leaderboard_table(board: list[SuiteScore]) -> Table:
-    table = Table(title="eval leaderboard (mean score, bootstrap 95% CI)")
-    for column in ("suite", "model", "n", "score", "95% CI", "p50 ms", "$/1k tok", "in-house", "notes"):
-        table.add_column(column, justify="right" if column in ("n", "score", "p50 ms", "$/1k tok") else "left")
+    table = Table(title="eval leaderboard (mean score, bootstrap 95% CI; format valid: share of outputs in the "
+                        "requested format)")
+    numeric = ("n", "score", "format valid", "p50 ms", "$/1k tok")
+    for column in ("suite", "model", "n", "score", "95% CI", "format valid", "p50 ms", "$/1k tok", "in-house", "notes"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for row in board:
         notes = ", ".join(f"{k}={v:.3f}" for k, v in row.extra.items())
         if row.failures:
             notes = ", ".join(filter(None, [notes, f"{row.failures} failed"]))
         table.add_row(row.suite, row.model, str(row.n), f"{row.mean:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]",
-                      f"{row.p50_latency_ms:.0f}", f"{row.usd_per_1k_tokens:.4f}", "yes" if row.in_house else "",
+                      "-" if row.format_valid is None else f"{row.format_valid:.3f}", f"{row.p50_latency_ms:.0f}", f"{row.usd_per_1k_tokens:.4f}", "yes" if row.in_house else "",
                       notes)
     return table
 

@@ -13,6 +13,7 @@ import httpx
 
 from autarky.contracts.wire import ContextOverflow
 from autarky.errors import UserError
+from autarky.evals.formats import ToolCall
 
 Mode = Literal["chat", "completions"]
 
@@ -49,6 +50,7 @@ class Reply:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     extras: dict[str, float] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # the message's tool_calls (chat mode, tools sent)
 
 
 @dataclass
@@ -135,21 +137,38 @@ class Client:
     async def generate(
         self, endpoint: Endpoint, prompt: str, *, system: str = "", max_tokens: int = 256,
         temperature: float = 0.0, stop: list[str] | None = None, mode: Mode | None = None,
+        tools: list[dict[str, Any]] | None = None, tool_choice: Any = "auto",
+        response_format: dict[str, Any] | None = None,
     ) -> Reply:
+        """One answer. `tools` (with `tool_choice`) and `response_format` travel in chat mode, as the OpenAI wire
+        carries them; the reply's tool calls come back in `Reply.tool_calls`. In completions mode there is no
+        field for either: tools make the request fail (final), while a response_format stays behind and the text
+        is judged against its schema all the same (the prompt asks for the JSON too)."""
         mode = mode or endpoint.mode
         body: dict[str, Any] = {"model": endpoint.model_field, "max_tokens": max_tokens, "temperature": temperature}
         if stop:
             body["stop"] = stop
+        calls: list[ToolCall] = []
         if mode == "chat":
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            if tools:
+                body.update(tools=tools, tool_choice=tool_choice)
+            if response_format:
+                body["response_format"] = response_format
             data, latency = await self._post(endpoint, "/chat/completions", {**body, "messages": messages})
-            text = data["choices"][0]["message"].get("content") or ""
+            message = data["choices"][0]["message"]
+            text = message.get("content") or ""
+            calls = [_tool_call(c) for c in message.get("tool_calls") or () if isinstance(c, dict)]
+        elif tools:
+            raise EndpointError(f"endpoint {endpoint.name!r} is in completions mode, which cannot carry tools; "
+                                "use chat mode", final=True)
         else:
             full = f"{system}\n\n{prompt}" if system else prompt
             data, latency = await self._post(endpoint, "/completions", {**body, "prompt": full})
             text = data["choices"][0].get("text") or ""
         usage = data.get("usage") or {}
-        return Reply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), latency)
+        return Reply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), latency,
+                     tool_calls=calls)
 
     async def continuation_logprob(self, endpoint: Endpoint, context: str, continuation: str) -> Reply:
         """log P(continuation | context) via `/completions` with echo; extras hold the sum and bits per byte."""
@@ -162,6 +181,11 @@ class Client:
         usage = data.get("usage") or {}
         extras = {"logprob": total, "bits_per_byte": -total / max(1, len(covered)) / 0.6931471805599453}
         return Reply("", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), latency, extras)
+
+
+def _tool_call(wire: dict[str, Any]) -> ToolCall:
+    function = wire.get("function") or {}
+    return ToolCall(str(function.get("name") or ""), str(function.get("arguments") or ""))
 
 
 def continuation_logprob_from(logprobs: dict[str, Any], context_chars: int, total_chars: int) -> tuple[float, int]:

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         for name in bundled_suite_names():
             s = load_suite(name)
             typer.echo(f"{name:18} task={s.config.task:16} kind={s.config.kind:14} grader={s.config.grader:18} "
-                       f"items={len(s.items)}")
+                       f"items={len(s.items)}" + (f" needs={','.join(s.config.needs)}" if s.config.needs else ""))
 
     @eval_app.command("leaderboard")
     def show_leaderboard(

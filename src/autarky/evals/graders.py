@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autarky.errors import UserError
+from autarky.evals import formats
 from autarky.evals.sandbox import run_python
 
 
@@ -360,6 +361,14 @@ def grade_code_completion(item: dict[str, Any], output: str, extras: dict[str, f
     return Grade(float(got == want), metrics, detail=f"next line {got!r}")
 
 
+# --- tool-use: the exact call (the output is the runner's envelope of the wire's tool_calls) ---------------
+
+def grade_tool_call(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    """1 for exactly the expected call (formats.exact_call); format_valid when every call is a valid one."""
+    score, valid, detail = formats.exact_call(item, output)
+    return Grade(score, {"format_valid": valid}, detail=detail)
+
+
 def grade_none(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
     return Grade(0.0, detail="pairwise suite: outputs are compared by `autarky arena --judge`")
 
@@ -372,6 +381,7 @@ GRADERS: dict[str, Grader] = {
         Grader("python-tests", ("generate",), ("tests",), grade_python_tests),
         Grader("formula", ("generate",), ("sheet", "expected"), grade_formula),
         Grader("slides-structure", ("generate",), ("slides",), grade_slides),
+        Grader("tool-call", ("generate",), ("tools", "expected"), grade_tool_call),
         Grader("code-completion", ("loglikelihood",), ("body", "next_line"), grade_code_completion),
         Grader("none", ("pairwise",), (), grade_none),
     )

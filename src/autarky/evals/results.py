@@ -33,6 +33,9 @@ class SuiteScore:
     in_house: bool
     failures: int  # items with a request or grader error (scored 0)
     extra: dict[str, float] = field(default_factory=dict)  # means of secondary metrics, e.g. bits_per_byte
+    # Share of items whose output is in the requested format (schema-valid JSON, a valid call of a declared
+    # tool), apart from the task score; None for suites that ask for no format.
+    format_valid: float | None = None
 
 
 def load_results(engine: Engine, models: list[str] | None = None, suites: list[str] | None = None,
@@ -87,6 +90,7 @@ def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[st
             for key, value in json.loads(r["metrics"] or "{}").items():
                 extras[key].append(float(value))
         info = infos.get(model)
+        valid = extras.pop("format_valid", None)
         board.append(SuiteScore(
             model=model, suite=suite, task=meta["task"], metric=meta["metric"], n=ci.n, mean=ci.mean,
             ci_low=ci.ci_low, ci_high=ci.ci_high,
@@ -94,6 +98,7 @@ def leaderboard(engine: Engine, models: list[str] | None = None, suites: list[st
             usd_per_1k_tokens=blended_usd_per_1k(info, cost, tokens), in_house=bool(info and info["in_house"]),
             failures=sum(1 for r in rows if r["error"]),
             extra={k: float(np.mean(v)) for k, v in extras.items()},
+            format_valid=float(np.mean(valid)) if valid else None,
         ))
     board.sort(key=lambda s: (s.suite, -s.mean, s.model))
     return board

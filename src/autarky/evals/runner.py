@@ -17,6 +17,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine, and_, delete, select
 
+from autarky.evals import formats
 from autarky.evals.client import Client, Endpoint, EndpointError, Reply
 from autarky.evals.graders import Grade, get_grader
 from autarky.evals.suite import Suite
@@ -102,7 +103,7 @@ async def _run(engine: Engine, suites: list[Suite], models: list[EvalModel], opt
 async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spec: EvalModel, suite: Suite,
                item: dict[str, Any], summary: EvalRunSummary, progress: Progress, bar: Any, options: RunOptions) -> None:
     async with semaphore:
-        status, error, grade = "ok", "", Grade(0.0)
+        status, error, grade, output = "ok", "", Grade(0.0), ""
         try:
             reply = await _ask(client, spec.endpoint, suite, item, options.max_tokens_cap)
         except EndpointError as exc:
@@ -110,18 +111,25 @@ async def _one(engine: Engine, client: Client, semaphore: asyncio.Semaphore, spe
             error = str(exc)
             status = "ok" if exc.final else "error"  # a 400 for this item is final; a dead server is retried
             summary.errors += status == "error"
+            if suite.checks_format:  # e.g. an endpoint that refuses tools: its format is not valid either
+                grade.metrics["format_valid"] = 0.0
         else:
             grader = get_grader(suite.config.grader)
+            output = answer_output(suite, reply)
             try:
-                grade = await asyncio.to_thread(grader.grade, item, reply.text, reply.extras)
+                grade = await asyncio.to_thread(grader.grade, item, output, reply.extras)
             except Exception as exc:  # noqa: BLE001 - a grader crash is this item's failure, never the run's
                 error = f"grader {suite.config.grader!r} failed: {type(exc).__name__}: {exc}"
                 summary.grader_failures += 1
+            if suite.checks_format and "format_valid" not in grade.metrics:
+                problem = format_problem(suite, item, output)
+                grade.metrics["format_valid"] = float(problem is None)
+                grade.detail = f"{grade.detail}; format: {problem}" if problem else grade.detail
         cost = (reply.prompt_tokens * spec.usd_in_per_1m + reply.completion_tokens * spec.usd_out_per_1m) / 1e6
         row = {
             "model": spec.name, "suite": suite.name, "item_id": item["id"], "item_sha": item_sha(item), "status": status,
             "score": float(grade.score), "metrics": json.dumps(grade.metrics),
-            "prompt": str(item["prompt"]), "output": reply.text, "detail": grade.detail, "error": error,
+            "prompt": str(item["prompt"]), "output": output, "detail": grade.detail, "error": error,
             "latency_ms": reply.latency_ms, "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens, "cost_usd": cost, "created_at": datetime.now(UTC),
         }
@@ -138,9 +146,12 @@ async def _ask(client: Client, endpoint: Endpoint, suite: Suite, item: dict[str,
     cfg = suite.config
     max_tokens = min(cfg.max_tokens, cap or cfg.max_tokens)
     if cfg.kind != "loglikelihood":
+        tools = item["tools"] if "tools" in cfg.needs else None
+
         def ask(tokens: int) -> Awaitable[Reply]:
             return client.generate(endpoint, item["prompt"], system=cfg.system, max_tokens=tokens,
-                                   temperature=cfg.temperature, stop=cfg.stop or None)
+                                   temperature=cfg.temperature, stop=cfg.stop or None, tools=tools,
+                                   tool_choice=item.get("tool_choice", "auto"), response_format=suite.response_format())
 
         try:
             return await ask(max_tokens)
@@ -179,6 +190,20 @@ async def _fit_context(context: str, call: Callable[[str], Awaitable[Reply]], ta
                 raise  # even the continuation alone does not fit
             context = context[min(len(context) - 1, math.ceil(need * 1.1) + 4):]
     return await call(context)
+
+
+def answer_output(suite: Suite, reply: Reply) -> str:
+    """What is stored and graded: the text, or for a tools suite the envelope of the wire's calls (formats)."""
+    return formats.encode_calls(reply.text, reply.tool_calls) if "tools" in suite.config.needs else reply.text
+
+
+def format_problem(suite: Suite, item: dict[str, Any], output: str) -> str | None:
+    """Why an answer is not in the format its suite asked for (a call of a declared tool, schema-valid JSON)."""
+    if "tools" in suite.config.needs:
+        return formats.calls_problem(output, item["tools"])
+    if suite.response_schema is not None:
+        return formats.json_problem(output, suite.response_schema)
+    return None
 
 
 def item_sha(item: dict[str, Any]) -> str:

@@ -2,6 +2,12 @@
 
 Bundled suites live in autarky/evals/suites/<name>/; users point `--suite` at their own folder. Everything is
 validated on load so that a malformed suite fails before any request is sent, with the file and line named.
+
+A suite declares what it needs of an endpoint in `needs`: "tools" (each item carries OpenAI-format `tools`, sent
+with `tool_choice`, and the reply's tool calls are graded) or "json_schema" (the folder holds `schema.json`, sent
+as a strict `response_format` in chat mode; a completions-mode endpoint gets the prompt alone, judged by the same
+schema). Nothing is skipped for an endpoint that cannot serve them: its refusal (a 400) or a plain-text answer is
+recorded as that item's failure, with format_valid = 0, so the leaderboard shows it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autarky.errors import UserError
+from autarky.evals.formats import schema_problem, tool_item_problem
 
 SuiteKind = Literal["generate", "loglikelihood", "pairwise"]
 
@@ -34,16 +41,33 @@ class SuiteConfig(BaseModel):
     max_tokens: int = Field(default=256, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stop: list[str] = Field(default_factory=list)
+    needs: list[Literal["tools", "json_schema"]] = Field(default_factory=list)
+
+
+SCHEMA_FILE = "schema.json"  # the response schema of a json_schema suite
 
 
 class Suite(BaseModel):
     config: SuiteConfig
     items: list[dict[str, Any]]
     source: str  # folder it was loaded from
+    response_schema: dict[str, Any] | None = None  # schema.json of a json_schema suite
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def checks_format(self) -> bool:
+        """Whether items get a format_valid metric (the suite asks for tool calls or schema-valid JSON)."""
+        return bool(self.config.needs)
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The OpenAI `response_format` the suite's requests carry, if any."""
+        if self.response_schema is None:
+            return None
+        return {"type": "json_schema", "json_schema": {"name": self.name.replace(".", "_")[:64], "strict": True,
+                                                       "schema": self.response_schema}}
 
     def limited(self, limit: int | None) -> list[dict[str, Any]]:
         return self.items if limit is None else self.items[:limit]
@@ -94,8 +118,29 @@ def load_suite(ref: str | Path) -> Suite:
         raise UserError(
             f"{toml_path}: grader {config.grader!r} grades {'/'.join(grader.kinds)} suites, not kind {config.kind!r}"
         )
+    if "tools" in grader.required_fields and "tools" not in config.needs:
+        raise UserError(f'{toml_path}: grader {config.grader!r} grades tool calls; add needs = ["tools"]')
     items = _read_items(items_path, grader.required_fields)
-    return Suite(config=config, items=items, source=str(folder))
+    if "tools" in config.needs:
+        for item in items:
+            if (problem := tool_item_problem(item)) is not None:
+                raise UserError(f"{items_path}: item {item['id']!r}: {problem}")
+    return Suite(config=config, items=items, source=str(folder), response_schema=_response_schema(folder, config))
+
+
+def _response_schema(folder: Path, config: SuiteConfig) -> dict[str, Any] | None:
+    path = folder / SCHEMA_FILE
+    if "json_schema" not in config.needs:
+        return None
+    if not path.is_file():
+        raise UserError(f"{folder}: needs json_schema but has no {SCHEMA_FILE}; write the response's JSON Schema there")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if (problem := schema_problem(schema)) is not None:
+        raise UserError(f"{path}: {problem}")
+    return schema
 
 
 def _read_items(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:

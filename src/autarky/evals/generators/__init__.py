@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autarky.evals.generators import chat_qa, code_completion, python_functions, slides, spreadsheet
+from autarky.evals.generators import chat_qa, code_completion, python_functions, slides, spreadsheet, tool_use
 
 SUITES: dict[str, tuple[str, Callable[[], list[dict[str, Any]]]]] = {
     "chat-qa": ('''name = "chat-qa"
@@ -43,10 +43,21 @@ task = "slides"
 kind = "generate"
 grader = "slides-structure"
 metric = "structure"
-description = "Outline a deck as JSON; graded by structure (valid JSON, slide count, title and bullet lengths, required terms)."
+description = "Outline a deck as JSON, asked for with response_format json_schema (schema.json); graded by structure (valid JSON, slide count, title and bullet lengths, required terms); format_valid by the schema."
 system = "You write presentation outlines. Reply with JSON only."
 max_tokens = 768
+needs = ["json_schema"]
 ''', slides.items),
+    "tool-use": ('''name = "tool-use"
+task = "tool-use"
+kind = "generate"
+grader = "tool-call"
+metric = "exact_call"
+description = "A company's own tools (invoices, tickets, currency, meetings, ...); each request is graded on the exact call: the right function, arguments valid for its schema and equal to the expected ones."
+system = "You are Acme Corp's assistant. Carry out the user's request by calling one of the tools provided."
+max_tokens = 256
+needs = ["tools"]
+''', tool_use.items),
     "code-completion": ('''name = "code-completion"
 task = "code-completion"
 kind = "loglikelihood"
@@ -58,6 +69,10 @@ max_tokens = 64
 }
 
 
+# Files a suite holds besides suite.toml and items.jsonl.
+FILES: dict[str, dict[str, Callable[[], str]]] = {"slides": {"schema.json": slides.schema_json}}
+
+
 def write_suites(root: Path, names: list[str] | None = None) -> list[Path]:
     written = []
     for name in names or list(SUITES):
@@ -67,5 +82,7 @@ def write_suites(root: Path, names: list[str] | None = None) -> list[Path]:
         (folder / "suite.toml").write_text(toml, encoding="utf-8")
         (folder / "items.jsonl").write_text(
             "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in make_items()), encoding="utf-8")
+        for file, make_text in FILES.get(name, {}).items():
+            (folder / file).write_text(make_text(), encoding="utf-8")
         written.append(folder)
     return written

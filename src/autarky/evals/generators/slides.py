@@ -3,6 +3,7 @@ first release come first (the demo's subset), then every topic again for four au
 
 from __future__ import annotations
 
+import json
 import random
 
 from autarky.evals.graders import BULLETS_PER_SLIDE, MAX_BULLET_CHARS, MAX_TITLE_CHARS
@@ -54,6 +55,25 @@ MORE_TOPICS: list[tuple[str, list[str]]] = [
     ("a beginner's guide to spreadsheets", ["formula", "cells"]),
     ("pricing strategy for a software product", ["pricing", "tiers"]),
 ]
+# The deck as the requests ask for it (response_format json_schema, strict: every property required, no others).
+# Lengths are left to the grader: strict structured output does not take maxLength everywhere.
+DECK_SCHEMA = {
+    "type": "object",
+    "properties": {"slides": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "bullets": {
+            "type": "array", "items": {"type": "string"},
+            "minItems": BULLETS_PER_SLIDE[0], "maxItems": BULLETS_PER_SLIDE[1]}},
+        "required": ["title", "bullets"], "additionalProperties": False}}},
+    "required": ["slides"],
+    "additionalProperties": False,
+}
+
+
+def schema_json() -> str:
+    return json.dumps(DECK_SCHEMA, indent=2) + "\n"
+
+
 AUDIENCES = ["executives", "new employees", "customers", "a school class"]
 
 
