@@ -57,6 +57,23 @@ class KVCache(Protocol):
         ...
 
 
+class SegmentMask:
+    """Attention kept inside segments: packed training rows hold several examples, and a token may attend only to
+    earlier tokens of its own example. It stands where a KV cache goes (both only shape what attention sees), so
+    the blocks need no extra argument."""
+
+    def __init__(self, segments: torch.Tensor) -> None:  # (B, T) int: equal ids = one example
+        T = segments.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+        self.mask = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T)
+        self.mask = self.mask.unsqueeze(1)  # (B, 1, T, T)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return k, v, self.mask
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -204,10 +221,15 @@ class Llama(nn.Module):
         positions: torch.Tensor | None = None,  # (B, T) or (T,); default 0..T-1
         cache: KVCache | None = None,
         logits_at: torch.Tensor | list[int] | None = None,  # (B,) one position per row; None = every position
+        segments: torch.Tensor | None = None,  # (B, T) example ids of packed rows: no attention across examples
     ) -> torch.Tensor:
         """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b: the vocabulary-sized head then runs
         only where it is used (a decode step or a prompt's last token)."""
         B, T = tokens.shape
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments are for packed training rows and cannot be combined with a KV cache")
+            cache = SegmentMask(segments)
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
         if positions.dim() == 1:
