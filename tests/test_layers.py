@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 RANKS: dict[str, int] = {
     "utilities": 0,
     "model": 1,  # a leaf: imports nothing of the other stages
-    "contracts": 2, "store": 2,
+    "contracts": 2, "store": 2, "adapters": 2,
     "plan": 3, "data": 3,  # not each other
     "train": 4,
     "export": 5,
