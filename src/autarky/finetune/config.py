@@ -24,7 +24,8 @@ from autarky.train.config import CheckpointSection, OptimSection, ParallelSectio
 from autarky.train.config import dump_config as _dump_tree
 
 Method = Literal["lora", "qlora", "full"]
-# Every linear layer of a block (LoRA Without Regret: attention-only LoRA underperforms); the names are ours.
+# Every linear layer of a block (LoRA Without Regret: attention-only LoRA underperforms); our names, or PEFT's
+# (q_proj ... down_proj), or "all-linear".
 ALL_LINEAR = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
@@ -42,7 +43,8 @@ class LoraSection(_Section):
     rank: int = Field(16, gt=0, description="LoRA rank r")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    targets: list[str] = Field(list(ALL_LINEAR), description="linear layers to adapt (wq wk wv wo w1 w2 w3)")
+    targets: list[str] = Field(list(ALL_LINEAR), description="linear layers to adapt: wq wk wv wo w1 w2 w3, PEFT's "
+                                                               "q_proj ... down_proj, or all-linear")
 
 
 class FinetuneDataSection(_Section):

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from autarky.adapters import LoraConfig
 from autarky.contracts.rundir import CONFIG_FILE, Checkpoint, complete_checkpoints
 from autarky.data.manifest import sha256_file
 from autarky.errors import UserError
 from autarky.export.source import resolve_model_source
-from autarky.finetune.config import ALL_LINEAR, FinetuneConfig
+from autarky.finetune.config import FinetuneConfig
 from autarky.finetune.packing import Rows, fit_to_length, pack_rows
 from autarky.finetune.records import Record, data_files, read_records
 from autarky.finetune.render import Example, Renderer
@@ -59,9 +61,11 @@ def prepare(cfg: FinetuneConfig) -> FinetunePlan:
     run_dir, data_path = cfg.run.out.resolve(), cfg.data.path.resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
-    unknown = sorted(set(cfg.lora.targets) - set(ALL_LINEAR))
-    if cfg.model.method != "full" and unknown:
-        raise UserError(f"unknown LoRA targets {unknown}; choose from {', '.join(ALL_LINEAR)}")
+    if cfg.model.method != "full":
+        try:
+            LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets)
+        except ValidationError as bad:
+            raise UserError(f"bad LoRA settings: {bad.errors()[0]['msg']}") from None
     topo = topology_from_env(cfg.parallel.tp, cfg.run.device)
     if cfg.model.method != "full" and topo.tp > 1:
         raise UserError(f"--tp {topo.tp} is for full fine-tuning; LoRA runs shard with FSDP only (tp = 1)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from autarky.adapters import LoraConfig, apply_lora
 from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
 from autarky.finetune.config import FinetuneConfig, dump_finetune_config
 from autarky.finetune.packing import PackedBatches
@@ -73,12 +74,16 @@ class FinetuneTrainer(Trainer):
                                 "method": self.cfg.model.method,
                                 "base": {k: self.plan.manifest["base"][k] for k in ("spec", "folder", "sha256")}}
         if self.cfg.model.method != "full":
-            meta["lora"] = self.cfg.lora.model_dump()
+            meta["lora"] = lora_config(self.cfg).model_dump(mode="json")
         return meta
 
 
-def _with_adapters(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
-    # LORA-WIRING: autarky.adapters (branch h9) is not merged yet.
-    from autarky.errors import UserError
+def lora_config(cfg: FinetuneConfig) -> LoraConfig:
+    """The adapters' config for a LoRA or QLoRA-style run (the latter keeps the frozen base in int8)."""
+    return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets,
+                      base_int8=cfg.model.method == "qlora")  # fmt: skip
 
-    raise UserError(f"method {cfg.model.method!r} needs autarky.adapters, which this build lacks; use method full")
+
+def _with_adapters(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
+    # Seeded: every rank (and a resumed attempt, before its checkpoint overwrites them) starts from the same A.
+    return apply_lora(model, lora_config(cfg), seed=cfg.run.seed)
