@@ -50,7 +50,8 @@ class LoraSection(_Section):
 class FinetuneDataSection(_Section):
     path: Path | None = Field(None, description="a JSONL file, or a folder of them, of {messages} or "
                                                 "{prompt, completion} records")  # fmt: skip
-    seq_len: int = Field(512, gt=1, description="tokens per training row")
+    seq_len: int | None = Field(None, gt=1, description="tokens per training row (default: 512, or the base's "
+                                                        "context when shorter)")
     batch_size: int = Field(8, gt=0, description="GLOBAL rows per optimizer step (all ranks, all micro-steps)")
     grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
     packing: bool = Field(True, description="pack short examples into full rows (no attention across them)")

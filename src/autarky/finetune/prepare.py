@@ -31,6 +31,7 @@ from autarky.model.llama import ModelConfig
 from autarky.train.parallelize import Topology, topology_from_env
 
 MANIFEST_FILE = "manifest.json"
+DEFAULT_SEQ_LEN = 512
 FORMAT = "autarky-finetune/1"
 
 
@@ -77,6 +78,8 @@ def prepare(cfg: FinetuneConfig) -> FinetunePlan:
     records = read_records(data_path)
     base_folder = resolve_model_source(cfg.model.base)
     model_cfg = read_model_config(base_folder)
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.seq_len = cfg.data.seq_len or min(DEFAULT_SEQ_LEN, model_cfg.max_seq_len)
     if cfg.data.seq_len > model_cfg.max_seq_len:
         raise UserError(f"--seq-len {cfg.data.seq_len} is beyond the base's context of {model_cfg.max_seq_len}")
     renderer = Renderer(base_folder)
@@ -85,13 +88,13 @@ def prepare(cfg: FinetuneConfig) -> FinetunePlan:
         if not any(ex.trained[1:]):
             raise UserError(f"{ex.record.where}: no assistant token is left to train on")
     train_ex, val_ex = _split(examples, cfg.data.val_fraction, cfg.run.seed)
-    d = cfg.data
-    train_fit, val_fit = (fit_to_length(e, d.seq_len, d.truncation) for e in (train_ex, val_ex))
+    d, seq_len = cfg.data, cfg.data.seq_len
+    train_fit, val_fit = (fit_to_length(e, seq_len, d.truncation) for e in (train_ex, val_ex))
     if not train_fit.examples:
         raise UserError("no training example is left after data.truncation; raise seq_len")
     pad = min(renderer.end_ids)  # any id: padding is never attended to from real tokens, and never trained
-    train_rows = pack_rows(train_fit.examples, d.seq_len, d.packing, pad)
-    val_rows = pack_rows(val_fit.examples, d.seq_len, d.packing, pad)
+    train_rows = pack_rows(train_fit.examples, seq_len, d.packing, pad)
+    val_rows = pack_rows(val_fit.examples, seq_len, d.packing, pad)
 
     resolved = cfg.model_copy(deep=True)
     resolved.run.steps = cfg.run.steps or max(1, math.ceil(cfg.run.epochs * len(train_rows) / d.batch_size))
