@@ -65,6 +65,15 @@ def test_a_full_finetune_exports_as_a_plain_hf_folder(full_run: Path, tmp_path: 
         assert torch.equal(exported(TOKENS), trained(TOKENS))
 
 
+def test_resuming_with_other_data_is_refused(full_run: Path, tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    other = chats(tmp_path / "other.jsonl", 8, start=1)
+    cfg = tiny_finetune_config(tiny_hf_model_dir, other, full_run, **{"checkpoint.resume": "auto"})
+    with pytest.raises(UserError, match="different training data"):
+        finetune(cfg)
+    with pytest.raises(UserError, match="already holds a run"):
+        finetune(tiny_finetune_config(tiny_hf_model_dir, other, full_run))
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lora")

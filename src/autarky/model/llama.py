@@ -222,9 +222,11 @@ class Llama(nn.Module):
         cache: KVCache | None = None,
         logits_at: torch.Tensor | list[int] | None = None,  # (B,) one position per row; None = every position
         segments: torch.Tensor | None = None,  # (B, T) example ids of packed rows: no attention across examples
+        logits_where: torch.Tensor | None = None,  # (N,) indices into the B·T flattened positions
     ) -> torch.Tensor:
-        """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b: the vocabulary-sized head then runs
-        only where it is used (a decode step or a prompt's last token)."""
+        """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b, or (N, V) at the flat positions
+        logits_where: the vocabulary-sized head then runs only where it is used (a decode step, a prompt's last
+        token, the trained tokens of a fine-tuning batch)."""
         B, T = tokens.shape
         if segments is not None:
             if cache is not None:
@@ -238,10 +240,12 @@ class Llama(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, D)
         for block in self.layers.values():
             h = block(h, cos, sin, cache)
-        if logits_at is not None:
+        if logits_where is not None:
+            h = h.flatten(0, 1).index_select(0, logits_where)  # (N, D)
+        elif logits_at is not None:
             # (B, D); one new token per row needs no index (the common decode step).
             h = h[:, 0] if T == 1 else h[torch.arange(B, device=h.device), torch.as_tensor(logits_at, device=h.device)]
-        return self.output(self.norm(h))  # (B, T, V) or (B, V)
+        return self.output(self.norm(h))  # (B, T, V), (B, V) or (N, V)
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T), -100 ignored."""

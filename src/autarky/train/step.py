@@ -109,11 +109,11 @@ def batch_loss(model: nn.Module, batch: Batch | MicroBatch,
     if positions is None and segments is None and trained is None:
         loss = next_token_loss(model, inputs, targets, autocast, loss_fn)
     else:
-        with autocast():
-            logits = model(inputs, positions=positions, segments=segments)  # (b, T, V)
-        flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
-        if trained is not None:
-            flat_logits, flat_targets = flat_logits[trained], flat_targets[trained]
+        with autocast():  # the head (and the loss) only where a target is trained: prompts are often most tokens
+            flat_logits = model(inputs, positions=positions, segments=segments, logits_where=trained)
+        flat_targets = targets.flatten() if trained is None else targets.flatten()[trained]
+        if trained is None:
+            flat_logits = flat_logits.flatten(0, 1)  # (b·T, V)
         if torch.is_grad_enabled() and flat_logits.requires_grad:
             loss = loss_fn(flat_logits, flat_targets)
         else:
