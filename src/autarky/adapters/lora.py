@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.adapters.config import LoraConfig
+from autarky.errors import UserError
 
 # Wrapper segments that torch.compile, activation checkpointing and FSDP1 insert into module names.
 _WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
@@ -151,6 +152,7 @@ def wrap_linears(model: nn.Module, cfg: LoraConfig, names: set[str] | None = Non
                             use_rslora=cfg.use_rslora, quantize_base=cfg.base_int8)
         if generator is not None:
             module.reset_lora_parameters(generator)
+        module.train(parent.training)  # a new module is in training mode; dropout must follow the model's
         setattr(parent, attr, module)
         swapped.append(name)
     return swapped
@@ -163,7 +165,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, *, seed: int | None = None) ->
         raise ValueError("the model already has LoRA adapters (merge_lora it first)")
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     if not wrap_linears(model, cfg, generator=generator):
-        raise ValueError(f"no module of the model matches the LoRA targets {list(cfg.targets)}")
+        raise UserError(f"no module of the model matches the LoRA targets {list(cfg.targets)}")
     freeze_base(model)
     return model
 

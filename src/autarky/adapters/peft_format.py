@@ -119,7 +119,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
 def load_adapter(model: nn.Module, adapter_dir: Path, *, base_int8: bool = False) -> LoraConfig:
     """Load a PEFT LoRA adapter (ours or PEFT-written) onto `model` in place: modules named in the file become
     LoraLinear (or keep theirs, when the model already has adapters of that rank) and take its weights; everything
-    else is frozen. Returns the adapter's LoraConfig."""
+    else is frozen. Load onto the plain model, before any fully_shard. Returns the adapter's LoraConfig."""
     adapter_dir = Path(adapter_dir)
     raw = read_adapter_config(adapter_dir)
     if not (adapter_dir / WEIGHTS_FILE).is_file():
