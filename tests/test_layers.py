@@ -19,11 +19,12 @@ RANKS: dict[str, int] = {
     "plan": 3, "data": 3,  # not each other
     "train": 4,
     "export": 5,
-    "serve": 6,
-    "evals": 7,
-    "gateway": 8,
-    "demo": 9,
-    "entry": 10,
+    "finetune": 6,
+    "serve": 7,
+    "evals": 8,
+    "gateway": 9,
+    "demo": 10,
+    "entry": 11,
 }
 # Top-level modules that share a rank form one unit and may import each other.
 UNITS = {"errors": "utilities", "paths": "utilities", "lazy": "utilities", "clikit": "utilities",
@@ -109,7 +110,7 @@ def test_the_checker_catches_a_bad_import(tmp_path):
     found = layer_violations(tmp_path)
     assert found == [
         "autarky/model/bad.py:3: autarky.model.bad (rank 1) → autarky.train (rank 4): against the stage order",
-        "autarky/model/bad.py:4: autarky.model.bad (rank 1) → autarky.serve (rank 6): against the stage order",
+        "autarky/model/bad.py:4: autarky.model.bad (rank 1) → autarky.serve (rank 7): against the stage order",
         "autarky/model/bad.py:5: autarky.model.bad (rank 1) → autarky.contracts.wire (rank 2): against the stage "
         "order",
         "autarky/stray/x.py:1: autarky.stray.x is in no rank of the stage order (add it to RANKS)",

@@ -6,6 +6,7 @@ from autarky.data.commands import register as register_data
 from autarky.demo import register as register_demo
 from autarky.evals.commands import register as register_eval
 from autarky.export.commands import register as register_export
+from autarky.finetune.commands import register as register_finetune
 from autarky.gateway.commands import register as register_gateway
 from autarky.model.commands import register as register_model
 from autarky.plan.commands import register as register_plan
@@ -27,6 +28,7 @@ register_data(app)
 model_app = register_model(app)
 register_train(app)
 register_export(app, model_app)  # `model export` and `model sample`: the model package is a leaf
+register_finetune(app)
 for register in (
     register_serve,
     register_eval,

@@ -176,7 +176,10 @@ def load_model_from_run(run_dir: Path | str, step: int | None = None) -> tuple[L
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} does not exist")
     ckpt = find_checkpoint(run_dir, step)
-    cfg = ModelConfig(**read_meta(ckpt)["model"])
+    meta = read_meta(ckpt)
+    if "lora" in meta:  # its "model" is the base's shape: loading that alone would silently drop the adapters
+        raise UserError(f"{run_dir} is a LoRA fine-tune; load it with autarky.export.load_run (adapters merged)")
+    cfg = ModelConfig(**meta["model"])
     model = Llama(cfg)
     model_sd = model.state_dict()
     with single_process_dcp():

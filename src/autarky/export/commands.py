@@ -13,16 +13,21 @@ def register(app: typer.Typer, model_app: typer.Typer) -> None:
     """Add `model export` and `model sample` to the `model` group (and the hidden top-level aliases to `app`)."""
 
     def export(
-        run_dir: Path = typer.Argument(..., help="a training run dir (the --out of `autarky train`)"),
+        run_dir: Path = typer.Argument(..., help="a training run dir (the --out of `autarky train` or "
+                                       "`autarky finetune`)"),
         out: Path = typer.Option(..., "--out", help="the Hugging Face folder to write (must not exist or be empty)"),
         step: int | None = typer.Option(None, "--step", help="checkpoint step (default: the newest)"),
         dtype: str = typer.Option("float32", "--dtype", help="weights dtype: float32 or bfloat16"),
+        merge: bool = typer.Option(False, "--merge", help="a LoRA fine-tune: write the base with the adapters "
+                                   "merged (in fp32) as a plain HF folder, instead of the PEFT adapter"),
     ) -> None:
-        """Write a run's checkpoint as a Hugging Face LlamaForCausalLM folder (transformers and vLLM load it)."""
+        """Write a run's checkpoint as a Hugging Face LlamaForCausalLM folder (transformers and vLLM load it); a
+        LoRA fine-tune's run as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
         from autarky.export.hf_folder import export_run, parse_dtype
 
-        folder, step_done = export_run(run_dir, out, step, parse_dtype(dtype))
-        typer.echo(f"exported step {step_done} of {run_dir} to {folder}")
+        folder, step_done = export_run(run_dir, out, step, parse_dtype(dtype), merge=merge)
+        what = "adapter" if (folder / "adapter_config.json").is_file() else "model"
+        typer.echo(f"exported step {step_done} of {run_dir} to {folder} ({what})")
 
     def sample(
         model: str = typer.Argument(..., help="a run dir, an HF folder, a .gguf file, or smollm2"),

@@ -49,7 +49,7 @@ def exported_run_folder(run_dir: Path, step: int | None = None) -> Path:
     if out_dir.is_dir() and any(out_dir.iterdir()):  # folders appear complete or not at all (atomic rename)
         return out_dir
     try:
-        return export_run(run_dir, out_dir, ckpt.step)[0]
+        return export_run(run_dir, out_dir, ckpt.step, merge=True)[0]  # a LoRA run as one model: merged
     except (OSError, UserError):
         if out_dir.is_dir() and any(out_dir.iterdir()):  # another process exported it at the same moment
             return out_dir

@@ -87,6 +87,23 @@ class KVCache(Protocol):
         ...
 
 
+class SegmentMask:
+    """Attention kept inside segments: packed training rows hold several examples, and a token may attend only to
+    earlier tokens of its own example. It stands where a KV cache goes (both only shape what attention sees), so
+    the blocks need no extra argument."""
+
+    def __init__(self, segments: torch.Tensor) -> None:  # (B, T) int: equal ids = one example
+        T = segments.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+        self.mask = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T)
+        self.mask = self.mask.unsqueeze(1)  # (B, 1, T, T)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return k, v, self.mask
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -246,10 +263,17 @@ class Llama(nn.Module):
         positions: torch.Tensor | None = None,  # (B, T) or (T,); default 0..T-1
         cache: KVCache | None = None,
         logits_at: torch.Tensor | list[int] | None = None,  # (B,) one position per row; None = every position
+        segments: torch.Tensor | None = None,  # (B, T) example ids of packed rows: no attention across examples
+        logits_where: torch.Tensor | None = None,  # (N,) indices into the B·T flattened positions
     ) -> torch.Tensor:
-        """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b: the vocabulary-sized head then runs
-        only where it is used (a decode step or a prompt's last token)."""
+        """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b, or (N, V) at the flat positions
+        logits_where: the vocabulary-sized head then runs only where it is used (a decode step, a prompt's last
+        token, the trained tokens of a fine-tuning batch)."""
         B, T = tokens.shape
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments are for packed training rows and cannot be combined with a KV cache")
+            cache = SegmentMask(segments)
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
         if positions.dim() == 1:
@@ -258,10 +282,12 @@ class Llama(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, D)
         for block in self.layers.values():
             h = block(h, cos, sin, cache)
-        if logits_at is not None:
+        if logits_where is not None:
+            h = h.flatten(0, 1).index_select(0, logits_where)  # (N, D)
+        elif logits_at is not None:
             # (B, D); one new token per row needs no index (the common decode step).
             h = h[:, 0] if T == 1 else h[torch.arange(B, device=h.device), torch.as_tensor(logits_at, device=h.device)]
-        return self.output(self.norm(h))  # (B, T, V) or (B, V)
+        return self.output(self.norm(h))  # (B, T, V), (B, V) or (N, V)
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T), -100 ignored."""

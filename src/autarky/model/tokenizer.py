@@ -51,11 +51,11 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages` ([{"role", "content"}]); jinja2's TemplateError when the template
-        rejects them (its `raise_exception`)."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> str:
+        """The prompt text for `messages` ([{"role", "content"}]) and the tool definitions offered, if any;
+        jinja2's TemplateError when the template rejects them (its `raise_exception`)."""
         return _compile(self.source).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=self.bos_token, eos_token=self.eos_token)
+                                            tools=tools, bos_token=self.bos_token, eos_token=self.eos_token)
 
     @classmethod
     def from_folder(cls, folder: Path) -> ChatTemplate | None:

@@ -16,10 +16,10 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,15 @@ from autarky.train.parallelize import (
 )
 from autarky.train.prepare import RunPlan, prepare
 from autarky.train.schedule import lr_at
-from autarky.train.step import autocast_for, build_optimizer, next_token_loss, train_step, training_loss
+from autarky.train.step import (
+    Batch,
+    MicroBatch,
+    autocast_for,
+    batch_loss,
+    build_optimizer,
+    train_step,
+    training_loss,
+)
 
 CRASH_ENV = "AUTARKY_CRASH_AT_STEP"  # test hook: SIGKILL one rank after this step (first attempt only)
 CRASH_RANK_ENV = "AUTARKY_CRASH_RANK"
@@ -65,10 +73,26 @@ class RunSummary:
 
 def train(cfg: TrainConfig) -> RunSummary:
     """Validate, then train (or resume) the run described by `cfg`; writes only into cfg.run.out."""
-    plan = prepare(cfg)
+    return run_trainer(Trainer, prepare(cfg))
+
+
+class BatchSource(Protocol):
+    """Where the loop's batches come from; a pure function of the step, so a resumed run sees the same ones."""
+
+    def step_batches(self, step: int, device: torch.device) -> Sequence[Batch | MicroBatch]:
+        """This rank's micro-batches of optimizer step `step`."""
+        ...
+
+    def val_batches(self, device: torch.device) -> Sequence[Batch | MicroBatch]:
+        """This rank's fixed validation micro-batches (the same at every evaluation; empty: no validation)."""
+        ...
+
+
+def run_trainer(trainer: type[Trainer], plan: Any) -> RunSummary:
+    """Join the process group, run `trainer` over the prepared plan, leave the group."""
     mesh = init_process_group(plan.topo)
     try:
-        return _Trainer(plan, mesh).run()
+        return trainer(plan, mesh).run()
     finally:
         if mesh is not None and dist.is_initialized():
             dist.destroy_process_group()
@@ -101,7 +125,25 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class _Trainer:
+class WindowBatches:
+    """Pretraining's batch source: random windows of the train and val token streams."""
+
+    def __init__(self, train: WindowSampler, val: WindowSampler, eval_batches: int) -> None:
+        self.train, self.val, self.eval_batches = train, val, eval_batches
+
+    def step_batches(self, step: int, device: torch.device) -> Sequence[Batch]:
+        return self.train.step_batches(step, device)
+
+    def val_batches(self, device: torch.device) -> Sequence[Batch]:
+        return self.val.val_batches(self.eval_batches, device)
+
+
+class Trainer:
+    """The loop. Pretraining uses it as is; another stage (finetune) subclasses it and overrides the hooks
+    `build_model`, `batch_source`, `write_run_dir` and `checkpoint_meta`: the steps, schedule, checkpoints,
+    metrics, signals and parallelism stay this one implementation. `plan` needs cfg (with run, optim, schedule,
+    data, parallel and checkpoint sections), model_cfg, topo, run_dir and resume_from."""
+
     def __init__(self, plan: RunPlan, mesh: Any) -> None:
         self.plan, self.cfg, self.topo = plan, plan.cfg, plan.topo
         self.device = self.topo.device
@@ -114,26 +156,30 @@ class _Trainer:
         self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's attempt number
 
         if self.topo.is_main:
-            self._write_run_dir()
+            self.write_run_dir()
         barrier(self.topo.world)
 
         torch.manual_seed(self.cfg.run.seed)
-        self.model = self._build_model(mesh)
+        self.model = self.build_model(mesh)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.autocast = autocast_for(self.device, self.bf16)
         self.loss_fn = training_loss(self.compile)
         self.fsdp = mesh is not None and mesh["dp"].size() > 1
 
         d = self.cfg.data
-        common = dict(seq_len=d.seq_len, batch_size=d.batch_size, grad_accum=d.grad_accum,
-                      dp_size=self.topo.dp_size, dp_rank=self.topo.dp_rank, seed=self.cfg.run.seed)  # fmt: skip
-        self.train_windows = WindowSampler(plan.train_tokens, **common)
-        self.val_windows = WindowSampler(plan.val_tokens, **common)
+        self.batches = self.batch_source()
         self.tokens_per_step = d.batch_size * d.seq_len
         self.flops_per_token = flops_per_token(plan.model_cfg, d.seq_len)
         self.peak, self.device_name = peak_flops(self.device)
 
-    def _build_model(self, mesh: Any) -> torch.nn.Module:
+    def batch_source(self) -> BatchSource:
+        d, plan = self.cfg.data, self.plan
+        common = dict(seq_len=d.seq_len, batch_size=d.batch_size, grad_accum=d.grad_accum,
+                      dp_size=self.topo.dp_size, dp_rank=self.topo.dp_rank, seed=self.cfg.run.seed)  # fmt: skip
+        return WindowBatches(WindowSampler(plan.train_tokens, **common), WindowSampler(plan.val_tokens, **common),
+                             d.eval_batches)  # fmt: skip
+
+    def build_model(self, mesh: Any) -> torch.nn.Module:
         cfg, compile_ = self.plan.model_cfg, self.compile
         if mesh is None or parameter_count(cfg) <= _FULL_INIT_MAX_PARAMS:
             model = Llama(cfg)
@@ -148,7 +194,7 @@ class _Trainer:
         model.init_weights()  # type: ignore[operator]  # DTensor-aware random init from the seeded global RNG
         return model
 
-    def _write_run_dir(self) -> None:
+    def write_run_dir(self) -> None:
         run_dir = self.plan.run_dir
         (run_dir / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(dump_config(self.cfg))
@@ -156,15 +202,17 @@ class _Trainer:
             shutil.copyfile(self.plan.data_dir / name, run_dir / TOKENIZER_DIR / name)
 
     def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
-        batches = self.train_windows.step_batches(step, self.device)
+        batches = self.batches.step_batches(step, self.device)
         return train_step(self.model, self.optimizer, batches, grad_clip=self.cfg.optim.grad_clip,
                           autocast=self.autocast, loss_fn=self.loss_fn, fsdp=self.fsdp)  # fmt: skip
 
     @torch.no_grad()
-    def _evaluate(self) -> float:
+    def _evaluate(self) -> float | None:
+        batches = self.batches.val_batches(self.device)
+        if not batches:
+            return None
         self.model.eval()
-        batches = self.val_windows.val_batches(self.cfg.data.eval_batches, self.device)
-        losses = [next_token_loss(self.model, x, y, self.autocast) for x, y in batches]
+        losses = [batch_loss(self.model, batch, self.autocast) for batch in batches]
         self.model.train()
         return float(all_reduce_mean(torch.stack(losses).mean(), self.dp_group))
 
@@ -173,11 +221,15 @@ class _Trainer:
         return lr_at(step, lr=self.cfg.optim.lr, warmup_steps=s.warmup_steps, total_steps=self.cfg.run.steps,
                      min_lr_ratio=s.min_lr_ratio)  # fmt: skip
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What meta.json records beyond the step and its losses (the run-dir contract reads "model")."""
+        return {"model": self.plan.model_cfg.to_dict(), "preset": self.cfg.model.preset}
+
     def _save(self, step: int, tokens: int, val_loss: float | None, loss: float | None) -> Path:
         train_state = {"step": step, "tokens": tokens, "data": {"kind": "random-windows", "seed": self.cfg.run.seed,
                                                                  "next_step": step + 1}}  # fmt: skip
-        meta = {"model": self.plan.model_cfg.to_dict(), "preset": self.cfg.model.preset, "tokens": tokens,
-                "loss": loss, "val_loss": val_loss, "world": self.topo.world}  # fmt: skip
+        meta = {**self.checkpoint_meta(), "tokens": tokens, "loss": loss, "val_loss": val_loss,
+                "world": self.topo.world}  # fmt: skip
         return save_checkpoint(self.plan.run_dir, step, self.model, self.optimizer, train_state, meta, self.topo,
                                self.cfg.checkpoint.keep)  # fmt: skip
 

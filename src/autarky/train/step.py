@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,20 @@ from autarky.train.config import OptimSection
 from autarky.train.parallelize import clip_grad_norm
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # inputs, targets: (b, T) each
+
+
+class MicroBatch(NamedTuple):
+    """One micro-step's rows. Pretraining windows are just (inputs, targets); fine-tuning rows add each example's
+    own positions and segment ids (packed rows), the flat indices of the positions whose targets are trained
+    (the rest are prompt or padding), and the weight that turns this micro-batch's mean loss into its share of
+    the whole step's mean over trained tokens (micro-batches and ranks hold different numbers of them)."""
+
+    inputs: torch.Tensor  # (b, T)
+    targets: torch.Tensor  # (b, T)
+    positions: torch.Tensor | None = None  # (b, T)
+    segments: torch.Tensor | None = None  # (b, T)
+    trained: torch.Tensor | None = None  # (n,) indices into the b·T flattened positions
+    weight: float = 1.0
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, V) logits, (N,) targets → mean loss
 
 
@@ -87,6 +101,26 @@ def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     return fp32_cross_entropy(flat_logits, flat_targets)
 
 
+def batch_loss(model: nn.Module, batch: Batch | MicroBatch,
+               autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+               loss_fn: LossFn = FusedCrossEntropy.apply) -> torch.Tensor:  # fmt: skip
+    """The weighted mean cross-entropy of one micro-batch over its trained positions (all, for windows)."""
+    inputs, targets, positions, segments, trained, weight = MicroBatch(*batch)
+    if positions is None and segments is None and trained is None:
+        loss = next_token_loss(model, inputs, targets, autocast, loss_fn)
+    else:
+        with autocast():  # the head (and the loss) only where a target is trained: prompts are often most tokens
+            flat_logits = model(inputs, positions=positions, segments=segments, logits_where=trained)
+        flat_targets = targets.flatten() if trained is None else targets.flatten()[trained]
+        if trained is None:
+            flat_logits = flat_logits.flatten(0, 1)  # (b·T, V)
+        if torch.is_grad_enabled() and flat_logits.requires_grad:
+            loss = loss_fn(flat_logits, flat_targets)
+        else:
+            loss = fp32_cross_entropy(flat_logits, flat_targets)
+    return loss if weight == 1.0 else loss * weight
+
+
 def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
     """AdamW with the fused kernel (on CPU too: 8x faster than foreach for nano); weight decay on matrices only.
     Params on different DTensor meshes (TP vs FSDP-only) go to separate groups: one fused call cannot mix meshes."""
@@ -95,6 +129,8 @@ def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimi
     groups: dict[tuple[bool, int], list[nn.Parameter]] = {}
     meshes: list[Any] = []
     for p in model.parameters():
+        if not p.requires_grad:  # frozen (e.g. the base under LoRA): no state, no update
+            continue
         mesh = p.device_mesh if isinstance(p, DTensor) else None
         if mesh not in meshes:
             meshes.append(mesh)
@@ -108,7 +144,7 @@ def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimi
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: Sequence[Batch],
+    micro_batches: Sequence[Batch | MicroBatch],
     *,
     grad_clip: float,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
@@ -119,10 +155,10 @@ def train_step(
     both as tensors on the device: reading them is the caller's choice of when to wait for it."""
     accum = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
-    for i, (inputs, targets) in enumerate(micro_batches):
+    for i, batch in enumerate(micro_batches):
         if fsdp and accum > 1:
             model.set_requires_gradient_sync(i == accum - 1)  # type: ignore[operator]  # reduce-scatter once
-        loss = next_token_loss(model, inputs, targets, autocast, loss_fn)
+        loss = batch_loss(model, batch, autocast, loss_fn)
         (loss / accum).backward()
         loss_sum += loss.detach()
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -1,0 +1,89 @@
+"""`finetune(cfg)`: the train stage's loop over a base model and chat rows, for full fine-tuning and LoRA.
+
+The loop (steps, schedule, FSDP2 under torchrun, DCP checkpoints, `resume = "auto"`, metrics.jsonl, the loss
+curve, validation) is autarky.train's Trainer; this module only says how the model is built (the base's weights,
+adapters on top), where batches come from (packed rows) and what the run dir records (the manifest).
+
+    autarky finetune --base smollm2 --data chats.jsonl --out runs/ft
+    torchrun --nproc_per_node=2 -m autarky finetune --config ft.toml --resume auto
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autarky.adapters import LoraConfig, apply_lora
+from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
+from autarky.finetune.config import FinetuneConfig, dump_finetune_config
+from autarky.finetune.packing import PackedBatches
+from autarky.finetune.prepare import MANIFEST_FILE, FinetunePlan, prepare
+from autarky.model.hf import TOKENIZER_FILES, load_hf_folder
+from autarky.train.loop import BatchSource, RunSummary, Trainer, run_trainer
+from autarky.train.parallelize import parallelize
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    run: RunSummary
+    counts: dict[str, int]  # records, train/val examples, truncated, dropped, rows, trained tokens
+    method: str
+
+
+def finetune(cfg: FinetuneConfig) -> FinetuneSummary:
+    """Validate, then fine-tune (or resume) the run described by `cfg`; writes only into cfg.run.out."""
+    plan = prepare(cfg)
+    return FinetuneSummary(run_trainer(FinetuneTrainer, plan), plan.counts, cfg.model.method)
+
+
+class FinetuneTrainer(Trainer):
+    plan: FinetunePlan  # type: ignore[assignment]
+
+    def build_model(self, mesh: Any) -> torch.nn.Module:
+        # Every rank loads the whole base (fine up to a few billion parameters), then FSDP2 shards it.
+        model, _ = load_hf_folder(self.plan.base_folder, torch.float32, "cpu")
+        model.train()
+        if self.cfg.model.method != "full":
+            model = _with_adapters(model, self.cfg)
+        model.to(self.device)
+        return parallelize(model, mesh, compile=self.compile, bf16=self.bf16)  # type: ignore[arg-type]
+
+    def batch_source(self) -> BatchSource:
+        d = self.cfg.data
+        return PackedBatches(self.plan.train_rows, self.plan.val_rows, batch_size=d.batch_size,
+                             grad_accum=d.grad_accum, dp_size=self.topo.dp_size, dp_rank=self.topo.dp_rank,
+                             seed=self.cfg.run.seed, eval_batches=d.eval_batches)  # fmt: skip
+
+    def write_run_dir(self) -> None:
+        run_dir = self.plan.run_dir
+        (run_dir / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(dump_finetune_config(self.cfg))
+        (run_dir / MANIFEST_FILE).write_text(json.dumps(self.plan.manifest, indent=2) + "\n")
+        for name in TOKENIZER_FILES:  # the base's own tokenizer and template, so the run dir alone exports
+            if (self.plan.base_folder / name).is_file():
+                shutil.copyfile(self.plan.base_folder / name, run_dir / TOKENIZER_DIR / name)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """`model` is the base's shape (the run-dir contract loads a full fine-tune's weights with it); `lora`,
+        present on adapter runs only, tells export to write an adapter or merge one."""
+        meta: dict[str, Any] = {"model": self.plan.model_cfg.to_dict(), "preset": "finetune",
+                                "method": self.cfg.model.method,
+                                "base": {k: self.plan.manifest["base"][k] for k in ("spec", "folder", "sha256")}}
+        if self.cfg.model.method != "full":
+            meta["lora"] = lora_config(self.cfg).model_dump(mode="json")
+        return meta
+
+
+def lora_config(cfg: FinetuneConfig) -> LoraConfig:
+    """The adapters' config for a LoRA or QLoRA-style run (the latter keeps the frozen base in int8)."""
+    return LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets,
+                      base_int8=cfg.model.method == "qlora")  # fmt: skip
+
+
+def _with_adapters(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
+    # Seeded: every rank (and a resumed attempt, before its checkpoint overwrites them) starts from the same A.
+    return apply_lora(model, lora_config(cfg), seed=cfg.run.seed)
