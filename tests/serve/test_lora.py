@@ -172,6 +172,18 @@ def test_the_manager_refuses_adapters_it_cannot_serve(tiny_hf_model_dir, adapter
     assert manager.load("again", adapter_dirs["alpha"]).slot == 1  # the slot is free once nothing holds it
 
 
+def test_an_unloaded_adapters_slot_waits_for_its_last_request(tiny_hf_model_dir, adapter_dirs):
+    model, _ = load_hf_folder(tiny_hf_model_dir)
+    manager = LoraManager(model, max_loras=2, max_lora_rank=8)
+    running = manager.load("alpha", adapter_dirs["alpha"])  # a request in flight holds its adapter
+    manager.unload("alpha")
+    assert manager.load("beta", adapter_dirs["beta"]).slot == 2
+    with pytest.raises(UserError, match="still running"):
+        manager.load("gamma", adapter_dirs["alpha"])
+    del running
+    assert manager.load("gamma", adapter_dirs["alpha"]).slot == 1
+
+
 def wrong_shape(adapter_dir: Path, out: Path) -> Path:
     """A copy of the adapter whose first module's A has a different input size: an adapter for another base."""
     out.mkdir()
