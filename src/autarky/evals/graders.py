@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from autarky.errors import UserError
-from autarky.evals.sandbox import run_python
+from autarky.evals.sandbox import run_tests
 
 
 @dataclass
@@ -75,13 +74,9 @@ def grade_exact(item: dict[str, Any], output: str, extras: dict[str, float]) -> 
 # --- python-functions: unit tests in the sandbox ---------------------------------------------------------
 
 def grade_python_tests(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
-    code = strip_fences(output)
-    marker = f"AUTARKY-TESTS-PASSED-{secrets.token_hex(8)}"  # unguessable, so code cannot fake a pass
-    program = f"{code}\n\n\n{item['tests']}\n\nprint({marker!r})\n"
-    result = run_python(program, timeout_s=float(item.get("timeout_s", 5.0)))
-    passed = result.ok and marker in result.stdout
-    why = "timed out" if result.timed_out else (result.stderr.strip().splitlines() or ["exit 0"])[-1]
-    return Grade(float(passed), detail="passed" if passed else why[:500])
+    # The tests run here, against the sandboxed functions: nothing the code outputs can fake a pass.
+    verdict = run_tests(strip_fences(output), item["tests"], timeout_s=float(item.get("timeout_s", 5.0)))
+    return Grade(float(verdict.passed), detail="timed out" if verdict.timed_out else verdict.detail[:500])
 
 
 # --- spreadsheet: evaluate the formula with the `formulas` engine ---------------------------------------
