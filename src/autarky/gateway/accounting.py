@@ -17,8 +17,9 @@ from autarky.gateway.ledger import Ledger, Usage
 
 
 class Accounting(Protocol):
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
-        """Check the key's rate limits and reserve `estimate_usd` of its budget; raises GatewayError (429)."""
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+        """Check the key's rate limits and reserve `estimate_usd` of its budget and `estimate_tokens` of its
+        token rate (the request's worst case); raises GatewayError (429)."""
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         """Turn the reservation into the actual cost and count the tokens (cost 0 and no tokens: a release)."""
@@ -35,8 +36,8 @@ class LedgerAccounting:
         self.limiter = limiter
         self.ledger = ledger
 
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
-        return await self.limiter.admit(key, estimate_usd)
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+        return await self.limiter.admit(key, estimate_usd, estimate_tokens)
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         # Keys without an id (anonymous, master) have no counters; shared limits settle from the ledger row.
@@ -60,11 +61,11 @@ class MemoryAccounting:
     settlements: list[tuple[str, float, float, int]] = field(default_factory=list)  # (key id, reserved, cost, tokens)
     open_reservations: int = 0
 
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
         if self.refuse is not None:
             raise self.refuse
         self.open_reservations += 1
-        return Admission(estimate_usd, int(time.time() // 60))
+        return Admission(estimate_usd, int(time.time() // 60), estimate_tokens)
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         self.open_reservations -= 1

@@ -45,6 +45,7 @@ class Usage:
     # Not stored in the usage row: settlement of the key's reservation and rate window.
     reserved_usd: float = 0.0
     window: int = 0
+    reserved_tokens: int = 0
 
 
 _ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
@@ -130,7 +131,8 @@ class Ledger:
                 s = spend[u.key_id]
                 s[0] += u.cost_usd
                 s[1] += u.reserved_usd if self.shared else 0.0  # local mode reserves in memory only
-                tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens
+                # Admission reserved `reserved_tokens` in the window already: settle it to the actual count.
+                tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens - u.reserved_tokens
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(gateway_usage.insert(), [{f: getattr(u, f) for f in _ROW_FIELDS} for u in rows])
