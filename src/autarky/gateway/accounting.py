@@ -27,6 +27,9 @@ class Accounting(Protocol):
     def record(self, usage: Usage) -> None:
         """Queue the request's one ledger row; never waits on a database."""
 
+    def checkpoint(self, usage: Usage) -> None:
+        """Make the row durable as it stands, before the client gets its answer (a crash then loses nothing)."""
+
     def audit(self, actor: str, action: str, detail: dict) -> None:
         """Queue an audit-log entry (policy decisions)."""
 
@@ -47,6 +50,9 @@ class LedgerAccounting:
     def record(self, usage: Usage) -> None:
         self.ledger.record(usage)
 
+    def checkpoint(self, usage: Usage) -> None:
+        self.ledger.checkpoint(usage)
+
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self.ledger.audit(actor, action, detail)
 
@@ -59,6 +65,7 @@ class MemoryAccounting:
     rows: list[Usage] = field(default_factory=list)
     audits: list[tuple[str, str, dict]] = field(default_factory=list)
     settlements: list[tuple[str, float, float, int]] = field(default_factory=list)  # (key id, reserved, cost, tokens)
+    checkpoints: list[str] = field(default_factory=list)  # request ids, in order
     open_reservations: int = 0
 
     async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
@@ -73,6 +80,9 @@ class MemoryAccounting:
 
     def record(self, usage: Usage) -> None:
         self.rows.append(usage)
+
+    def checkpoint(self, usage: Usage) -> None:
+        self.checkpoints.append(usage.request_id)
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self.audits.append((actor, action, detail))

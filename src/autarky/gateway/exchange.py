@@ -138,9 +138,12 @@ class Exchange:
         self.usage.status = 200
 
     def succeeded(self) -> None:
-        """The upstream answered and the response is built: 200, unless a failure was already recorded."""
+        """The upstream answered and the response is built: 200, unless a failure was already recorded. The
+        row is made durable now, before the response goes out: a client that got an answer has its row."""
         if not self._failed:
             self.usage.status = 200
+        if self._settled and not self._finished:
+            self.accounting.checkpoint(self.usage)
 
     # ---- closing: each idempotent ------------------------------------------------------------------------
 
@@ -156,6 +159,8 @@ class Exchange:
         self._attempts()
         if self.key is not None and self.admission is not None:
             self.accounting.settle(self.key, self.admission, u.cost_usd, prompt_tokens + completion_tokens)
+        if u.stream:  # a stream settles at its end, before its last bytes: durable from here
+            self.accounting.checkpoint(u)
 
     def fail(self, status: int, error: str) -> None:
         """Mark the request failed with what the client saw; later failures (and failures after finish) are

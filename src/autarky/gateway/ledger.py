@@ -3,6 +3,8 @@
 Requests only append to an in-memory deque (no database wait on the hot path). The writer thread commits
 usage rows, spend settlement (reservation -> actual cost) and token counts, and queued audit entries in one
 transaction per batch; a failed batch is retried, never dropped, and `close()` flushes everything.
+A row is also made durable in a local journal (journal.py) before its response completes, so a killed gateway
+loses nothing: the next start-up replays what the database is missing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from autarky.errors import UserError
 from autarky.gateway import audit
+from autarky.gateway.journal import Journal, journal_dir, replay_orphans
 from autarky.store.gateway_tables import gateway_rate_windows, gateway_usage
 
 log = logging.getLogger("autarky.gateway")
@@ -52,8 +56,15 @@ _ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
 
 
 class Ledger:
-    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared: bool = False) -> None:
+    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared: bool = False,
+                 journal: bool = True) -> None:
         self.engine = engine
+        directory = journal_dir(engine) if journal else None
+        try:
+            self.journal = Journal(directory) if directory is not None else None
+        except OSError as exc:
+            raise UserError(f"cannot write the ledger journal in {directory}: {exc} (set AUTARKY_HOME to a "
+                            "writable folder)") from exc
         self.flush_s = flush_s
         self.batch = batch
         self.shared = shared
@@ -68,7 +79,15 @@ class Ledger:
         self._last_cleanup = 0.0
 
     def record(self, usage: Usage) -> None:
+        """Queue the row for the database, after making its final form durable in the journal."""
+        if self.journal is not None:
+            self.journal.append(usage)
         self._usage.append(usage)
+
+    def checkpoint(self, usage: Usage) -> None:
+        """Make the row durable as it stands (the upstream answered; the response is about to go out)."""
+        if self.journal is not None:
+            self.journal.append(usage)
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self._audit.append((actor, action, detail))
@@ -78,6 +97,8 @@ class Ledger:
         return len(self._usage) + len(self._audit)
 
     def start(self) -> None:
+        if self.journal is not None:
+            replay_orphans(self.journal.directory, self.engine, lambda rows: self._write(rows, []))
         self._thread = threading.Thread(target=self._run, name="autarky-ledger", daemon=True)
         self._thread.start()
 
@@ -92,7 +113,10 @@ class Ledger:
             if not self.flush():
                 time.sleep(0.1)
         if self.pending:
-            log.error("ledger: %d entries could not be written before shutdown", self.pending)
+            log.error("ledger: %d entries could not be written before shutdown (kept in the journal for the "
+                      "next start)", self.pending)
+        if self.journal is not None:
+            self.journal.close()
 
     def _run(self) -> None:
         while not self._stop:
@@ -121,6 +145,8 @@ class Ledger:
                 self._audit.extendleft(reversed(entries))
                 return False
             self.written += len(rows)
+            if self.journal is not None and rows:
+                self.journal.written(u.request_id for u in rows)
             return True
 
     def _write(self, rows: list[Usage], entries: list[tuple[str, str, dict]]) -> None:

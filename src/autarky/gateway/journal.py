@@ -1,0 +1,155 @@
+"""The ledger's write-ahead journal: acknowledged means recorded, even when the gateway is killed.
+
+The ledger writes to the database in batches, off the request path; a batch still in memory dies with the
+process. So each usage row is also appended to a local journal file, and fdatasync'd, before the client gets
+its response (`Exchange` checkpoints the row once the upstream answered) and again in its final form. A
+segment is deleted once every row in it is in the database; a segment left behind by a process that died is
+replayed at the next start-up, inserting the rows the database does not have yet (by request id, so a replay
+twice, or of rows that were written just before the crash, changes nothing).
+
+Layout: AUTARKY_HOME/ledger-journal/<store digest>/<segment>.jsonl; each live segment is flock'd by the process
+that writes it, so a replay never touches the segment of a gateway still running beside it (PostgreSQL
+replicas on one host share the folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from autarky.paths import autarky_home
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from autarky.gateway.ledger import Usage
+
+log = logging.getLogger("autarky.gateway")
+SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+def journal_dir(engine: Engine) -> Path | None:
+    """Where this store's journal lives; None for an in-memory database (nothing outlives it to replay into)."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"):
+        return None
+    digest = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+    return autarky_home() / "ledger-journal" / digest
+
+
+class _Segment:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.size = 0
+        self.pending: set[str] = set()  # request ids in this segment whose row is not in the database yet
+
+    def close(self, remove: bool) -> None:
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = [self._new_segment()]
+
+    def _new_segment(self) -> _Segment:
+        return _Segment(self.directory / f"{os.getpid()}-{secrets.token_hex(6)}.jsonl")
+
+    def append(self, usage: Usage) -> None:
+        """Append the row's current state and make it durable (one write, one fdatasync)."""
+        line = orjson.dumps({f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}) + b"\n"
+        with self._lock:
+            segment = self._segments[-1]
+            os.write(segment.fd, line)
+            os.fdatasync(segment.fd)
+            segment.size += len(line)
+            segment.pending.add(usage.request_id)
+
+    def written(self, request_ids: Iterable[str]) -> None:
+        """These rows are in the database: segments with nothing else pending are deleted, and a full current
+        segment is rotated so that the journal stays small under constant load."""
+        ids = set(request_ids)
+        with self._lock:
+            for segment in self._segments:
+                segment.pending -= ids
+            current = self._segments[-1]
+            if current.size > SEGMENT_BYTES:
+                self._segments.append(self._new_segment())
+            keep = []
+            for segment in self._segments:
+                if segment is not self._segments[-1] and not segment.pending:
+                    segment.close(remove=True)
+                else:
+                    keep.append(segment)
+            self._segments = keep
+
+    def close(self) -> None:
+        """Stop journaling; segments whose rows are all in the database are deleted, the rest kept for replay."""
+        with self._lock:
+            for segment in self._segments:
+                segment.close(remove=not segment.pending)
+            self._segments = []
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()  # only if empty: nothing left to replay
+
+
+def replay_orphans(directory: Path, engine: Engine, write: Callable[[list[Usage]], None]) -> int:
+    """Insert the rows of segments no live process holds that the database lacks; delete those segments.
+    Returns how many rows were recovered."""
+    from sqlalchemy import select
+
+    from autarky.gateway.ledger import Usage
+    from autarky.store.gateway_tables import gateway_usage
+
+    recovered = 0
+    names = {f.name for f in dataclasses.fields(Usage)}
+    for path in sorted(directory.glob("*.jsonl")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running gateway's segment
+            rows: dict[str, Usage] = {}
+            with os.fdopen(os.dup(fd), "rb") as f:
+                for line in f:
+                    with contextlib.suppress(orjson.JSONDecodeError, TypeError):  # a torn last line
+                        data = orjson.loads(line)
+                        rows[data["request_id"]] = Usage(**{k: v for k, v in data.items() if k in names})
+            missing = list(rows.values())
+            ids = list(rows)
+            with engine.connect() as conn:
+                for i in range(0, len(ids), 500):
+                    present = conn.execute(select(gateway_usage.c.request_id)
+                                           .where(gateway_usage.c.request_id.in_(ids[i:i + 500]))).scalars()
+                    done = set(present)
+                    missing = [u for u in missing if u.request_id not in done]
+            if missing:
+                write(missing)
+                recovered += len(missing)
+                log.warning("ledger: recovered %d rows from the journal %s (a gateway stopped before writing "
+                            "them)", len(missing), path.name)
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return recovered
