@@ -51,8 +51,10 @@ def test_the_reservation_covers_every_choice_and_every_prompt(make_gateway, faul
     assert spent(gw) <= 0.05
 
 
-def test_concurrent_requests_cannot_overshoot_a_token_limit(make_gateway, faults):
-    gw, url = make_gateway(require_keys=True)
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_concurrent_requests_cannot_overshoot_a_token_limit(make_gateway, faults, backend, request):
+    store = request.getfixturevalue("pg_store") if backend == "postgres" else None
+    gw, url = make_gateway(store=store, require_keys=True)
     key, _ = create_key(gw.engine, "t", tpm=50)
     faults.default["small-up"] = "latency:0.5"  # all 20 are in flight together
     avoid_minute_boundary(margin_s=15)

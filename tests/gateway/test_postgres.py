@@ -25,8 +25,9 @@ def chat(url: str, key: str, model: str = "small") -> int:
 
 
 def two_gateways(make_gateway, pg_store):
-    a, url_a = make_gateway(store=pg_store, require_keys=True)
-    b, url_b = make_gateway(store=pg_store, require_keys=True)
+    # team "t" in the config: the admin API refuses keys for teams it does not list
+    a, url_a = make_gateway(store=pg_store, require_keys=True, teams={"t": {}})
+    b, url_b = make_gateway(store=pg_store, require_keys=True, teams={"t": {}})
     assert a.config.shared_limits() and b.config.shared_limits()
     return (a, url_a), (b, url_b)
 

@@ -318,8 +318,14 @@ class Limiter:
                 ), {"k": key.id, "w": minute, "t": held_tokens, "rpm": key.rpm if key.rpm is not None else 2**31 - 1,
                     "tpm": key.tpm if key.tpm is not None else 2**62}).first()
                 if row is None:
-                    raise rate_limited(f"key {key.id}: rate limit ({key.rpm} rpm / {key.tpm} tpm) exceeded",
-                                       _retry_in(now))
+                    used = conn.execute(text(
+                        "SELECT requests, tokens FROM gateway_rate_windows WHERE key_id = :k AND \"window\" = :w"
+                    ), {"k": key.id, "w": minute}).first()
+                    if key.tpm is not None and used is not None and used.tokens >= key.tpm:
+                        raise rate_limited(f"key {key.id}: {key.tpm} tokens per minute exceeded (counting requests "
+                                           "in flight at their max_tokens)", _retry_in(now),
+                                           code="token_rate_limit_exceeded")
+                    raise rate_limited(f"key {key.id}: {key.rpm} requests per minute exceeded", _retry_in(now))
             if key.budget_usd is not None:
                 row = conn.execute(text(
                     "UPDATE gateway_keys SET reserved_usd = reserved_usd + :est "

@@ -18,24 +18,24 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import logging
 import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
+from sqlalchemy import Engine
 
 from autarky.paths import autarky_home
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
-    from autarky.gateway.ledger import Usage
+class Row(Protocol):
+    """A usage row (a dataclass instance; ledger.Usage), as far as the journal needs to know it."""
 
-log = logging.getLogger("autarky.gateway")
+    request_id: str
+
 SEGMENT_BYTES = 4 * 1024 * 1024
 
 
@@ -72,9 +72,10 @@ class Journal:
     def _new_segment(self) -> _Segment:
         return _Segment(self.directory / f"{os.getpid()}-{secrets.token_hex(6)}.jsonl")
 
-    def append(self, usage: Usage) -> None:
+    def append(self, usage: Row) -> None:
         """Append the row's current state and make it durable (one write, one fdatasync)."""
-        line = orjson.dumps({f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}) + b"\n"
+        fields = dataclasses.fields(usage)  # type: ignore[arg-type]
+        line = orjson.dumps({f.name: getattr(usage, f.name) for f in fields}) + b"\n"
         with self._lock:
             segment = self._segments[-1]
             os.write(segment.fd, line)
@@ -110,16 +111,9 @@ class Journal:
             self.directory.rmdir()  # only if empty: nothing left to replay
 
 
-def replay_orphans(directory: Path, engine: Engine, write: Callable[[list[Usage]], None]) -> int:
-    """Insert the rows of segments no live process holds that the database lacks; delete those segments.
-    Returns how many rows were recovered."""
-    from sqlalchemy import select
-
-    from autarky.gateway.ledger import Usage
-    from autarky.store.gateway_tables import gateway_usage
-
-    recovered = 0
-    names = {f.name for f in dataclasses.fields(Usage)}
+def replay_orphans(directory: Path, replay: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Hand the last state of every row in each segment no live process holds to `replay` (which inserts what
+    the database lacks), then delete the segment. A segment whose replay raises is kept for the next start."""
     for path in sorted(directory.glob("*.jsonl")):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -130,26 +124,14 @@ def replay_orphans(directory: Path, engine: Engine, write: Callable[[list[Usage]
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a running gateway's segment
-            rows: dict[str, Usage] = {}
+            rows: dict[str, dict[str, Any]] = {}
             with os.fdopen(os.dup(fd), "rb") as f:
                 for line in f:
-                    with contextlib.suppress(orjson.JSONDecodeError, TypeError):  # a torn last line
+                    with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):  # a torn last line
                         data = orjson.loads(line)
-                        rows[data["request_id"]] = Usage(**{k: v for k, v in data.items() if k in names})
-            missing = list(rows.values())
-            ids = list(rows)
-            with engine.connect() as conn:
-                for i in range(0, len(ids), 500):
-                    present = conn.execute(select(gateway_usage.c.request_id)
-                                           .where(gateway_usage.c.request_id.in_(ids[i:i + 500]))).scalars()
-                    done = set(present)
-                    missing = [u for u in missing if u.request_id not in done]
-            if missing:
-                write(missing)
-                recovered += len(missing)
-                log.warning("ledger: recovered %d rows from the journal %s (a gateway stopped before writing "
-                            "them)", len(missing), path.name)
+                        rows[data["request_id"]] = data
+            if rows:
+                replay(list(rows.values()))
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
-    return recovered

@@ -9,13 +9,14 @@ loses nothing: the next start-up replays what the database is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, text
+from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autarky.errors import UserError
@@ -98,7 +99,7 @@ class Ledger:
 
     def start(self) -> None:
         if self.journal is not None:
-            replay_orphans(self.journal.directory, self.engine, lambda rows: self._write(rows, []))
+            replay_orphans(self.journal.directory, self._replay)
         self._thread = threading.Thread(target=self._run, name="autarky-ledger", daemon=True)
         self._thread.start()
 
@@ -117,6 +118,23 @@ class Ledger:
                       "next start)", self.pending)
         if self.journal is not None:
             self.journal.close()
+
+    def _replay(self, journaled: list[dict]) -> None:
+        """Write the journaled rows the database does not have (by request id: replaying twice is harmless)."""
+        names = {f.name for f in dataclasses.fields(Usage)}
+        rows = [Usage(**{k: v for k, v in d.items() if k in names}) for d in journaled]
+        ids = [u.request_id for u in rows]
+        present: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                present.update(conn.execute(select(gateway_usage.c.request_id)
+                                            .where(gateway_usage.c.request_id.in_(ids[i:i + 500]))).scalars())
+        missing = [u for u in rows if u.request_id not in present]
+        for i in range(0, len(missing), self.batch):
+            self._write(missing[i:i + self.batch], [])
+        if missing:
+            log.warning("ledger: recovered %d rows from the journal (a gateway stopped before writing them)",
+                        len(missing))
 
     def _run(self) -> None:
         while not self._stop:
