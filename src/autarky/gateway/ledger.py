@@ -140,6 +140,8 @@ class Ledger:
         while not self._stop:
             self._wake.wait(self.flush_s)
             self._wake.clear()
+            if self.journal is not None:
+                self.journal.sync()
             while self.pending and not self._stop:
                 if not self.flush():
                     time.sleep(min(5.0, self.flush_s * 5))  # database trouble: back off, keep the rows
