@@ -13,23 +13,25 @@ import runpy
 import socket
 import sys
 
-mode, memory_mb, cpu_s, processes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-for limit, value in ((resource.RLIMIT_AS, memory_mb * 1024 * 1024), (resource.RLIMIT_CPU, cpu_s),
-                     (resource.RLIMIT_FSIZE, 16 * 1024 * 1024), (resource.RLIMIT_NOFILE, 64),
-                     (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(limit, (value, value))
+
+def limit(memory_mb, cpu_s, processes):
+    for which, value in ((resource.RLIMIT_AS, memory_mb * 1024 * 1024), (resource.RLIMIT_CPU, cpu_s),
+                         (resource.RLIMIT_FSIZE, 16 * 1024 * 1024), (resource.RLIMIT_NOFILE, 64),
+                         (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(which, (value, value))
 
 
 def _denied(*args, **kwargs):
     raise PermissionError("network access is disabled in the autarky sandbox")
 
 
-# Belt and braces: the sandbox has no network namespace to reach anything, and in opted-in unsandboxed runs
-# this is the only guard.
-for _mod in (socket, sys.modules.get("_socket")):
-    for _name in ("socket", "create_connection", "socketpair", "fromfd", "getaddrinfo", "create_server"):
-        if _mod is not None and hasattr(_mod, _name):
-            setattr(_mod, _name, _denied)
+def deny_sockets():
+    # Belt and braces: the sandbox has no network to reach anything; in opted-in unsandboxed runs this is the
+    # only guard.
+    for module in (socket, sys.modules.get("_socket")):
+        for name in ("socket", "create_connection", "socketpair", "fromfd", "getaddrinfo", "create_server"):
+            if module is not None and hasattr(module, name):
+                setattr(module, name, _denied)
 
 
 def encode(value, depth=0):
@@ -100,8 +102,16 @@ def serve():
             reply(error(exc))
 
 
-if mode == "serve":
-    serve()
-else:
-    sys.argv = ["main.py"]
-    runpy.run_path("main.py", run_name="__main__")
+def main():
+    mode = sys.argv[1]
+    limit(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))  # before any untrusted line
+    deny_sockets()
+    if mode == "serve":
+        serve()
+    else:
+        sys.argv = ["main.py"]
+        runpy.run_path("main.py", run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
