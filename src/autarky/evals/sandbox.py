@@ -4,8 +4,8 @@ The sandbox is bubblewrap (`bwrap`): new user, pid, network, ipc, uts and cgroup
 environment; a read-only view of the system and of this Python's installation only (no store, no home, no
 /etc); a private size-limited tmpfs as the only writable place; its own /proc, so no other process can be seen
 or signalled; no network at all.
-A root runner (CI) also puts it in a fresh pids cgroup where the host allows, since root is exempt from
-RLIMIT_NPROC. Inside, before any untrusted line runs, the harness lowers its rlimits
+A root runner (CI) starts bwrap as nobody where this Python is readable by nobody, else in a fresh pids cgroup
+where the host allows one, since root's processes are exempt from RLIMIT_NPROC. Inside, before any untrusted line runs, the harness lowers its rlimits
 (address space, CPU seconds, file size, open files, and processes — counted per user namespace, so this
 works when the runner is root, as in CI, and when it is not). At the deadline the whole tree is killed: bwrap
 is pid 1 of the sandbox's pid namespace, and when it dies the kernel kills everything inside.
@@ -75,7 +75,9 @@ def _python() -> tuple[str, list[str]]:
     return exe, sorted(r for r in roots if not r.startswith("/usr/"))
 
 
-def _bwrap_argv(bwrap: str, workdir: str, files: list[str]) -> list[str]:
+def _bwrap_argv(bwrap: str, workdir: str, files: list[tuple[int, str]]) -> list[str]:
+    """`files`: (readable fd, name) pairs, copied into the sandbox's working folder by bwrap from the fd, so that
+    bwrap needs no access to the runner's (private) temporary folder."""
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--uid", "65534", "--gid", "65534", "--disable-userns",
             "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
@@ -89,8 +91,8 @@ def _bwrap_argv(bwrap: str, workdir: str, files: list[str]) -> list[str]:
         argv += ["--ro-bind", root, root]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
              "--dir", workdir, "--chdir", workdir]
-    for name in files:
-        argv += ["--ro-bind", os.path.join(workdir, name), os.path.join(workdir, name)]
+    for fd, name in files:
+        argv += ["--ro-bind-data", str(fd), os.path.join(workdir, name)]
     for name, value in _env(workdir).items():
         argv += ["--setenv", name, value]
     return argv
@@ -100,35 +102,51 @@ def _env(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
 
 
+NOBODY = 65534
+
+
+def _drop_root() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
 @functools.cache
-def _bwrap() -> str | None:
-    """bwrap, if it is installed and can build the sandbox on this host (a trial run of `python -c pass`)."""
+def _bwrap() -> tuple[str, bool] | None:
+    """bwrap, if it is installed and can build the sandbox on this host (a trial run of `python -c pass`), and
+    whether to start it as nobody: a root runner does so where it can, because root's processes are exempt from
+    RLIMIT_NPROC even inside a user namespace (else a pids cgroup bounds them, where the host allows one)."""
     exe = shutil.which("bwrap")
     if exe is None:
         return None
-    with tempfile.TemporaryDirectory(prefix="autarky-sandbox-") as tmp:
+    for drop in (True, False) if os.geteuid() == 0 else (False,):
         try:
-            done = subprocess.run([*_bwrap_argv(exe, tmp, []), _python()[0], "-I", "-S", "-c", "pass"],
-                                  capture_output=True, timeout=30)
+            done = subprocess.run([*_bwrap_argv(exe, "/tmp/autarky-sandbox-trial", []), _python()[0], "-I", "-S",
+                                   "-c", "pass"], capture_output=True, timeout=30, cwd="/",
+                                  preexec_fn=_drop_root if drop else None)
         except (OSError, subprocess.SubprocessError):
-            return None
-    return exe if done.returncode == 0 else None
+            continue
+        if done.returncode == 0:
+            return exe, drop
+    return None
 
 
 def isolation_available() -> bool:
     return _bwrap() is not None
 
 
-def _command(workdir: str, files: list[str], mode: str, memory_mb: int, cpu_s: int) -> tuple[list[str], bool]:
-    """The argv that runs the harness in `mode`, and whether it is isolated; refuses when it cannot be."""
+def _command(workdir: str, files: list[tuple[int, str]], mode: str, memory_mb: int,
+             cpu_s: int) -> tuple[list[str], tuple[str, bool] | None]:
+    """The argv that runs the harness in `mode`, and the bwrap it runs under (None: not isolated); refuses when
+    it cannot isolate it and the user did not opt out."""
     python = _python()[0]
     harness = [python, "-I", "-S", os.path.join(workdir, "_harness.py"), mode, str(memory_mb), str(cpu_s),
                str(MAX_PROCESSES)]
     bwrap = _bwrap()
     if bwrap is not None:
-        return [*_bwrap_argv(bwrap, workdir, files), *harness], True
+        return [*_bwrap_argv(bwrap[0], workdir, files), *harness], bwrap
     if os.environ.get(UNSANDBOXED_ENV) == "1":
-        return harness, False
+        return harness, None
     raise UserError(
         "cannot sandbox model-written code on this host: bubblewrap (`bwrap`) is missing or cannot create "
         "namespaces here (install the `bubblewrap` package; in a container allow unprivileged user namespaces); "
@@ -176,24 +194,34 @@ def _remove_cgroup(group: Path | None) -> None:
             time.sleep(0.02)  # the killed processes are still leaving it
 
 
-def _join(group: Path | None) -> None:
-    """In the child, before exec: enter the pids cgroup (so bwrap and everything it starts count)."""
+def _child(group: Path | None, drop: bool) -> None:
+    """In the child, before exec: enter the pids cgroup (so bwrap and everything it starts count), or become
+    nobody."""
     if group is not None:
         (group / "cgroup.procs").write_text(str(os.getpid()))
+    if drop:
+        _drop_root()
 
 
-def _start(workdir: str, files: list[str], mode: str, memory_mb: int, cpu_s: int,
+def _start(workdir: str, names: list[str], mode: str, memory_mb: int, cpu_s: int,
            stdin: int, stderr: int) -> tuple[subprocess.Popen, bool]:
-    argv, isolated = _command(workdir, files, mode, memory_mb, cpu_s)
-    group = _pids_cgroup() if isolated else None
+    fds = [os.open(os.path.join(workdir, name), os.O_RDONLY) for name in names]
+    group = None
     try:
-        proc = subprocess.Popen(argv, cwd=workdir, env=_env(workdir), stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=stderr, start_new_session=True, preexec_fn=functools.partial(_join, group))
+        argv, bwrap = _command(workdir, list(zip(fds, names, strict=True)), mode, memory_mb, cpu_s)
+        drop = bwrap is not None and bwrap[1]
+        group = _pids_cgroup() if bwrap is not None and not drop else None
+        proc = subprocess.Popen(argv, cwd=workdir if bwrap is None else "/", env=_env(workdir), stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=stderr, start_new_session=True, pass_fds=fds,
+                                preexec_fn=functools.partial(_child, group, drop))
     except BaseException:
         _remove_cgroup(group)
         raise
+    finally:
+        for fd in fds:
+            os.close(fd)
     proc.cgroup = group  # type: ignore[attr-defined]
-    return proc, isolated
+    return proc, bwrap is not None
 
 
 def _kill(proc: subprocess.Popen) -> None:
