@@ -66,13 +66,17 @@ class _Segment:
 
 
 class Journal:
+    """Segments are created on the first row after the previous ones emptied, and deleted as soon as all their
+    rows are in the database, so a quiet or closed gateway leaves no file behind."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # fail at start-up, not on the first request
         self._lock = threading.Lock()
-        self._segments: list[_Segment] = [self._new_segment()]
+        self._segments: list[_Segment] = []
 
     def _new_segment(self) -> _Segment:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return _Segment(self.directory / f"{os.getpid()}-{secrets.token_hex(6)}.jsonl")
 
     def append(self, usage: Row) -> None:
@@ -80,13 +84,16 @@ class Journal:
         fields = dataclasses.fields(usage)  # type: ignore[arg-type]
         line = orjson.dumps({f.name: getattr(usage, f.name) for f in fields}) + b"\n"
         with self._lock:
+            if not self._segments or self._segments[-1].size > SEGMENT_BYTES:
+                self._segments.append(self._new_segment())
             segment = self._segments[-1]
             os.write(segment.fd, line)
             segment.size += len(line)
             segment.pending.add(usage.request_id)
 
     def sync(self) -> None:
-        """Flush the journal to the disk (the writer thread, once per flush interval)."""
+        """Flush the journal to the disk (the writer thread, once per flush interval; outside the lock, so
+        requests never wait on the disk)."""
         with self._lock:
             fds = [segment.fd for segment in self._segments]
         for fd in fds:
@@ -94,21 +101,16 @@ class Journal:
                 os.fdatasync(fd)
 
     def written(self, request_ids: Iterable[str]) -> None:
-        """These rows are in the database: segments with nothing else pending are deleted, and a full current
-        segment is rotated so that the journal stays small under constant load."""
+        """These rows are in the database: segments with nothing else pending are deleted."""
         ids = set(request_ids)
         with self._lock:
-            for segment in self._segments:
-                segment.pending -= ids
-            current = self._segments[-1]
-            if current.size > SEGMENT_BYTES:
-                self._segments.append(self._new_segment())
             keep = []
             for segment in self._segments:
-                if segment is not self._segments[-1] and not segment.pending:
-                    segment.close(remove=True)
-                else:
+                segment.pending -= ids
+                if segment.pending:
                     keep.append(segment)
+                else:
+                    segment.close(remove=True)
             self._segments = keep
 
     def close(self) -> None:
