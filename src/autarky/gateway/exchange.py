@@ -69,7 +69,8 @@ def estimate_request(body: dict, targets: Sequence, default_max_tokens: int) -> 
     if "messages" in body:
         messages = body.get("messages") or []
         prompt_tokens = _TOKENS_PER_REPLY + sum(
-            _TOKENS_PER_MESSAGE + _text_tokens(m.get("content") or "" if isinstance(m, dict) else m) for m in messages)
+            _TOKENS_PER_MESSAGE + _text_tokens((m.get("content") or "") if isinstance(m, dict) else m)
+            for m in messages)
         for extra in ("tools", "functions", "response_format"):
             if body.get(extra):
                 prompt_tokens += _text_tokens(body[extra])
