@@ -19,7 +19,8 @@ import pytest
 from autarky.errors import UserError
 from autarky.evals import sandbox
 from autarky.evals.graders import get_grader
-from autarky.evals.sandbox import MAX_PROCESSES, TMPFS_BYTES, run_python, run_tests
+from autarky.evals.sandbox import MAX_PROCESSES, TMPFS_BYTES, run_python
+from autarky.evals.sandbox_calls import run_tests
 
 ADD = {"id": "add", "entry_point": "add", "tests": "assert add(2, 3) == 5\nassert add(-1, 1) == 0", "timeout_s": 3}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autarky.errors import UserError
-from autarky.evals.sandbox import run_tests
+from autarky.evals.sandbox_calls import run_tests
 
 
 @dataclass

@@ -1,19 +1,14 @@
-"""Run untrusted Python (model-written code) in a sandbox, and grade it from outside.
+"""Run untrusted Python (model-written code) in a sandbox; sandbox_calls.py grades it from outside.
 
 The sandbox is bubblewrap (`bwrap`): new user, pid, network, ipc, uts and cgroup namespaces; an empty
 environment; a read-only view of the system and of this Python's installation only (no store, no home, no
 /etc); a private size-limited tmpfs as the only writable place; its own /proc, so no other process can be seen
-or signalled; no network at all.
-A root runner (CI) starts bwrap as nobody where this Python is readable by nobody, else in a fresh pids cgroup
-where the host allows one, since root's processes are exempt from RLIMIT_NPROC. Inside, before any untrusted line runs, the harness lowers its rlimits
-(address space, CPU seconds, file size, open files, and processes — counted per user namespace, so this
-works when the runner is root, as in CI, and when it is not). At the deadline the whole tree is killed: bwrap
-is pid 1 of the sandbox's pid namespace, and when it dies the kernel kills everything inside.
-
-Grading never trusts the sandbox's output: `run_tests` executes the suite's tests in this (trusted) process
-against proxies of the solution's functions; each call crosses into the sandbox and only plain data
-(None, bool, int, float, str, bytes, list, tuple, dict, set) comes back, so nothing the code prints or
-returns can turn a failed assertion into a pass.
+or signalled; no network at all. Inside, before any untrusted line runs, the harness (sandbox_harness.py)
+lowers its rlimits: address space, CPU seconds, file size, open files, and processes, counted per user
+namespace. Root's processes are exempt from RLIMIT_NPROC even there, so a root runner (CI) starts bwrap as
+nobody where this Python is readable by nobody, else in a fresh pids cgroup where the host allows one. At the
+deadline the whole tree is killed: bwrap is pid 1 of the sandbox's pid namespace, and when it dies the kernel
+kills everything inside.
 
 Where bwrap is missing or cannot create namespaces, nothing runs unless the user opts in with
 AUTARKY_ALLOW_UNSANDBOXED_CODE=1 (then: rlimits and a process group only, no isolation).
@@ -21,9 +16,7 @@ AUTARKY_ALLOW_UNSANDBOXED_CODE=1 (then: rlimits and a process group only, no iso
 
 from __future__ import annotations
 
-import builtins
 import functools
-import json
 import os
 import selectors
 import shutil
@@ -34,14 +27,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autarky.errors import UserError
 
 UNSANDBOXED_ENV = "AUTARKY_ALLOW_UNSANDBOXED_CODE"
 MAX_PROCESSES = 16
 TMPFS_BYTES = 64 * 1024 * 1024
-MAX_REPLY = 8 * 1024 * 1024
 
 _HARNESS = Path(__file__).with_name("sandbox_harness.py").read_text(encoding="utf-8")
 
@@ -57,13 +48,6 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
-
-
-@dataclass(frozen=True)
-class TestVerdict:
-    passed: bool
-    detail: str
-    timed_out: bool = False
 
 
 # ---- isolation ----------------------------------------------------------------------------------------------
@@ -203,7 +187,7 @@ def _child(group: Path | None, drop: bool) -> None:
         _drop_root()
 
 
-def _start(workdir: str, names: list[str], mode: str, memory_mb: int, cpu_s: int,
+def start(workdir: str, names: list[str], mode: str, memory_mb: int, cpu_s: int,
            stdin: int, stderr: int) -> tuple[subprocess.Popen, bool]:
     fds = [os.open(os.path.join(workdir, name), os.O_RDONLY) for name in names]
     group = None
@@ -224,7 +208,7 @@ def _start(workdir: str, names: list[str], mode: str, memory_mb: int, cpu_s: int
     return proc, bwrap is not None
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def kill_tree(proc: subprocess.Popen) -> None:
     """Kill the tree: bwrap's process group, and with it (pid namespace) everything in the sandbox."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -237,7 +221,7 @@ def _kill(proc: subprocess.Popen) -> None:
     _remove_cgroup(getattr(proc, "cgroup", None))
 
 
-def _workdir(tmp: str, code: str) -> list[str]:
+def prepare_workdir(tmp: str, code: str) -> list[str]:
     Path(tmp, "main.py").write_text(code, encoding="utf-8")
     Path(tmp, "_harness.py").write_text(_HARNESS, encoding="utf-8")
     return ["_harness.py", "main.py"]
@@ -249,8 +233,8 @@ def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, max_outp
     """Run `code` as a script in the sandbox; never raises for anything the code does (only UserError when
     this host cannot sandbox it). Output is kept to its last `max_output` bytes per stream."""
     with tempfile.TemporaryDirectory(prefix="autarky-sandbox-") as tmp:
-        files = _workdir(tmp, code)
-        proc, isolated = _start(tmp, files, "script", memory_mb, max(1, int(timeout_s) + 1), subprocess.DEVNULL,
+        files = prepare_workdir(tmp, code)
+        proc, isolated = start(tmp, files, "script", memory_mb, max(1, int(timeout_s) + 1), subprocess.DEVNULL,
                                 subprocess.PIPE)
         out, err, timed_out = _collect(proc, time.monotonic() + timeout_s, max_output)
     return SandboxResult(returncode=proc.returncode, stdout=out, stderr=err, timed_out=timed_out,
@@ -282,157 +266,8 @@ def _collect(proc: subprocess.Popen, deadline: float, keep: int) -> tuple[str, s
             proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
         except subprocess.TimeoutExpired:
             timed_out = True
-    _kill(proc)
+    kill_tree(proc)
     for stream in buffers:
         stream.close()
     out, err = (bytes(b).decode("utf-8", "replace") for b in buffers.values())
     return out, err, timed_out
-
-
-# ---- tests run here, against functions that run there ------------------------------------------------------
-
-class SandboxGone(BaseException):
-    """The sandbox stopped answering (deadline, crash, protocol abuse). A BaseException so that a test's
-    `except Exception` cannot swallow it and go on to pass."""
-
-
-class RemoteError(Exception):
-    """An exception raised inside the sandbox whose type is not a builtin exception."""
-
-
-def encode(value: Any, depth: int = 0) -> Any:
-    """Plain data as JSON with tagged containers (shared with the harness, which has its own copy)."""
-    if depth > 200:
-        raise TypeError("value nested too deeply")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        tag = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}[type(value)]
-        return {tag: [encode(v, depth + 1) for v in value]}
-    if isinstance(value, dict):
-        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if isinstance(value, bytes):
-        return {"bytes": value.hex()}
-    raise TypeError(f"{type(value).__name__} is not plain data")
-
-
-def decode(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    if len(value) != 1:
-        raise SandboxGone("malformed reply from the sandbox")
-    (tag, items), = value.items()
-    if tag == "bytes":
-        return bytes.fromhex(items)
-    if tag == "dict":
-        return {decode(k): decode(v) for k, v in items}
-    kind = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}.get(tag)
-    if kind is None or not isinstance(items, list):
-        raise SandboxGone("malformed reply from the sandbox")
-    return kind(decode(v) for v in items)
-
-
-class _Channel:
-    def __init__(self, proc: subprocess.Popen, deadline: float) -> None:
-        self.proc = proc
-        self.deadline = deadline
-        self._buffer = bytearray()
-        self.timed_out = False
-
-    def send(self, message: dict) -> None:
-        try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise SandboxGone("the sandboxed code exited") from exc
-
-    def receive(self) -> dict:
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    self.timed_out = True
-                    raise SandboxGone("timed out")
-                if not sel.select(left):
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise SandboxGone("the sandboxed code exited")
-                self._buffer += chunk
-                if len(self._buffer) > MAX_REPLY:
-                    raise SandboxGone("reply from the sandbox too large")
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        try:
-            reply = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise SandboxGone("malformed reply from the sandbox") from exc
-        if not isinstance(reply, dict):
-            raise SandboxGone("malformed reply from the sandbox")
-        return reply
-
-    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        self.send({"call": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
-        reply = self.receive()
-        if "error" in reply:
-            raise _exception(reply["error"])
-        try:
-            return decode(reply.get("value"))
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise SandboxGone("malformed reply from the sandbox") from exc
-
-
-def _exception(error: Any) -> Exception:
-    kind, message = (str(error.get("type")), str(error.get("message"))) if isinstance(error, dict) else ("", "")
-    cls = getattr(builtins, kind, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        return cls(message)
-    return RemoteError(f"{kind}: {message}")
-
-
-class _Remote:
-    """A solution's function as the tests see it: a call is a round trip with plain data."""
-
-    def __init__(self, channel: _Channel, name: str) -> None:
-        self._channel, self.__name__ = channel, name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.call(self.__name__, args, kwargs)
-
-
-def run_tests(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 512) -> TestVerdict:
-    """Load `code` in the sandbox, then run `tests` here against it; the verdict is this process's alone."""
-    deadline = time.monotonic() + timeout_s
-    with tempfile.TemporaryDirectory(prefix="autarky-sandbox-") as tmp:
-        files = _workdir(tmp, code)
-        # The code's own output is not needed (and never read): it goes nowhere, so it cannot block on a pipe.
-        proc, _ = _start(tmp, files, "serve", memory_mb, max(1, int(timeout_s) + 1), subprocess.PIPE,
-                         subprocess.DEVNULL)
-        channel = _Channel(proc, deadline)
-        try:
-            return _verdict(channel, tests)
-        finally:
-            _kill(proc)
-            proc.stdin.close()
-            proc.stdout.close()
-
-
-def _verdict(channel: _Channel, tests: str) -> TestVerdict:
-    try:
-        hello = channel.receive()
-        if "error" in hello:
-            failure = _exception(hello["error"])
-            return TestVerdict(False, f"loading the code failed: {type(failure).__name__}: {failure}")
-        names = hello.get("names")
-        if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() for n in names):
-            return TestVerdict(False, "malformed reply from the sandbox")
-        namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "tests"}
-        namespace.update({n: _Remote(channel, n) for n in names[:1000]})
-        exec(compile(tests, "tests", "exec"), namespace)  # noqa: S102 - the suite's own tests, trusted
-    except SandboxGone as exc:
-        return TestVerdict(False, str(exc), timed_out=channel.timed_out)
-    except Exception as exc:  # noqa: BLE001 - a failing test is the verdict, whatever it raised
-        return TestVerdict(False, f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__)
-    return TestVerdict(True, "passed")
