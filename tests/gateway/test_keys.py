@@ -45,7 +45,7 @@ def test_cli_create_list_revoke(tmp_path):
 
 
 def test_admin_api_and_revocation(make_gateway, faults):
-    gw, url = make_gateway(require_keys=True)
+    gw, url = make_gateway(require_keys=True, teams={"t": {}})  # a key's team must be in the config
     admin = {"authorization": f"Bearer {MASTER}"}
     assert httpx.post(url + "/admin/keys", json={"team": "t"}).status_code == 401
     assert httpx.post(url + "/admin/keys", json={"team": "t"}, headers={"authorization": "Bearer nope"}).status_code == 401

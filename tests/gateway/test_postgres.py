@@ -2,6 +2,7 @@
 together, and the audit chain stays intact with concurrent writers."""
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ from autarky.gateway.auth import create_key, list_keys
 from autarky.store.database import open_store
 from autarky.store.gateway_tables import gateway_usage
 
-from .conftest import avoid_minute_boundary
+from .conftest import avoid_minute_boundary, wait_for_ledger
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 MESSAGES = [{"role": "user", "content": "one two three"}]
@@ -25,8 +26,9 @@ def chat(url: str, key: str, model: str = "small") -> int:
 
 
 def two_gateways(make_gateway, pg_store):
-    a, url_a = make_gateway(store=pg_store, require_keys=True)
-    b, url_b = make_gateway(store=pg_store, require_keys=True)
+    # team "t" in the config: the admin API refuses keys for teams it does not list
+    a, url_a = make_gateway(store=pg_store, require_keys=True, teams={"t": {}})
+    b, url_b = make_gateway(store=pg_store, require_keys=True, teams={"t": {}})
     assert a.config.shared_limits() and b.config.shared_limits()
     return (a, url_a), (b, url_b)
 
@@ -57,8 +59,12 @@ def test_budget_is_shared_across_replicas_under_concurrency(make_gateway, faults
         t.join()
     admitted = codes.count(200)
     assert 3 <= admitted <= 5 and codes.count(429) == 24 - admitted
-    a.ledger.flush()
-    b.ledger.flush()
+    # A row is queued just after its response went out, so the last ones can trail the clients: wait for all 24.
+    deadline = time.monotonic() + 10
+    while a.ledger.written + b.ledger.written < 24 and time.monotonic() < deadline:
+        a.ledger.flush()
+        b.ledger.flush()
+        time.sleep(0.01)
     [row] = list_keys(a.engine)
     assert row["spent_usd"] == pytest.approx(0.019 * admitted) and row["spent_usd"] <= 0.1
     assert row["reserved_usd"] == pytest.approx(0.0, abs=1e-9)
@@ -106,7 +112,9 @@ def test_tpm_is_shared_across_replicas(make_gateway, faults, pg_store):
     key, _ = create_key(a.engine, "t", tpm=20)  # each request: 3 prompt + 8 completion tokens
     avoid_minute_boundary()
     assert chat(url_a, key) == 200
-    a.ledger.flush()  # the writer adds the tokens to the shared window (every ledger_flush_s in service)
+    # The writer settles the tokens in the shared window (every ledger_flush_s in service). Until then the
+    # request's reservation holds the window, and its row is queued just after the response went out: wait for it.
+    wait_for_ledger(a, 1)
     assert chat(url_b, key) == 200
-    b.ledger.flush()
+    wait_for_ledger(b, 1)
     assert chat(url_a, key) == 429 and chat(url_b, key) == 429

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 from autarky.errors import UserError
 from autarky.evals import formats
-from autarky.evals.sandbox import run_python
+from autarky.evals.sandbox_calls import run_tests
 
 
 @dataclass
@@ -183,13 +182,10 @@ def extract_code(output: str, entry_point: str | None = None) -> str:
 
 
 def grade_python_tests(item: dict[str, Any], output: str, extras: dict[str, float]) -> Grade:
+    # The tests run here, against the sandboxed functions: nothing the code outputs can fake a pass.
     code = extract_code(output, item.get("entry_point"))
-    marker = f"AUTARKY-TESTS-PASSED-{secrets.token_hex(8)}"  # unguessable, so code cannot fake a pass
-    program = f"{code}\n\n\n{item['tests']}\n\nprint({marker!r})\n"
-    result = run_python(program, timeout_s=float(item.get("timeout_s", 5.0)))
-    passed = result.ok and marker in result.stdout
-    why = "timed out" if result.timed_out else (result.stderr.strip().splitlines() or ["exit 0"])[-1]
-    return Grade(float(passed), detail="passed" if passed else why[:500])
+    verdict = run_tests(code, item["tests"], timeout_s=float(item.get("timeout_s", 5.0)))
+    return Grade(float(verdict.passed), detail="timed out" if verdict.timed_out else verdict.detail[:500])
 
 
 # --- spreadsheet: evaluate the formula with the `formulas` engine ---------------------------------------

@@ -17,14 +17,18 @@ from autarky.gateway.ledger import Ledger, Usage
 
 
 class Accounting(Protocol):
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
-        """Check the key's rate limits and reserve `estimate_usd` of its budget; raises GatewayError (429)."""
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+        """Check the key's rate limits and reserve `estimate_usd` of its budget and `estimate_tokens` of its
+        token rate (the request's worst case); raises GatewayError (429)."""
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         """Turn the reservation into the actual cost and count the tokens (cost 0 and no tokens: a release)."""
 
     def record(self, usage: Usage) -> None:
         """Queue the request's one ledger row; never waits on a database."""
+
+    def checkpoint(self, usage: Usage) -> None:
+        """Make the row durable as it stands, before the client gets its answer (a crash then loses nothing)."""
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         """Queue an audit-log entry (policy decisions)."""
@@ -35,8 +39,8 @@ class LedgerAccounting:
         self.limiter = limiter
         self.ledger = ledger
 
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
-        return await self.limiter.admit(key, estimate_usd)
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+        return await self.limiter.admit(key, estimate_usd, estimate_tokens)
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         # Keys without an id (anonymous, master) have no counters; shared limits settle from the ledger row.
@@ -45,6 +49,9 @@ class LedgerAccounting:
 
     def record(self, usage: Usage) -> None:
         self.ledger.record(usage)
+
+    def checkpoint(self, usage: Usage) -> None:
+        self.ledger.checkpoint(usage)
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self.ledger.audit(actor, action, detail)
@@ -58,13 +65,14 @@ class MemoryAccounting:
     rows: list[Usage] = field(default_factory=list)
     audits: list[tuple[str, str, dict]] = field(default_factory=list)
     settlements: list[tuple[str, float, float, int]] = field(default_factory=list)  # (key id, reserved, cost, tokens)
+    checkpoints: list[str] = field(default_factory=list)  # request ids, in order
     open_reservations: int = 0
 
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
         if self.refuse is not None:
             raise self.refuse
         self.open_reservations += 1
-        return Admission(estimate_usd, int(time.time() // 60))
+        return Admission(estimate_usd, int(time.time() // 60), estimate_tokens)
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         self.open_reservations -= 1
@@ -72,6 +80,9 @@ class MemoryAccounting:
 
     def record(self, usage: Usage) -> None:
         self.rows.append(usage)
+
+    def checkpoint(self, usage: Usage) -> None:
+        self.checkpoints.append(usage.request_id)
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self.audits.append((actor, action, detail))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Collection
 
 import orjson
 from sqlalchemy import Engine
@@ -17,9 +18,11 @@ from autarky.gateway.auth import KeyCache, create_key, list_keys, revoke_key
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
 
 
-def routes(engine: Engine, keys: KeyCache, master_key: str | None, master_key_env: str) -> list[Route]:
+def routes(engine: Engine, keys: KeyCache, master_key: str | None, master_key_env: str,
+           teams: Collection[str] | None = None) -> list[Route]:
     """The admin endpoints over the key store `engine`; `keys` is the gateway's key cache (a revocation clears
-    it); no master key (its variable `master_key_env` unset) disables them."""
+    it); no master key (its variable `master_key_env` unset) disables them. `teams`: the config's teams, the
+    only ones a new key may carry."""
 
     def guarded(handler):  # noqa: ANN001, ANN202
         async def endpoint(request: Request) -> Response:
@@ -52,7 +55,7 @@ def routes(engine: Engine, keys: KeyCache, master_key: str | None, master_key_en
             raise bad_request(f"unknown fields {sorted(unknown)}")
         key, record = await asyncio.to_thread(
             create_key, engine, body["team"], budget_usd=body.get("budget_usd"), rpm=body.get("rpm"),
-            tpm=body.get("tpm"), models=body.get("models"), actor="admin-api",
+            tpm=body.get("tpm"), models=body.get("models"), actor="admin-api", teams=teams,
         )
         return {"key": key, "id": record.id, "team": record.team, "budget_usd": record.budget_usd,
                 "rpm": record.rpm, "tpm": record.tpm, "models": list(record.models) if record.models else None}, 201

@@ -30,7 +30,7 @@ from autarky.gateway.capabilities import needs, prompt_tokens
 from autarky.gateway.config import DATA_CLASSES, GatewayConfig
 from autarky.gateway.dispatch import Dispatcher, client_error
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
-from autarky.gateway.exchange import Exchange
+from autarky.gateway.exchange import Exchange, estimate_request
 from autarky.gateway.ledger import Ledger
 from autarky.gateway.metrics import Metrics
 from autarky.gateway.providers import KINDS, AnthropicProvider, UpstreamError
@@ -115,7 +115,8 @@ class Gateway:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-            *admin.routes(self.engine, self.keys, self.master_key, self.config.master_key_env),
+            *admin.routes(self.engine, self.keys, self.master_key, self.config.master_key_env,
+                           self.config.teams or None),
         ]
 
     # ---- small endpoints --------------------------------------------------------------------------------
@@ -231,7 +232,8 @@ class Gateway:
             if not targets:
                 raise bad_request(f"{name!r} has no OpenAI-kind provider; /v1/completions needs one")
         try:
-            await ex.admit(self._estimate(key, body, targets))
+            worst = estimate_request(body, targets, self.config.default_max_tokens)
+            await ex.admit(worst.usd if key.budget_usd is not None else 0.0, worst.tokens)
         except GatewayError as exc:
             if exc.code == "budget_exceeded":
                 ex.audit("policy.budget_deny", {"key_id": key.id, "team": key.team})
@@ -251,14 +253,6 @@ class Gateway:
                                  headers=ex.headers())
         ex.succeeded()
         return response
-
-    def _estimate(self, key: KeyRecord, body: dict, targets) -> float:  # noqa: ANN001
-        """A spend reservation: the most this request can cost on any allowed target."""
-        if key.budget_usd is None:
-            return 0.0
-        prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
-        max_out = int(body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens)
-        return max(t.model_entry.cost(prompt, max_out) for t in targets)
 
     def _stores_content(self, team: str) -> bool:
         t = self.config.teams.get(team)

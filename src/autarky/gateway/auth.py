@@ -7,14 +7,26 @@ Limits run in one of two modes:
   RETURNING`) and a spend reservation (`UPDATE ... SET reserved = reserved + est WHERE spent + reserved + est
   <= budget RETURNING`); the ledger writer later moves the reservation to actual spend and adds the tokens.
   Cost: one round trip per request for keys that have limits (keys without any skip it entirely).
+
+Both modes reserve at admission what the request can cost at most (its spend and, for token limits, its tokens)
+and settle the reservation to the actual figures afterwards, so concurrent requests cannot all slip under a limit
+before any of them is counted: a budget is never overshot (a request is admitted only if its worst case fits),
+and a token-per-minute limit by at most one request's worst case (a request is admitted while the window has
+room). Local mode holds its counters in this process, so one SQLite store serves one gateway: a second gateway
+on the same file is refused (it would count its own limits and overshoot them together); PostgreSQL is the
+store for several replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import math
+import os
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import orjson
@@ -49,24 +61,68 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _stored_models(raw: str | None) -> tuple[str, ...] | None:
+    """A key's model list as stored; a row that is not a list of strings (written by hand or an old bug)
+    allows no model at all rather than crashing or allowing every model."""
+    if not raw:
+        return None
+    try:
+        models = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        return ()
+    return tuple(models)
+
+
 def _record(row) -> KeyRecord:  # noqa: ANN001
     return KeyRecord(
         id=row.id, team=row.team, budget_usd=row.budget_usd, spent_usd=row.spent_usd or 0.0, rpm=row.rpm,
-        tpm=row.tpm, models=tuple(orjson.loads(row.models)) if row.models else None,
-        revoked=row.revoked_at is not None,
+        tpm=row.tpm, models=_stored_models(row.models), revoked=row.revoked_at is not None,
     )
+
+
+def _limit_value(name: str, value: object, integer: bool) -> float | int | None:
+    """A budget or rate limit as given on the CLI or the admin API: None, or a finite number >= 0 (a whole
+    number for rpm and tpm). nan would compare false against everything, which is to say unlimited."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"--{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"--{name} must be a finite number, got {value!r}")
+    if value < 0:
+        raise UserError(f"--{name} must be >= 0, got {value}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise UserError(f"--{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _model_list(models: object) -> list[str] | None:
+    if models is None:
+        return None
+    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in models):
+        raise UserError(f"--models must be a list of model names, got {models!r}")
+    return [m.strip() for m in models]
 
 
 def create_key(
     engine: Engine, team: str, *, budget_usd: float | None = None, rpm: int | None = None, tpm: int | None = None,
-    models: list[str] | None = None, actor: str = "cli",
+    models: list[str] | None = None, actor: str = "cli", teams: Collection[str] | None = None,
 ) -> tuple[str, KeyRecord]:
-    """A new key (returned once, in clear) and its record; only the hash is stored."""
-    if not team:
+    """A new key (returned once, in clear) and its record; only the hash is stored. `teams`, when given (the
+    config's teams), is the set the key's team must belong to."""
+    if not isinstance(team, str) or not team.strip():
         raise UserError("a key needs a team: pass --team NAME")
-    for name, value in (("budget-usd", budget_usd), ("rpm", rpm), ("tpm", tpm)):
-        if value is not None and value < 0:
-            raise UserError(f"--{name} must be >= 0, got {value}")
+    if teams is not None and team not in teams:
+        known = ", ".join(sorted(teams)) or "none"
+        raise UserError(f"team {team!r} is not in the config's [teams] (known: {known}); add it there first")
+    budget_usd = _limit_value("budget-usd", budget_usd, integer=False)
+    rpm = _limit_value("rpm", rpm, integer=True)
+    tpm = _limit_value("tpm", tpm, integer=True)
+    models = _model_list(models)
     key = KEY_PREFIX + secrets.token_urlsafe(24)
     key_id = "key_" + secrets.token_hex(6)
     row = {"id": key_id, "key_hash": hash_key(key), "prefix": key[:10], "team": team, "budget_usd": budget_usd,
@@ -85,10 +141,17 @@ def list_keys(engine: Engine) -> list[dict]:
     return [
         {"id": r.id, "prefix": r.prefix, "team": r.team, "budget_usd": r.budget_usd, "spent_usd": r.spent_usd,
          "reserved_usd": r.reserved_usd, "rpm": r.rpm, "tpm": r.tpm,
-         "models": orjson.loads(r.models) if r.models else None, "created_at": r.created_at,
+         "models": _listed_models(r.models), "created_at": r.created_at,
          "revoked": r.revoked_at is not None}
         for r in rows
     ]
+
+
+def _listed_models(raw: str | None) -> list[str] | None:
+    models = _stored_models(raw)
+    if models == () and raw:
+        return [f"<invalid: {raw[:40]}> (allows no model)"]
+    return None if models is None else list(models)
 
 
 def revoke_key(engine: Engine, key_id: str, actor: str = "cli") -> None:
@@ -146,24 +209,68 @@ def _retry_in(now: float) -> float:
 class Admission:
     reserved_usd: float
     window: int
+    reserved_tokens: int = 0
+
+
+def budget_refusal(key: KeyRecord, spent: float, reserved: float, estimate: float):  # noqa: ANN201
+    """The 429 for a budget that cannot take this request, saying what holds it: spend, or requests in flight."""
+    budget = key.budget_usd or 0.0
+    if spent >= budget:
+        why = f"budget of ${budget:.4f} spent (${spent:.4f} used)"
+    elif spent + estimate > budget:
+        why = (f"this request may cost up to ${estimate:.4f} but only ${budget - spent:.4f} of the budget of "
+               f"${budget:.4f} is left (${spent:.4f} spent)")
+    else:
+        why = (f"budget of ${budget:.4f} is held by requests in flight (${spent:.4f} spent, ${reserved:.4f} "
+               f"reserved); this request may cost up to ${estimate:.4f}: retry when they finish")
+    return budget_exceeded(f"key {key.id}: {why}")
+
+
+_SQLITE_CLAIMS: dict[str, int] = {}  # SQLite file -> the lock fd this process holds on it
+
+
+def claim_local_store(engine: Engine) -> None:
+    """One gateway per SQLite store: local limits live in this process, so a second gateway on the same file
+    would count its own and both would overshoot. The lock is an flock, released when this process exits."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = os.path.realpath(url.database)
+    if path in _SQLITE_CLAIMS:
+        return
+    fd = os.open(path + ".gateway-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"another gateway is already running on the SQLite store {path}: with SQLite each gateway counts rate "
+            "limits and budgets in its own memory, so two of them would overshoot both; run one gateway per SQLite "
+            "file, or point every replica at PostgreSQL (store = \"postgresql://...\"), which shares the counters"
+        ) from None
+    _SQLITE_CLAIMS[path] = fd
 
 
 class Limiter:
     def __init__(self, engine: Engine, shared: bool) -> None:
         self.engine = engine
         self.shared = shared
-        self._windows: dict[str, list[int]] = {}  # local: key id -> [minute, requests, tokens]
-        self._spend: dict[str, float] = {}  # local: key id -> spent + in flight since the record was loaded
+        self._windows: dict[str, list[int]] = {}  # local: key id -> [minute, requests, tokens incl. reserved]
+        self._spend: dict[str, float] = {}  # local: key id -> spent since the record was loaded (settled)
+        self._reserved: dict[str, float] = {}  # local: key id -> reserved by requests in flight
+        if not shared:
+            claim_local_store(engine)
 
-    async def admit(self, key: KeyRecord, estimate_usd: float) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
         now = time.time()
         if not key.limited:
             return Admission(0.0, _minute(now))
         if self.shared:
-            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, now)
-        return self._admit_local(key, estimate_usd, now)
+            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, estimate_tokens, now)
+        return self._admit_local(key, estimate_usd, estimate_tokens, now)
 
-    def _admit_local(self, key: KeyRecord, estimate: float, now: float) -> Admission:
+    def _admit_local(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
+        # Synchronous on the event loop: check-and-reserve is atomic against other requests of this process.
         minute = _minute(now)
         win = self._windows.get(key.id)
         if win is None or win[0] != minute:
@@ -171,39 +278,54 @@ class Limiter:
         if key.rpm is not None and win[1] >= key.rpm:
             raise rate_limited(f"key {key.id}: {key.rpm} requests per minute exceeded", _retry_in(now))
         if key.tpm is not None and win[2] >= key.tpm:
-            raise rate_limited(f"key {key.id}: {key.tpm} tokens per minute exceeded", _retry_in(now),
-                               code="token_rate_limit_exceeded")
+            raise rate_limited(f"key {key.id}: {key.tpm} tokens per minute exceeded (counting requests in flight "
+                               "at their max_tokens)", _retry_in(now), code="token_rate_limit_exceeded")
+        reserved = 0.0
         if key.budget_usd is not None:
             spent = self._spend.setdefault(key.id, key.spent_usd)
-            if spent + estimate > key.budget_usd:
-                raise budget_exceeded(f"key {key.id}: budget of ${key.budget_usd:.4f} spent (${spent:.4f} used)")
-            self._spend[key.id] = spent + estimate
+            held = self._reserved.get(key.id, 0.0)
+            if spent + held + estimate > key.budget_usd:
+                raise budget_refusal(key, spent, held, estimate)
+            self._reserved[key.id] = held + estimate
+            reserved = estimate
+        held_tokens = tokens if key.tpm is not None else 0
         win[1] += 1
-        return Admission(estimate, minute)
+        win[2] += held_tokens
+        return Admission(reserved, minute, held_tokens)
 
     def settle_local(self, key_id: str, admission: Admission, cost_usd: float, tokens: int) -> None:
         if self.shared:
             return  # the ledger writer settles in the database
         if key_id in self._spend:
-            self._spend[key_id] += cost_usd - admission.reserved_usd
+            self._spend[key_id] += cost_usd
+            self._reserved[key_id] = max(0.0, self._reserved.get(key_id, 0.0) - admission.reserved_usd)
         win = self._windows.get(key_id)
         if win is not None and win[0] == admission.window:
-            win[2] += tokens
+            win[2] += tokens - admission.reserved_tokens
 
-    def _admit_shared(self, key: KeyRecord, estimate: float, now: float) -> Admission:
+    def _admit_shared(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
         minute = _minute(now)
+        held_tokens = tokens if key.tpm is not None else 0
         with self.engine.begin() as conn:
             if key.rpm is not None or key.tpm is not None:
+                # The token reservation is taken with the request; the ledger writer settles it to the actual.
                 row = conn.execute(text(
-                    "INSERT INTO gateway_rate_windows (key_id, \"window\", requests, tokens) VALUES (:k, :w, 1, 0) "
-                    "ON CONFLICT (key_id, \"window\") DO UPDATE SET requests = gateway_rate_windows.requests + 1 "
+                    "INSERT INTO gateway_rate_windows (key_id, \"window\", requests, tokens) VALUES (:k, :w, 1, :t) "
+                    "ON CONFLICT (key_id, \"window\") DO UPDATE SET requests = gateway_rate_windows.requests + 1, "
+                    "tokens = gateway_rate_windows.tokens + :t "
                     "WHERE gateway_rate_windows.requests < :rpm AND gateway_rate_windows.tokens < :tpm "
                     "RETURNING requests"
-                ), {"k": key.id, "w": minute, "rpm": key.rpm if key.rpm is not None else 2**31 - 1,
+                ), {"k": key.id, "w": minute, "t": held_tokens, "rpm": key.rpm if key.rpm is not None else 2**31 - 1,
                     "tpm": key.tpm if key.tpm is not None else 2**62}).first()
                 if row is None:
-                    raise rate_limited(f"key {key.id}: rate limit ({key.rpm} rpm / {key.tpm} tpm) exceeded",
-                                       _retry_in(now))
+                    used = conn.execute(text(
+                        "SELECT requests, tokens FROM gateway_rate_windows WHERE key_id = :k AND \"window\" = :w"
+                    ), {"k": key.id, "w": minute}).first()
+                    if key.tpm is not None and used is not None and used.tokens >= key.tpm:
+                        raise rate_limited(f"key {key.id}: {key.tpm} tokens per minute exceeded (counting requests "
+                                           "in flight at their max_tokens)", _retry_in(now),
+                                           code="token_rate_limit_exceeded")
+                    raise rate_limited(f"key {key.id}: {key.rpm} requests per minute exceeded", _retry_in(now))
             if key.budget_usd is not None:
                 row = conn.execute(text(
                     "UPDATE gateway_keys SET reserved_usd = reserved_usd + :est "
@@ -211,7 +333,9 @@ class Limiter:
                     "RETURNING spent_usd"
                 ), {"k": key.id, "est": estimate}).first()
                 if row is None:
+                    now_row = conn.execute(select(gateway_keys.c.spent_usd, gateway_keys.c.reserved_usd)
+                                           .where(gateway_keys.c.id == key.id)).first()
+                    spent, held = (now_row.spent_usd or 0.0, now_row.reserved_usd or 0.0) if now_row else (0.0, 0.0)
                     # Raising rolls back the window increment above: a refused request does not count.
-                    raise budget_exceeded(f"key {key.id}: budget of ${key.budget_usd:.4f} spent")
-        return Admission(estimate if key.budget_usd is not None else 0.0, minute)
-
+                    raise budget_refusal(key, spent, held, estimate)
+        return Admission(estimate if key.budget_usd is not None else 0.0, minute, held_tokens)

@@ -59,8 +59,13 @@ def register(app: typer.Typer) -> None:
         from autarky.store.database import open_store
 
         names = [m.strip() for value in models or () for m in value.split(",") if m.strip()]
+        teams = None
+        if config is not None:  # with a config, the key's team must be one of its [teams] (when it lists any)
+            from autarky.gateway.config import load_config
+
+            teams = set(load_config(config).teams) or None
         key, record = create_key(open_store(choose_store(store, config)), team, budget_usd=budget_usd, rpm=rpm,
-                                 tpm=tpm, models=names or None)
+                                 tpm=tpm, models=names or None, teams=teams)
         typer.echo(key)
         typer.echo(f"id={record.id} team={team} (save the key now: it cannot be shown again)", err=True)
 
@@ -73,8 +78,8 @@ def register(app: typer.Typer) -> None:
         # Plain tab-separated lines: easy to read and to grep or cut in scripts.
         typer.echo("\t".join(("id", "prefix", "team", "budget_usd", "spent_usd", "rpm", "tpm", "models", "status")))
         for k in list_keys(open_store(choose_store(store, config))):
-            typer.echo("\t".join((k["id"], k["prefix"] + "...", k["team"], _num(k["budget_usd"]),
-                                  f"{k['spent_usd']:.6f}", _num(k["rpm"]), _num(k["tpm"]),
+            typer.echo("\t".join((k["id"], k["prefix"] + "...", str(k["team"]), _num(k["budget_usd"]),
+                                  f"{k['spent_usd'] or 0.0:.6f}", _num(k["rpm"]), _num(k["tpm"]),
                                   ",".join(k["models"] or ["*"]), "revoked" if k["revoked"] else "active")))
 
     @keys.command("revoke")

@@ -17,6 +17,10 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
 
 from autarky.gateway.accounting import Accounting
 from autarky.gateway.auth import Admission, KeyRecord
@@ -32,6 +36,56 @@ _ids = itertools.count(1)
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):012x}"
+
+
+# What a chat template adds around the text: role markers and separators per message, and the assistant
+# prefix the reply starts from. Generous for the templates in use (ChatML: 4 per message + 3).
+_TOKENS_PER_MESSAGE = 4
+_TOKENS_PER_REPLY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The most a request can use: tokens (prompt + every choice at its full max_tokens) and their price."""
+
+    usd: float
+    tokens: int
+
+
+def _text_tokens(value: object) -> int:
+    # A token of the tokenizers in use covers about 3-4 bytes of text; 3 errs on the side of reserving more.
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return len(text.encode()) // 3 + 1
+
+
+def _whole(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def estimate_request(body: dict, targets: Sequence, default_max_tokens: int) -> Estimate:  # noqa: C901
+    """A reservation that covers what `body` can cost on any of `targets`: every prompt of a batched
+    /v1/completions call, the chat template's tokens, `n` (or `best_of`) choices, each at its full max_tokens."""
+    prompt, prompts = body.get("prompt"), 1
+    if "messages" in body:
+        messages = body.get("messages") or []
+        prompt_tokens = _TOKENS_PER_REPLY + sum(
+            _TOKENS_PER_MESSAGE + _text_tokens((m.get("content") or "") if isinstance(m, dict) else m)
+            for m in messages)
+        for extra in ("tools", "functions", "response_format"):
+            if body.get(extra):
+                prompt_tokens += _text_tokens(body[extra])
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        prompt_tokens = len(prompt)  # one prompt, already tokens
+    elif isinstance(prompt, list) and prompt:
+        prompts = len(prompt)
+        prompt_tokens = sum(len(p) if isinstance(p, list) else _text_tokens(p) for p in prompt)
+    else:
+        prompt_tokens = _text_tokens(prompt or "")
+    max_out = _whole(body.get("max_completion_tokens"), 0) or _whole(body.get("max_tokens"), default_max_tokens)
+    choices = max(_whole(body.get("n"), 1), _whole(body.get("best_of"), 1))
+    completion_tokens = prompts * choices * max_out
+    usd = max((t.model_entry.cost(prompt_tokens, completion_tokens) for t in targets), default=0.0)
+    return Estimate(usd, prompt_tokens + completion_tokens)
 
 
 class Exchange:
@@ -72,11 +126,12 @@ class Exchange:
     def audit(self, action: str, detail: dict) -> None:
         self.accounting.audit("gateway", action, detail)
 
-    async def admit(self, estimate_usd: float) -> None:
-        """Rate limits and the budget reservation for the authenticated key; raises GatewayError."""
+    async def admit(self, estimate_usd: float, estimate_tokens: int = 0) -> None:
+        """Rate limits and the budget (and token) reservation for the authenticated key; raises GatewayError."""
         assert self.key is not None, "authenticate before admitting"
-        self.admission = await self.accounting.admit(self.key, estimate_usd)
+        self.admission = await self.accounting.admit(self.key, estimate_usd, estimate_tokens)
         self.usage.reserved_usd, self.usage.window = self.admission.reserved_usd, self.admission.window
+        self.usage.reserved_tokens = self.admission.reserved_tokens
 
     def streaming(self) -> None:
         """The response is a stream that has started: status 200 until something says otherwise."""
@@ -84,9 +139,12 @@ class Exchange:
         self.usage.status = 200
 
     def succeeded(self) -> None:
-        """The upstream answered and the response is built: 200, unless a failure was already recorded."""
+        """The upstream answered and the response is built: 200, unless a failure was already recorded. The
+        row is made durable now, before the response goes out: a client that got an answer has its row."""
         if not self._failed:
             self.usage.status = 200
+        if self._settled and not self._finished:
+            self.accounting.checkpoint(self.usage)
 
     # ---- closing: each idempotent ------------------------------------------------------------------------
 
@@ -102,6 +160,8 @@ class Exchange:
         self._attempts()
         if self.key is not None and self.admission is not None:
             self.accounting.settle(self.key, self.admission, u.cost_usd, prompt_tokens + completion_tokens)
+        if u.stream:  # a stream settles at its end, before its last bytes: durable from here
+            self.accounting.checkpoint(u)
 
     def fail(self, status: int, error: str) -> None:
         """Mark the request failed with what the client saw; later failures (and failures after finish) are

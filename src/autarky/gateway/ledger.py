@@ -3,20 +3,25 @@
 Requests only append to an in-memory deque (no database wait on the hot path). The writer thread commits
 usage rows, spend settlement (reservation -> actual cost) and token counts, and queued audit entries in one
 transaction per batch; a failed batch is retried, never dropped, and `close()` flushes everything.
+A row is also made durable in a local journal (journal.py) before its response completes, so a killed gateway
+loses nothing: the next start-up replays what the database is missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, text
+from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from autarky.errors import UserError
 from autarky.gateway import audit
+from autarky.gateway.journal import Journal, journal_dir, replay_orphans
 from autarky.store.gateway_tables import gateway_rate_windows, gateway_usage
 
 log = logging.getLogger("autarky.gateway")
@@ -45,14 +50,22 @@ class Usage:
     # Not stored in the usage row: settlement of the key's reservation and rate window.
     reserved_usd: float = 0.0
     window: int = 0
+    reserved_tokens: int = 0
 
 
 _ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
 
 
 class Ledger:
-    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared: bool = False) -> None:
+    def __init__(self, engine: Engine, flush_s: float = 0.2, batch: int = 2000, shared: bool = False,
+                 journal: bool = True) -> None:
         self.engine = engine
+        directory = journal_dir(engine) if journal else None
+        try:
+            self.journal = Journal(directory) if directory is not None else None
+        except OSError as exc:
+            raise UserError(f"cannot write the ledger journal in {directory}: {exc} (set AUTARKY_HOME to a "
+                            "writable folder)") from exc
         self.flush_s = flush_s
         self.batch = batch
         self.shared = shared
@@ -67,7 +80,15 @@ class Ledger:
         self._last_cleanup = 0.0
 
     def record(self, usage: Usage) -> None:
+        """Queue the row for the database, after making its final form durable in the journal."""
+        if self.journal is not None:
+            self.journal.append(usage)
         self._usage.append(usage)
+
+    def checkpoint(self, usage: Usage) -> None:
+        """Make the row durable as it stands (the upstream answered; the response is about to go out)."""
+        if self.journal is not None:
+            self.journal.append(usage)
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         self._audit.append((actor, action, detail))
@@ -77,6 +98,8 @@ class Ledger:
         return len(self._usage) + len(self._audit)
 
     def start(self) -> None:
+        if self.journal is not None:
+            replay_orphans(self.journal.directory, self._replay)
         self._thread = threading.Thread(target=self._run, name="autarky-ledger", daemon=True)
         self._thread.start()
 
@@ -91,12 +114,34 @@ class Ledger:
             if not self.flush():
                 time.sleep(0.1)
         if self.pending:
-            log.error("ledger: %d entries could not be written before shutdown", self.pending)
+            log.error("ledger: %d entries could not be written before shutdown (kept in the journal for the "
+                      "next start)", self.pending)
+        if self.journal is not None:
+            self.journal.close()
+
+    def _replay(self, journaled: list[dict]) -> None:
+        """Write the journaled rows the database does not have (by request id: replaying twice is harmless)."""
+        names = {f.name for f in dataclasses.fields(Usage)}
+        rows = [Usage(**{k: v for k, v in d.items() if k in names}) for d in journaled]
+        ids = [u.request_id for u in rows]
+        present: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                present.update(conn.execute(select(gateway_usage.c.request_id)
+                                            .where(gateway_usage.c.request_id.in_(ids[i:i + 500]))).scalars())
+        missing = [u for u in rows if u.request_id not in present]
+        for i in range(0, len(missing), self.batch):
+            self._write(missing[i:i + self.batch], [])
+        if missing:
+            log.warning("ledger: recovered %d rows from the journal (a gateway stopped before writing them)",
+                        len(missing))
 
     def _run(self) -> None:
         while not self._stop:
             self._wake.wait(self.flush_s)
             self._wake.clear()
+            if self.journal is not None:
+                self.journal.sync()
             while self.pending and not self._stop:
                 if not self.flush():
                     time.sleep(min(5.0, self.flush_s * 5))  # database trouble: back off, keep the rows
@@ -120,6 +165,8 @@ class Ledger:
                 self._audit.extendleft(reversed(entries))
                 return False
             self.written += len(rows)
+            if self.journal is not None and rows:
+                self.journal.written(u.request_id for u in rows)
             return True
 
     def _write(self, rows: list[Usage], entries: list[tuple[str, str, dict]]) -> None:
@@ -130,7 +177,8 @@ class Ledger:
                 s = spend[u.key_id]
                 s[0] += u.cost_usd
                 s[1] += u.reserved_usd if self.shared else 0.0  # local mode reserves in memory only
-                tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens
+                # Admission reserved `reserved_tokens` in the window already: settle it to the actual count.
+                tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens - u.reserved_tokens
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(gateway_usage.insert(), [{f: getattr(u, f) for f in _ROW_FIELDS} for u in rows])
