@@ -138,4 +138,8 @@ class DataConfig(_Frozen):
             raise UserError(f"data config {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"data config {path} is not valid TOML ({e})") from None
+        for source in fields.get("sources", []):
+            # relative source paths are relative to the config file, so a config travels with its data
+            if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"] != "stdlib":
+                source["path"] = str(Path(path).parent / Path(source["path"]).expanduser())
         return cls.create(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})

@@ -70,7 +70,8 @@ def assemble_manifest(
             if not keep[row]:
                 continue
             tokens = enc["tokens"][split][str(row)]
-            documents.append({"relpath": name, "sha256": sha, "split": split, "tokens": tokens, "source": task.source})
+            documents.append({"relpath": name, "sha256": sha, "split": split, "tokens": tokens, "bytes": n_bytes,
+                              "source": task.source})
             for record in (source, splits[split]):
                 record["documents"] += 1
                 record["text_bytes"] += n_bytes
