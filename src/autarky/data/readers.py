@@ -294,11 +294,14 @@ def read_task(task: Task, max_doc_bytes: int, split_oversized: bool, stats: Read
     else:
         docs = _read_jsonl(task, max_doc_bytes, stats)
     total = 0
-    for name, text in docs:
-        if task.budget is not None and total >= task.budget:
-            return
-        total += len(text.encode("utf-8")) if task.budget is not None else 0
-        yield task.prefix + name, text
+    try:
+        for name, text in docs:
+            if task.budget is not None and total >= task.budget:
+                return
+            total += len(text.encode("utf-8")) if task.budget is not None else 0
+            yield task.prefix + name, text
+    except OSError as e:  # permissions, a file removed mid-build, an I/O error
+        raise UserError(f"cannot read {e.filename or task.root} ({e.strerror or e}); fix or remove it") from None
 
 
 def identity_digest(tasks: list[Task]) -> str:
