@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 from autarky.data.config import QualityConfig
 
+_SPACE = re.compile(r"\s")
+_SYMBOL = re.compile(r"[^\w\s]|_")  # \w counts "_" as a word character; it is a symbol here
+
 PII_KINDS = ("email", "phone", "ip", "credit_card", "secret")
 _REDACTION = {kind: f"<{kind.upper()}>" for kind in PII_KINDS}
 
@@ -78,10 +81,10 @@ def scan_pii(text: str, redact: bool) -> tuple[str, dict[str, int]]:
 
 def symbol_ratio(text: str) -> float:
     """Share of non-space characters that are neither letters nor digits."""
-    stripped = "".join(text.split())
-    if not stripped:
+    visible = len(text) - len(_SPACE.findall(text))
+    if not visible:
         return 0.0
-    return sum(1 for ch in stripped if not ch.isalnum()) / len(stripped)
+    return len(_SYMBOL.findall(text)) / visible
 
 
 def repeated_line_fraction(text: str) -> float:
