@@ -12,7 +12,7 @@ documents have identical signatures and fall to MinHash. datatrove is installed 
 under the bench's temp dir, never into the project's environment.
 
 Peak RSS is the largest single process of each run (getrusage RUSAGE_CHILDREN of a wrapper process).
-Usage: .venv/bin/python bench/data_build.py [--mb 200] [--keep] [--datatrove-spec 'datatrove[processing]']
+Usage: .venv/bin/python bench/data_build.py [--mb 200] [--keep] [--datatrove-spec datatrove] [--datatrove-python PY]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ run([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buc
 run([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove", config=cfg)], 1, "cluster")
 run([JsonlReader(src), MinhashDedupFilter(input_folder=f"{work}/remove"),
      DocumentTokenizer(output_folder=f"{work}/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>",
-                       save_filename="train")], tasks, "tokenize")
+                       save_filename="train", shuffle_documents=False)], tasks, "tokenize")
 """
 
 
@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (the issue asks for a few GB)")
     parser.add_argument("--files", type=int, default=8, help="files for datatrove's tasks")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
-    parser.add_argument("--datatrove-spec", default="datatrove[processing]", help="what pip installs")
+    parser.add_argument("--datatrove-spec", default="datatrove", help="what pip installs")
+    parser.add_argument("--datatrove-python", type=Path, help="reuse a venv's python that has datatrove already")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="autarky-data-bench-"))
@@ -126,7 +127,7 @@ def main() -> None:
                                      "--quiet"], env)
         manifest = json.loads((ours_out / "manifest.json").read_text())
         ours_tokens = sum(s["tokens"] for s in manifest["splits"].values())
-        python = datatrove_python(root, args.datatrove_spec)
+        python = args.datatrove_python or datatrove_python(root, args.datatrove_spec)
         script = root / "datatrove_pipeline.py"
         script.write_text(_DATATROVE)
         dt_s, dt_rss = measured([str(python), str(script), str(split_dir), str(root / "dt"),
