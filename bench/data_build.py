@@ -44,20 +44,23 @@ from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.tokens import DocumentTokenizer
 
-src, work, tokenizer, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-try:
-    from datatrove.utils.hashing import HashConfig
-    cfg = MinhashConfig(hash_config=HashConfig(precision=64), n_grams=5, num_buckets=14, hashes_per_bucket=8)
-except ImportError:  # older datatrove
-    cfg = MinhashConfig(use_64bit_hashes=True, n_grams=5, num_buckets=14, hashes_per_bucket=8)
-run = lambda pipeline, n, logs: LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=2,
-                                                      logging_dir=f"{work}/logs/{logs}").run()
-run([JsonlReader(src), MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], tasks, "sigs")
-run([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)], 14, "buckets")
-run([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove", config=cfg)], 1, "cluster")
-run([JsonlReader(src), MinhashDedupFilter(input_folder=f"{work}/remove"),
-     DocumentTokenizer(output_folder=f"{work}/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>",
-                       save_filename="train", shuffle_documents=False)], tasks, "tokenize")
+def run(pipeline, n, logs):
+    LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=2, logging_dir=f"{sys.argv[2]}/logs/{logs}").run()
+
+
+if __name__ == "__main__":  # datatrove's pool spawns: the main module is imported again
+    src, work, tokenizer, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    try:
+        from datatrove.utils.hashing import HashConfig
+        cfg = MinhashConfig(hash_config=HashConfig(precision=64), n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    except ImportError:  # older datatrove
+        cfg = MinhashConfig(use_64bit_hashes=True, n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    run([JsonlReader(src), MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], tasks, "sigs")
+    run([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)], 14, "buckets")
+    run([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove", config=cfg)], 1, "cluster")
+    run([JsonlReader(src), MinhashDedupFilter(input_folder=f"{work}/remove"),
+         DocumentTokenizer(output_folder=f"{work}/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>",
+                           save_filename="train", shuffle_documents=False)], tasks, "tokenize")
 """
 
 
@@ -94,7 +97,9 @@ def generate(folder: Path, megabytes: float, files: int, seed: int = 0) -> tuple
 
 def measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{cmd[:2]} failed:\n{out.stderr[-3000:]}")
     return time.perf_counter() - started, int(out.stdout.strip().splitlines()[-1])
 
 
@@ -102,7 +107,7 @@ def datatrove_python(root: Path, spec: str) -> Path:
     env_dir = root / "datatrove-venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", spec, "tokenizers"], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", spec, "tokenizers", "orjson", "spacy"], check=True)
     return python
 
 
@@ -111,7 +116,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (the issue asks for a few GB)")
     parser.add_argument("--files", type=int, default=8, help="files for datatrove's tasks")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
-    parser.add_argument("--datatrove-spec", default="datatrove", help="what pip installs")
+    parser.add_argument("--datatrove-spec", default="datatrove[processing]", help="what pip installs")
     parser.add_argument("--datatrove-python", type=Path, help="reuse a venv's python that has datatrove already")
     args = parser.parse_args()
 
