@@ -67,3 +67,20 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_stops(tiny_data_dir: Path,
     assert summary.stopped_by == signal.SIGTERM and 1 <= summary.step < 100
     assert [c.step for c in complete_checkpoints(out)] == [summary.step]
     assert signal.getsignal(signal.SIGTERM) is before  # our handler was removed again
+
+
+def test_the_sequential_cursor_resumes_exactly(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """`[data] order = "sequential"` through the trainer: stopping after a checkpoint and resuming logs the same
+    losses as one uninterrupted run (the cursor is a pure function of the step)."""
+    sequential = {"data.order": "sequential", "run.steps": 6, "checkpoint.every": 3, "run.eval_every": 0}
+    with single_thread():
+        straight = train(parity_config(tiny_data_dir, tmp_path / "straight", **sequential))
+        train(parity_config(tiny_data_dir, tmp_path / "split", **{**sequential, "run.steps": 3}))
+        resumed = train(parity_config(tiny_data_dir, tmp_path / "split",
+                                      **{**sequential, "checkpoint.resume": "auto"}))
+    assert straight.step == resumed.step == 6
+    assert losses(read_metrics(tmp_path / "split")) == losses(read_metrics(tmp_path / "straight"))
+    random_order = parity_config(tiny_data_dir, tmp_path / "random", **{**sequential, "data.order": "random"})
+    with single_thread():
+        train(random_order)
+    assert losses(read_metrics(tmp_path / "random")) != losses(read_metrics(tmp_path / "straight"))

@@ -1,14 +1,17 @@
-"""The data stage: corpus sources, a byte-level BPE tokenizer, token shards and their manifest.
+"""The data stage: a streaming, parallel build of token shards from a mixture of sources, and their manifest.
 
-`build_dataset(DataConfig(...))` writes a data dir; `verify_data_dir`, `open_tokens`, `read_manifest`,
+`build_dataset(DataConfig(...))` writes a data dir (`DataConfig.from_toml` reads a data config with
+`SourceConfig`s); `forget_document` removes one document from it; `verify_data_dir`, `open_tokens`, `read_manifest`,
 `load_tokenizer` and `vocab_size_of` read one back; `is_validation_document` is the per-document split rule.
 """
 
 from autarky.lazy import public
 
 __all__, __getattr__ = public(__name__, {
-    "DataConfig": "build",
+    "DataConfig": "config",
+    "SourceConfig": "config",
     "build_dataset": "build",
+    "forget_document": "forget",
     "load_tokenizer": "manifest",
     "open_tokens": "manifest",
     "read_manifest": "manifest",

@@ -1,114 +1,98 @@
-"""`build_dataset`: corpus → de-duplicated documents → split → BPE tokenizer → token shards + manifest.
+"""`build_dataset`: sources → tasks → (read, filter, PII, dedup, sign) → global dedup → tokenizer → shards.
+
+The build streams: each task reads its documents one at a time and spills what it keeps to the work dir, so a
+worker's memory does not grow with the corpus (autarky.data.tasks); one global pass removes duplicates across
+tasks (autarky.data.select); each task then tokenizes its survivors into a part, and the parts are joined in task
+order. Tasks are cut from the input, not from the number of workers, so 1 worker, 4 workers or a Ray cluster
+build the same bytes.
 
 Outputs are staged in DIR/.building/ and moved into place with the manifest last (the old manifest is removed
 first), so an interrupted build leaves either the previous complete data dir or one without a manifest — never a
-manifest that points at half-written shards. Re-running with the same config and the same documents finds the
-same fingerprint in the manifest and does nothing.
+manifest that points at half-written shards. A build killed outright (SIGKILL) leaves its finished tasks in
+DIR/.building/tasks-<fingerprint>/, and the next run with the same config and input resumes from them.
+Re-running with the same config and the same input finds the same fingerprint in the manifest and does nothing.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
-import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import tokenizers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from tokenizers import Tokenizer
 
-import autarky
+from autarky.data.config import DataConfig as DataConfig
 from autarky.data.manifest import (
     FORMAT,
     MANIFEST_FILE,
     SPLITS,
     TRACKED_FILES,
     read_manifest,
-    sha256_file,
-    shard_dtype,
     shard_file,
     verify_data_dir,
 )
-from autarky.data.sources import (
-    DEFAULT_GLOB,
-    STDLIB,
-    Corpus,
-    Document,
-    is_validation_document,
-    load_corpus,
-    take_subset,
+from autarky.data.readers import Task, identity_digest, plan_source
+from autarky.data.record import assemble_manifest
+from autarky.data.select import Selection, index_rows, read_texts, select_documents
+from autarky.data.shards import join_parts
+from autarky.data.shards import write_shard as _write_shard
+from autarky.data.sources import Document
+from autarky.data.tasks import (
+    check_ray_address,
+    read_done,
+    run_tasks,
+    scan_task,
+    task_file,
+    write_json_atomic,
 )
 from autarky.data.tokenizer import (
-    EOT_ID,
-    MAX_VOCAB_SIZE,
-    MIN_VOCAB_SIZE,
-    SPECIAL_TOKENS,
     TOKENIZER_FILE,
-    encode_corpus_texts,
-    train_tokenizer,
-    write_tokenizer_files,
+    prepare_tokenizer,
 )
 from autarky.errors import UserError
 
 STAGING_DIR = ".building"
 _MB = 1_000_000
-_ENCODE_BATCH_BYTES = 2 * _MB  # big enough for the Rust side to use both cores, small enough for a lively bar
 
 
-class DataConfig(BaseModel):
-    """What `autarky data build` builds; every field has a default except the output dir."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    out: Path
-    corpus: str = Field(STDLIB, description="'stdlib', a folder, or a .jsonl file with a 'text' field")
-    glob: str = Field(DEFAULT_GLOB, description="files to take from a folder corpus")
-    vocab_size: int = Field(4096, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
-    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
-    max_mb: float | None = Field(
-        None, gt=0.0, description="take a deterministic subset of about this many MB"
-    )
-    tokenizer_sample_mb: float = Field(
-        8.0, gt=0.0, description="train the tokenizer on at most this much text"
-    )
-
-    @field_validator("glob")
-    @classmethod
-    def _glob_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @classmethod
-    def create(cls, **fields: object) -> DataConfig:
-        """Like DataConfig(**fields), but bad values raise one-line UserErrors phrased as CLI options."""
-        try:
-            return cls(**fields)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise UserError(f"bad data config: {problems}") from None
+def plan_tasks(cfg: DataConfig) -> list[Task]:
+    """Every source cut into tasks; with --max-mb, each source's share of the budget follows its weight."""
+    tasks: list[Task] = []
+    for source in cfg.mixture():
+        budget = None if cfg.max_mb is None else int(cfg.max_mb * _MB * source.weight)
+        prefix = f"{source.name}/" if cfg.sources else ""
+        tasks += plan_source(source.name, prefix, source.path, source.glob, budget, int(cfg.task_mb * _MB), len(tasks))
+    return tasks
 
 
-def _fingerprint(cfg: DataConfig, documents: list[Document]) -> str:
-    """Everything that determines the output bytes; the output path and corpus location do not."""
+def _fingerprint(cfg: DataConfig, tasks: list[Task], tokenizer_sha: str | None) -> str:
+    """Everything that determines the output bytes; the output path and the sources' locations do not."""
+    config = cfg.model_dump(mode="json", exclude={"out", "corpus", "tokenizer"})
+    for source in config["sources"]:
+        source.pop("path")
     payload = {
         "format": FORMAT,
         "tokenizers": tokenizers.__version__,
-        "config": cfg.model_dump(mode="json", exclude={"out", "corpus"}),
-        "documents": [[d.relpath, d.sha256] for d in documents],
+        "config": config,
+        "input": identity_digest(tasks),
+        "tokenizer": tokenizer_sha,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -138,69 +122,44 @@ def _progress(enabled: bool) -> Progress:
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=False),
-        TimeRemainingColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
         console=Console(stderr=True),
         disable=not enabled,
-        transient=False,
+        transient=True,  # an error after a stage must still be the one line on the screen
     )
 
 
-class _HashingWriter:
-    """Appends token arrays to a file while hashing them, so the shard is read back zero times."""
+def _run_stage(bar: Progress, name: str, fn: Callable[..., dict], jobs: list[tuple[Any, ...]],
+               workers: int, ray_address: str | None) -> list[dict]:
+    """Run one stage's tasks with a progress bar showing documents/s and MB/s."""
+    started = time.perf_counter()
+    bar_task = bar.add_task(f"{name} (tasks)", total=len(jobs), rate="")
+    totals = {"docs": 0, "bytes": 0}
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.digest, self.bytes = f, hashlib.sha256(), 0
+    def on_result(_: int, result: dict) -> None:
+        totals["docs"] += result.get("documents_read", result.get("documents", 0))
+        totals["bytes"] += result.get("bytes_read", result.get("text_bytes", 0))
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rate = f"{totals['docs'] / elapsed:,.0f} docs/s, {totals['bytes'] / _MB / elapsed:,.1f} MB/s"
+        bar.update(bar_task, advance=1, rate=rate)
 
-    def write(self, array: np.ndarray) -> None:
-        data = array.tobytes()
-        self.f.write(data)
-        self.digest.update(data)
-        self.bytes += len(data)
-
-
-def _batches(documents: list[Document]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    size = 0
-    for doc in documents:
-        batch.append(doc)
-        size += doc.n_bytes
-        if size >= _ENCODE_BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _write_shard(
-    tokenizer: Tokenizer,
-    documents: list[Document],
-    path: Path,
-    dtype: np.dtype,
-    progress: Progress,
-    split: str,
-) -> tuple[dict[str, int], dict]:
-    """Encode `documents` into `path`, each followed by <|endoftext|>; returns per-document token counts + file info."""
-    task = progress.add_task(f"tokenizing {split}", total=sum(d.n_bytes for d in documents))
-    counts: dict[str, int] = {}
-    with path.open("wb") as f:
-        writer = _HashingWriter(f)
-        for batch in _batches(documents):
-            for doc, ids in zip(batch, encode_corpus_texts(tokenizer, [d.text for d in batch]), strict=True):
-                counts[doc.relpath] = len(ids)
-                writer.write(np.asarray([*ids, EOT_ID], dtype=dtype))
-            progress.advance(task, sum(d.n_bytes for d in batch))
-        f.flush()
-        os.fsync(f.fileno())
-    return counts, {"bytes": writer.bytes, "sha256": writer.digest.hexdigest()}
+    return run_tasks(fn, jobs, workers, ray_address, on_result)
 
 
 @contextmanager
-def _staging(out: Path) -> Iterator[Path]:
+def _staging(out: Path, keep: str) -> Iterator[Path]:
+    """The staging dir, emptied except for `keep` (a killed build's finished tasks for this same fingerprint)."""
     created = not out.exists()
     staging = out / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if staging.is_dir():
+        for entry in staging.iterdir():
+            if entry.name != keep:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    else:
+        staging.unlink(missing_ok=True)
+        staging.mkdir(parents=True)
     try:
         yield staging
     except BaseException:
@@ -216,7 +175,7 @@ def _commit(staging: Path, out: Path) -> None:
     for name in TRACKED_FILES:
         os.replace(staging / name, out / name)
     os.replace(staging / MANIFEST_FILE, out / MANIFEST_FILE)
-    staging.rmdir()
+    shutil.rmtree(staging)
     fd = os.open(out, os.O_RDONLY)
     try:
         os.fsync(fd)  # make the renames durable before anyone trusts the manifest
@@ -224,92 +183,102 @@ def _commit(staging: Path, out: Path) -> None:
         os.close(fd)
 
 
-def _split(cfg: DataConfig, corpus: Corpus, documents: list[Document]) -> dict[str, list[Document]]:
-    splits: dict[str, list[Document]] = {s: [] for s in SPLITS}
-    for doc in documents:
-        splits["val" if is_validation_document(doc.relpath, cfg.val_fraction) else "train"].append(doc)
-    for name, docs in splits.items():
-        if not docs:
+def _where(cfg: DataConfig, tasks: list[Task]) -> str:
+    return tasks[0].root if not cfg.sources else ", ".join(f"{s.name}={s.path}" for s in cfg.sources)
+
+
+def _check_splits(cfg: DataConfig, tasks: list[Task], selection: Selection) -> None:
+    total = sum(selection.split_documents.values())
+    if total == 0:
+        label = f"corpus {cfg.corpus}" if not cfg.sources else f"the mixture ({_where(cfg, tasks)})"
+        raise UserError(f"{label} has no non-empty UTF-8 documents; point --corpus at some text")
+    for name in SPLITS:
+        if not selection.split_documents[name]:
             raise UserError(
-                f"the {name} split of {corpus.root} is empty ({len(documents)} documents, --val-fraction "
+                f"the {name} split of {_where(cfg, tasks)} is empty ({total} documents, --val-fraction "
                 f"{cfg.val_fraction}); add documents, raise --max-mb, or change --val-fraction"
             )
-    return splits
 
 
-def build_dataset(cfg: DataConfig, progress: bool = True) -> dict:
-    """Build (or reuse) the data dir `cfg.out`; returns its manifest plus "reused": whether nothing was rebuilt."""
+def _kept_documents(work: Path, index: int, keep: bytes, split: str) -> Iterator[Document]:
+    """The task's surviving documents of `split`, named by their row (unique, unlike names in a JSONL file)."""
+    with task_file(work, "scan", index, "txt").open("rb") as f:
+        for row, (_name, _sha, _n, offset, length, doc_split) in enumerate(index_rows(work, index)):
+            if keep[row] and doc_split == split:
+                f.seek(offset)
+                yield Document(str(row), f.read(length).decode("utf-8"), "", length)
+
+
+def _tokenize_task(index: int, work: Path, tokenizer_path: str, dtype_name: str, eot_id: int, tokenizer_sha: str
+                   ) -> dict:
+    """Encode one task's survivors into tok-NNNNN.<split>.bin; done (and resumable) once tok-NNNNN.json exists."""
+    done = task_file(work, "tok", index, "json")
+    if (result := read_done(done)) is not None and result["tokenizer"] == tokenizer_sha:
+        return {**result, "resumed": True}
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    keep = task_file(work, "scan", index, "keep").read_bytes()
+    result = {"tokenizer": tokenizer_sha, "parts": {}, "tokens": {}, "documents": 0, "text_bytes": 0}
+    with Progress(disable=True) as quiet:
+        for split in SPLITS:
+            docs = _kept_documents(work, index, keep, split)
+            counts, info = _write_shard(
+                tokenizer, docs, task_file(work, "tok", index, f"{split}.bin"), np.dtype(dtype_name), quiet, split,
+                eot_id=eot_id,
+            )
+            result["parts"][split], result["tokens"][split] = info, counts
+            result["documents"] += len(counts)
+    write_json_atomic(done, result)
+    return {**result, "resumed": False}
+
+
+def build_dataset(
+    cfg: DataConfig, progress: bool = True, *, workers: int | None = None, ray_address: str | None = None
+) -> dict:
+    """Build (or reuse) the data dir `cfg.out`; returns its manifest plus "reused": whether nothing was rebuilt.
+
+    `workers` (default: one per CPU, at most one per task) and `ray_address` change where tasks run, never
+    what they produce; "resumed_tasks" in the result counts tasks a killed earlier run had already finished.
+    """
     out = cfg.out.expanduser()
     _check_out_dir(out)
-    corpus = load_corpus(cfg.corpus, cfg.glob)
-    documents = take_subset(corpus.documents, None if cfg.max_mb is None else int(cfg.max_mb * _MB))
-    splits = _split(cfg, corpus, documents)
-    fingerprint = _fingerprint(cfg, documents)
+    if ray_address is not None:
+        check_ray_address(ray_address)
+    tasks = plan_tasks(cfg)
+    reused_tokenizer = prepare_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    fingerprint = _fingerprint(cfg, tasks, reused_tokenizer.sha256 if reused_tokenizer else None)
     if (existing := _up_to_date(out, fingerprint)) is not None:
         return {**existing, "reused": True}
+    workers = workers or min(os.cpu_count() or 1, len(tasks))
 
-    with _progress(progress) as bar, _staging(out) as staging:
-        sample = take_subset(splits["train"], int(cfg.tokenizer_sample_mb * _MB))
-        task = bar.add_task("training tokenizer", total=sum(d.n_bytes for d in sample))
-        tokenizer = train_tokenizer((d.text for d in sample), cfg.vocab_size, length=len(sample))
-        bar.update(task, completed=sum(d.n_bytes for d in sample))
-        write_tokenizer_files(tokenizer, staging)
-        vocab_size = tokenizer.get_vocab_size()
-        dtype = shard_dtype(vocab_size)
+    work_name = f"tasks-{fingerprint[:16]}"
+    with _progress(progress) as bar, _staging(out, work_name) as staging:
+        work = staging / work_name
+        work.mkdir(exist_ok=True)
+        scans = _run_stage(bar, "reading", scan_task, [(t, cfg, work) for t in tasks], workers, ray_address)
+        selection = select_documents(cfg, tasks, work)
+        _check_splits(cfg, tasks, selection)
 
-        files = {
-            name: {"bytes": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
-            for name in TRACKED_FILES
-            if not name.endswith(".bin")
-        }
-        token_counts: dict[str, int] = {}
-        for split, docs in splits.items():
-            counts, files[shard_file(split)] = _write_shard(
-                tokenizer, docs, staging / shard_file(split), dtype, bar, split
+        task = bar.add_task("tokenizer", total=1, rate="")
+        if reused_tokenizer is not None:
+            tokenizer = reused_tokenizer.install(staging)
+        else:
+            tokenizer = prepare_tokenizer(None).train(
+                read_texts(work, selection.sample), cfg.vocab_size, len(selection.sample), staging
             )
-            token_counts.update(counts)
+        bar.update(task, completed=1, rate=f"{selection.sample_bytes / _MB:,.1f} MB sample")
 
-        manifest = {
-            "format": FORMAT,
-            "fingerprint": fingerprint,
-            "vocab_size": vocab_size,
-            "dtype": dtype.name,
-            "eot_id": EOT_ID,
-            "special_tokens": {token: i for i, token in enumerate(SPECIAL_TOKENS)},
-            "tokenizer_sha256": files[TOKENIZER_FILE]["sha256"],
-            "files": files,
-            "splits": {
-                split: {
-                    "documents": len(docs),
-                    "text_bytes": sum(d.n_bytes for d in docs),
-                    "tokens": files[shard_file(split)]["bytes"] // dtype.itemsize,
-                }
-                for split, docs in splits.items()
-            },
-            "documents": [
-                {
-                    "relpath": d.relpath,
-                    "sha256": d.sha256,
-                    "split": "val" if is_validation_document(d.relpath, cfg.val_fraction) else "train",
-                    "tokens": token_counts[d.relpath],
-                }
-                for d in documents
-            ],
-            "config": cfg.model_dump(mode="json"),
-            "provenance": {
-                "source_kind": corpus.kind,
-                "source_root": corpus.root,
-                "documents_found": len(corpus.documents),
-                "duplicates_removed": corpus.duplicates,
-                "skipped_not_utf8": corpus.skipped,
-                "tokenizer_sample_documents": len(sample),
-                "python": sys.version,
-                "platform": platform.platform(),
-                "tokenizers": tokenizers.__version__,
-                "autarky": autarky.__version__,
-                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            },
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        jobs = [(t.index, work, str(staging / TOKENIZER_FILE), tokenizer.dtype.name, tokenizer.eot_id,
+                 tokenizer.sha256) for t in tasks]
+        encoded = _run_stage(bar, "tokenizing", _tokenize_task, jobs, workers, ray_address)
+        files = tokenizer.files(staging)
+        for split in SPLITS:
+            files[shard_file(split)] = join_parts(
+                (task_file(work, "tok", t.index, f"{split}.bin") for t in tasks), staging / shard_file(split)
+            )
+        manifest = assemble_manifest(cfg, tasks, work, fingerprint, tokenizer, files, scans, encoded, selection)
+        with (staging / MANIFEST_FILE).open("w") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
         _commit(staging, out)
-    return {**manifest, "reused": False}
+    resumed = sum(1 for r in [*scans, *encoded] if r.get("resumed"))
+    return {**manifest, "reused": False, "resumed_tasks": resumed}

@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from autarky.data.tokenizer import shard_dtype as shard_dtype
 from autarky.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -28,11 +29,6 @@ def shard_file(split: str) -> str:
 
 
 TRACKED_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, *(shard_file(s) for s in SPLITS))
-
-
-def shard_dtype(vocab_size: int) -> np.dtype:
-    """uint16 while every id fits (half the bytes of uint32), else uint32."""
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

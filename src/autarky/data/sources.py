@@ -1,4 +1,4 @@
-"""Corpus sources: a folder, a JSONL file, or the running interpreter's standard library.
+"""Documents and the rules about them: names, the per-document split, subsets, exact dedup.
 
 Every source yields `Document`s named by a stable relative path. Two rules here are contracts other stages rely on:
 - the train/validation split of a document depends only on its relative path (`is_validation_document`), so a
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,7 +93,7 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
-def _is_stdlib_junk(relpath: str) -> bool:
+def is_stdlib_junk(relpath: str) -> bool:
     parts = relpath.split("/")
     if any(part in _STDLIB_SKIP_DIRS for part in parts[:-1]):
         return True
@@ -118,72 +117,17 @@ def _dedup(named_texts: Iterable[tuple[str, str]]) -> tuple[list[Document], int]
     return kept, duplicates
 
 
-def _read_folder(root: Path, pattern: str, *, stdlib: bool) -> tuple[list[tuple[str, str]], list[str]]:
-    texts: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    try:
-        matches = sorted(root.glob(pattern))
-    except (ValueError, NotImplementedError):
-        raise UserError(f"--glob {pattern!r} is not a relative pattern; use one like '**/*.py'") from None
-    for path in matches:
-        relpath = path.relative_to(root).as_posix()
-        if not path.is_file() or (stdlib and _is_stdlib_junk(relpath)):
-            continue
-        try:
-            texts.append((relpath, path.read_bytes().decode("utf-8")))
-        except UnicodeDecodeError:
-            skipped.append(relpath)
-    return texts, skipped
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, str]]:
-    """Each line an object with a string `text`; a document is named `<file>:<id>` if it has an `id`, else by line."""
-    texts: list[tuple[str, str]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}:{lineno} is not valid JSON ({e.msg}); fix the line or remove it"
-                ) from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(
-                    f'{path}:{lineno} has no string field \'text\'; every JSONL line must look like {{"text": "..."}}'
-                )
-            name = record.get("id", lineno)
-            texts.append((f"{path.name}:{name}", record["text"]))
-    return texts
-
-
 def load_corpus(corpus: str, glob: str = DEFAULT_GLOB) -> Corpus:
-    """Read, decode and de-duplicate every document of `corpus` ("stdlib", a folder, or a .jsonl file)."""
-    if corpus == STDLIB:
-        root, kind = stdlib_root(), "stdlib"
-    else:
-        root = Path(corpus).expanduser().resolve()
-        if not root.exists():
-            raise UserError(f"corpus {corpus} does not exist; pass a folder, a .jsonl file, or 'stdlib'")
-        kind = "folder" if root.is_dir() else "jsonl"
-        if kind == "jsonl" and root.suffix not in (".jsonl", ".ndjson"):
-            raise UserError(
-                f"corpus {corpus} is a file but not .jsonl; pass a folder, a .jsonl file, or 'stdlib'"
-            )
-    skipped: list[str] = []
-    if kind == "jsonl":
-        try:
-            texts = _read_jsonl(root)
-        except UnicodeDecodeError:
-            raise UserError(
-                f"corpus {corpus} is not a UTF-8 JSONL file; pass a folder or a .jsonl file"
-            ) from None
-    else:
-        texts, skipped = _read_folder(root, glob, stdlib=kind == "stdlib")
-        if not texts and not skipped:
-            raise UserError(f"no files in {root} match --glob {glob!r}; check the pattern (e.g. '**/*.py')")
+    """Read, decode and de-duplicate every document of `corpus` into memory (for small corpora and evals).
+
+    `autarky data build` streams instead (autarky.data.readers); this reads through the same readers.
+    """
+    from autarky.data.readers import ReadStats, plan_source, read_task
+
+    stats = ReadStats()
+    tasks = plan_source("corpus", "", corpus, glob, None, 1 << 62, 0)
+    texts = [doc for task in tasks for doc in read_task(task, 1 << 62, False, stats)]
     documents, duplicates = _dedup(texts)
     if not documents:
         raise UserError(f"corpus {corpus} has no non-empty UTF-8 documents; point --corpus at some text")
-    return Corpus(str(root), kind, documents, skipped, duplicates)
+    return Corpus(tasks[0].root, tasks[0].kind, documents, stats.skipped_not_utf8, duplicates)

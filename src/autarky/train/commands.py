@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         lr: float = _opt("optim.lr", "--lr"),
         seed: int = _opt("run.seed", "--seed"),
         grad_accum: int = _opt("data.grad_accum", "--grad-accum"),
+        order: str = _opt("data.order", "--data-order"),
         tp: int = _opt("parallel.tp", "--tp"),
         compile_: bool = typer.Option(None, "--compile/--no-compile",
                                       help=field_help(TrainConfig, "parallel.compile")),
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
         cfg = base.with_overrides({
             "model.preset": preset, "data.dir": data, "run.out": out, "run.steps": steps,
             "data.batch_size": batch_size, "data.seq_len": seq_len, "optim.lr": lr, "run.seed": seed,
-            "data.grad_accum": grad_accum, "parallel.tp": tp, "parallel.compile": compile_,
+            "data.grad_accum": grad_accum, "data.order": order, "parallel.tp": tp, "parallel.compile": compile_,
             "run.eval_every": eval_every, "checkpoint.every": ckpt_every, "checkpoint.keep": keep,
             "checkpoint.resume": resume, "run.device": device,
         })  # fmt: skip

@@ -87,6 +87,9 @@ class DataSection(_Section):
     seq_len: int = Field(256, gt=1, description="tokens per sequence")
     grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
     eval_batches: int = Field(4, gt=0, description="validation = this many global batches of fixed windows")
+    order: Literal["random", "sequential"] = Field(
+        "random", description="'random' windows, or 'sequential': every token once per epoch, mixture weights honoured"
+    )
 
 
 class ParallelSection(_Section):

@@ -27,9 +27,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
+from autarky.data import read_manifest
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from autarky.model.llama import Llama, flops_per_token, parameter_count
-from autarky.train.batches import WindowSampler
+from autarky.train.batches import SequentialCursor, WindowSampler, make_train_sampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint
 from autarky.train.config import TrainConfig, dump_config
 from autarky.train.metrics import MetricsLog, peak_flops, plot_losses
@@ -126,9 +127,10 @@ def _in_main_thread() -> bool:
 
 
 class WindowBatches:
-    """Pretraining's batch source: random windows of the train and val token streams."""
+    """Pretraining's batch source: windows of the train stream (random, or the sequential mixture cursor that
+    `[data] order` asks for) and random windows of the val stream."""
 
-    def __init__(self, train: WindowSampler, val: WindowSampler, eval_batches: int) -> None:
+    def __init__(self, train: WindowSampler | SequentialCursor, val: WindowSampler, eval_batches: int) -> None:
         self.train, self.val, self.eval_batches = train, val, eval_batches
 
     def step_batches(self, step: int, device: torch.device) -> Sequence[Batch]:
@@ -176,8 +178,9 @@ class Trainer:
         d, plan = self.cfg.data, self.plan
         common = dict(seq_len=d.seq_len, batch_size=d.batch_size, grad_accum=d.grad_accum,
                       dp_size=self.topo.dp_size, dp_rank=self.topo.dp_rank, seed=self.cfg.run.seed)  # fmt: skip
-        return WindowBatches(WindowSampler(plan.train_tokens, **common), WindowSampler(plan.val_tokens, **common),
-                             d.eval_batches)  # fmt: skip
+        manifest = read_manifest(d.dir) if d.order == "sequential" else None
+        train = make_train_sampler(d.order, plan.train_tokens, manifest, **common)
+        return WindowBatches(train, WindowSampler(plan.val_tokens, **common), d.eval_batches)
 
     def build_model(self, mesh: Any) -> torch.nn.Module:
         cfg, compile_ = self.plan.model_cfg, self.compile

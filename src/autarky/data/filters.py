@@ -1,0 +1,106 @@
+"""Per-document rules: quality filters (length, symbol ratio, repeated lines) and the PII pass.
+
+Each rule is a pure function of one document's text, so a task applies them without seeing the rest of the
+corpus, and the manifest can say how many documents each removed. The PII patterns are deliberately simple
+regular expressions (credit cards confirmed by the Luhn check): they find the common forms and are a record of
+what a data set contains, not a guarantee that it contains nothing personal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from autarky.data.config import QualityConfig
+
+_SPACE = re.compile(r"\s")
+_SYMBOL = re.compile(r"[^\w\s]|_")  # \w counts "_" as a word character; it is a symbol here
+
+PII_KINDS = ("email", "phone", "ip", "credit_card", "secret")
+_REDACTION = {kind: f"<{kind.upper()}>" for kind in PII_KINDS}
+
+_PATTERNS: dict[str, re.Pattern[str]] = {
+    "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    # International (+CC ...) or North-American style numbers with separators; bare digit runs are not phones.
+    # Not part of a longer run of digit groups (a card number, a version string).
+    "phone": re.compile(
+        r"(?<![\w.])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"
+        r"(?![\w.])(?![ .-]\d)"
+    ),
+    "ip": re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\w.])"),
+    "credit_card": re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"),
+    "secret": re.compile(
+        r"\b(?:sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abpr]-[A-Za-z0-9-]{10,}"
+        r"|AIza[0-9A-Za-z_-]{35})\b"
+        r"|(?i:(?<=api_key=)|(?<=api_key: )|(?<=secret_key=)|(?<=access_token=))[A-Za-z0-9_\-]{16,}"
+    ),
+}
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _is_card(match: str) -> bool:
+    digits = re.sub(r"\D", "", match)
+    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn(digits)
+
+
+_CONFIRM: dict[str, Callable[[str], bool]] = {"credit_card": _is_card}
+
+
+def scan_pii(text: str, redact: bool) -> tuple[str, dict[str, int]]:
+    """(text with matches replaced by <KIND> when `redact`, matches per kind found)."""
+    counts: dict[str, int] = {}
+    for kind in ("secret", "email", "credit_card", "ip", "phone"):  # most specific first: a key may hold digits
+        pattern, confirm = _PATTERNS[kind], _CONFIRM.get(kind)
+        if not pattern.search(text):
+            continue
+        found = 0
+
+        def replace(m: re.Match[str], kind: str = kind, confirm: Callable[[str], bool] | None = confirm) -> str:
+            nonlocal found
+            if confirm is not None and not confirm(m.group(0)):
+                return m.group(0)
+            found += 1
+            return _REDACTION[kind] if redact else m.group(0)
+
+        new_text = pattern.sub(replace, text)
+        if found:
+            counts[kind] = found
+            if redact:
+                text = new_text
+    return text, counts
+
+
+def symbol_ratio(text: str) -> float:
+    """Share of non-space characters that are neither letters nor digits."""
+    visible = len(text) - len(_SPACE.findall(text))
+    if not visible:
+        return 0.0
+    return len(_SYMBOL.findall(text)) / visible
+
+
+def repeated_line_fraction(text: str) -> float:
+    """Share of non-blank lines that repeat an earlier line (Gopher's dup_line_frac)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return 0.0
+    return 1.0 - len(set(lines)) / len(lines)
+
+
+def quality_failure(text: str, cfg: QualityConfig) -> str | None:
+    """The name of the first quality rule `text` fails, or None."""
+    if len(text.strip()) < cfg.min_chars:
+        return "min_chars"
+    if cfg.max_symbol_ratio is not None and symbol_ratio(text) > cfg.max_symbol_ratio:
+        return "max_symbol_ratio"
+    if cfg.max_repeated_lines is not None and repeated_line_fraction(text) > cfg.max_repeated_lines:
+        return "max_repeated_lines"
+    return None
