@@ -11,15 +11,17 @@ assistant tokens only. Each side otherwise runs as it does by default:
             per-block torch.compile on CUDA (the trainer's defaults)
   trl       trl.SFTTrainer(model=FOLDER, peft_config=peft.LoraConfig(target_modules="all-linear")) with SFTConfig's
             defaults (printed at start: packing, padding_free, gradient_checkpointing, completion-only loss,
-            optimizer), given the examples pre-tokenized as {input_ids, assistant_masks}; its own loop
-            (trainer.train()), the model loaded in fp32 (bf16 autocast with --bf16, as ours)
+            optimizer; in TRL 1.16: no packing, padding to the batch's longest example, gradient checkpointing
+            on, AdamW fused), given the examples pre-tokenized as {input_ids, assistant_masks}; its own loop
+            (trainer.train()), the model loaded in fp32 (TRL's default); its default bf16=True is set to match
+            ours (fp32, or bf16 autocast with --bf16) so both sides compute in the same precision
 Each side runs in its own process (its own peak RSS / peak CUDA memory); TRL's in its own venv, which the bench
 makes on first use (pip; torch==2.13.0 from this disk, never a CUDA build). The two alternate in rounds of
 --steps steps, so background load hits both alike; each side's best round is reported (as timeit does).
 Tokens are the examples' own tokens (no padding) trained through per second, the same count on both sides.
 
     .venv/bin/python bench/finetune_throughput.py                              # SmolLM2-135M, CPU
-    .venv/bin/python bench/finetune_throughput.py --model DIR --seq-len 128    # a tiny HF folder: a quick smoke
+    .venv/bin/python bench/finetune_throughput.py --model DIR --seq-len 128    # a tiny HF folder (with a chat template)
     .venv/bin/python bench/finetune_throughput.py --device cuda --bf16 --batch-size 16 --seq-len 1024
 """
 
