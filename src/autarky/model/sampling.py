@@ -1,12 +1,14 @@
 """Sampling parameters and per-row sampling: what `autarky sample` and the serving engine both draw tokens with.
 
 Each sequence owns a torch.Generator and is sampled on its own row, so a seeded request gives the same tokens
-whether it runs alone or inside a batch.
+whether it runs alone or inside a batch. Logit adjustments (an allowed-token mask, `logit_bias`, the penalties)
+run vectorised over only the rows that ask for them: a batch of plain rows pays nothing for them.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +22,17 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or negative = off
+    min_p: float = 0.0  # drop tokens below min_p × the most likely token's probability; 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # alternatives returned per generated token; None = no logprobs
     prompt_logprobs: int | None = None  # the same for prompt tokens (completions `echo`)
     n: int = 1
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    presence_penalty: float = 0.0  # OpenAI/vLLM: over generated tokens, once per distinct token
+    frequency_penalty: float = 0.0  # OpenAI/vLLM: over generated tokens, per occurrence
+    repetition_penalty: float = 1.0  # HF/vLLM: over prompt and generated tokens, divides positive logits
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:
@@ -34,6 +41,19 @@ class SamplingParams:
             raise UserError(f"temperature must be ≥ 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise UserError(f"min-p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise UserError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether sampling needs this row's token history."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return self.penalized or bool(self.logit_bias)
 
     def generator(self, choice: int, device: torch.device | str = "cpu") -> torch.Generator:
         """Choice j of a seeded request uses seed + j, so the n choices differ but each is reproducible."""
@@ -41,10 +61,73 @@ class SamplingParams:
         return torch.Generator(device=device).manual_seed(seed)
 
 
+@dataclass
+class History:
+    """The token ids a penalized row has seen: the prompt (repetition penalty) and its own output (all three)."""
+
+    prompt: Sequence[int]
+    output: Sequence[int]
+
+
+def _counts(rows: list[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(R, V) occurrence counts of each row's ids, built in one scatter over right-padded rows."""
+    width = max((len(r) for r in rows), default=0)
+    counts = torch.zeros(len(rows), vocab + 1, device=device)
+    if width:
+        ids = torch.full((len(rows), width), vocab, dtype=torch.long)  # pads count into the spare column
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        counts.scatter_add_(1, ids.to(device), torch.ones(ids.shape, device=device))
+    return counts[:, :vocab]
+
+
+def adjust_logits(logits: torch.Tensor, params: list[SamplingParams], histories: list[History | None]) -> None:
+    """Apply logit_bias, then repetition, frequency and presence penalties (vLLM's order), in place, to the
+    rows that use any of them."""
+    rows = [b for b, p in enumerate(params) if p.adjusts_logits]
+    if not rows:
+        return
+    index = torch.tensor(rows, device=logits.device)
+    sub = logits.index_select(0, index)
+    vocab = sub.shape[-1]
+    for i, b in enumerate(rows):
+        for token, bias in params[b].logit_bias:
+            if 0 <= token < vocab:
+                sub[i, token] += bias
+    pen = [i for i, b in enumerate(rows) if params[b].penalized]
+    if pen:
+        hist = [histories[rows[i]] or History((), ()) for i in pen]
+        ps = [params[rows[i]] for i in pen]
+        col = {"device": logits.device}
+        out = _counts([h.output for h in hist], vocab, logits.device)
+        seen = (out + _counts([h.prompt for h in hist], vocab, logits.device)) > 0
+        rep = torch.tensor([p.repetition_penalty for p in ps], **col)[:, None]
+        x = sub[pen]
+        x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
+        x -= torch.tensor([p.frequency_penalty for p in ps], **col)[:, None] * out
+        x -= torch.tensor([p.presence_penalty for p in ps], **col)[:, None] * (out > 0)
+        sub[pen] = x
+    logits.index_copy_(0, index, sub)
+
+
 def sample_rows(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    histories: list[History | None] | None = None,
+    allowed: dict[int, torch.Tensor] | None = None,
 ) -> list[int]:
-    """One token per row of logits (B, V); greedy where temperature is 0, else top-k then nucleus sampling."""
+    """One token per row of logits (B, V); greedy where temperature is 0, else top-k, min-p, then nucleus
+    sampling. `allowed` maps a row to its boolean mask (V,) of permitted tokens (a grammar's); `histories` gives
+    penalized rows their tokens. Neither is read for rows that do not need it. `logits` is left unchanged."""
+    if allowed or any(p.adjusts_logits for p in params):
+        logits = logits.clone()
+    if allowed:
+        index = torch.tensor(list(allowed), device=logits.device)
+        masks = torch.stack([allowed[b] for b in allowed]).to(logits.device)
+        logits.index_copy_(0, index, logits.index_select(0, index).masked_fill(~masks, float("-inf")))
+    if any(p.adjusts_logits for p in params):
+        adjust_logits(logits, params, histories or [None] * len(params))
     greedy = logits.argmax(dim=-1).tolist()
     out = []
     for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
@@ -55,6 +138,9 @@ def sample_rows(
         if 0 < p.top_k < scores.shape[-1]:
             kth = torch.topk(scores, p.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
+        if p.min_p > 0:
+            probs = scores.softmax(-1)
+            scores = scores.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
         if p.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=True)
             cumulative = sorted_scores.softmax(-1).cumsum(-1)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from autarky.model.sampling import SamplingParams
+from autarky.serve.structured import Grammar
 
 TopLogprobs = list[tuple[int, float]]
 
@@ -52,6 +53,7 @@ class Request:
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     index: int = 0  # index of this request's first choice in the HTTP response
+    grammar: Grammar | None = None  # constrains every choice's output
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     open_choices: int = 0
