@@ -4,7 +4,9 @@ Layers, each its own module: engine (KV cache slots, scheduler, sampling; its ow
 errors of `errors`) ← registry (models by name) ← api (FastAPI routes over protocol's wire types; http_errors
 maps every failure to the OpenAI envelope and its status; responses shapes events into objects and SSE chunks)
 ← server (uvicorn) ← commands (the CLI). CPU serving swaps the model's modules from outside (decode_kernels,
-quantize, packed); the model's forward stays the one forward pass.
+quantize, packed); the model's forward stays the one forward pass. Constrained decoding (structured: grammars
+compiled once by llguidance, a matcher per sequence) and function calling (tools: prompts, parsing, forced-call
+grammars) sit beside the engine and the routes.
 
 Programmatic use (what the CLI does):
 
@@ -29,6 +31,9 @@ __all__, __getattr__ = public(__name__, {
     "PromptEvent": "events",
     "ErrorEvent": "events",
     "TextCodec": "text",
+    "Grammar": "structured",
+    "GrammarCompiler": "structured",
+    "ToolUse": "tools",
     "SlotKVCache": "cache",
     "use_decode_kernels": "decode_kernels",
     "quantize_int8": "quantize",

@@ -27,7 +27,7 @@ from autarky.serve.cache import SlotKVCache
 from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, NotReady, QueueFull
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
 from autarky.serve.metrics import ServeMetrics
-from autarky.serve.structured import GrammarCompiler, allowed_masks
+from autarky.serve.structured import GrammarCompiler
 from autarky.serve.text import TextCodec
 
 log = logging.getLogger("autarky.serve")
@@ -47,10 +47,6 @@ class Sequence:
     last_time: float = 0.0
     finished: bool = False
     matcher: object | None = None  # llguidance.LLMatcher of a constrained sequence
-
-    @property
-    def history(self) -> History:
-        return History(self.request.prompt_ids, self.text.ids)
 
 
 class Engine:
@@ -283,20 +279,14 @@ class Engine:
         self._free_finished()
 
     def _masks(self, rows: list[Sequence]) -> dict[int, torch.Tensor]:
-        """Row → allowed-token mask, for the constrained rows only."""
-        constrained = [b for b, s in enumerate(rows) if s.matcher]
-        if not constrained:
-            return {}
-        masks = allowed_masks([rows[b].matcher for b in constrained], self.grammars.tokenizer.vocab_size,
-                              self.model.config.vocab_size)
-        return dict(zip(constrained, masks, strict=True))
+        return self.grammars.masks([s.matcher for s in rows], self.model.config.vocab_size)
 
     def _accept_rows(self, rows: list[Sequence], logits: torch.Tensor, out: list,
                      masks: Future | None = None) -> None:
         params = [s.request.params for s in rows]
         allowed = masks.result() if masks is not None else self._masks(rows)
-        histories = [s.history if p.penalized else None for s, p in zip(rows, params, strict=True)] \
-            if any(p.penalized for p in params) else None
+        histories = [History(s.request.prompt_ids, s.text.ids) if p.penalized else None
+                     for s, p in zip(rows, params, strict=True)] if any(p.penalized for p in params) else None
         chosen = sample_rows(logits, params, [s.generator for s in rows], histories, allowed)
         want = [p.logprobs is not None for p in params]
         lps: list[float | None] = [None] * len(rows)

@@ -103,17 +103,19 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
             return compiled.deep_copy()
 
+    def masks(self, matchers: list[llguidance.LLMatcher | None], vocab: int) -> dict[int, torch.Tensor]:
+        """Row → its allowed tokens (vocab,) as booleans, for the rows with a matcher only."""
+        rows = [b for b, m in enumerate(matchers) if m is not None]
+        if not rows:
+            return {}
+        words = (self.tokenizer.vocab_size + 31) // 32
+        packed = torch.empty(len(rows), words, dtype=torch.int32)
+        for i, b in enumerate(rows):
+            matchers[b].unsafe_compute_mask_ptr(packed[i].data_ptr(), words * 4)  # type: ignore[union-attr]
+        bits = ((packed[:, :, None] >> _BITS) & 1).bool().reshape(len(rows), words * 32)
+        if bits.shape[1] < vocab:
+            bits = torch.nn.functional.pad(bits, (0, vocab - bits.shape[1]))
+        return dict(zip(rows, bits[:, :vocab], strict=True))
+
 
 _BITS = torch.arange(32, dtype=torch.int32)
-
-
-def allowed_masks(matchers: list[llguidance.LLMatcher], mask_vocab: int, vocab: int) -> torch.Tensor:
-    """(R, vocab) booleans: the tokens each matcher allows next (`mask_vocab`: the matchers' tokenizer size)."""
-    words = (mask_vocab + 31) // 32
-    packed = torch.empty(len(matchers), words, dtype=torch.int32)
-    for i, m in enumerate(matchers):
-        m.unsafe_compute_mask_ptr(packed[i].data_ptr(), words * 4)
-    bits = ((packed[:, :, None] >> _BITS) & 1).bool().reshape(len(matchers), words * 32)
-    if bits.shape[1] < vocab:
-        bits = torch.nn.functional.pad(bits, (0, vocab - bits.shape[1]))
-    return bits[:, :vocab]
