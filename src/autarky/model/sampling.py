@@ -1,8 +1,9 @@
 """Sampling parameters and per-row sampling: what `autarky sample` and the serving engine both draw tokens with.
 
 Each sequence owns a torch.Generator and is sampled on its own row, so a seeded request gives the same tokens
-whether it runs alone or inside a batch. Logit adjustments (an allowed-token mask, `logit_bias`, the penalties)
-run vectorised over only the rows that ask for them: a batch of plain rows pays nothing for them.
+whether it runs alone or inside a batch. Logit adjustments (`logit_bias`, the penalties) run vectorised over only
+the rows that ask for them, and a grammar's allowed-token mask is unpacked only for a row whose first draw it
+rejects: a batch of plain rows pays nothing for either.
 """
 
 from __future__ import annotations
@@ -81,14 +82,11 @@ def _counts(rows: list[Sequence[int]], vocab: int, device: torch.device) -> torc
     return counts[:, :vocab]
 
 
-def adjust_logits(logits: torch.Tensor, params: list[SamplingParams], histories: list[History | None]) -> None:
-    """Apply logit_bias, then repetition, frequency and presence penalties (vLLM's order), in place, to the
-    rows that use any of them."""
-    rows = [b for b, p in enumerate(params) if p.adjusts_logits]
-    if not rows:
-        return
-    index = torch.tensor(rows, device=logits.device)
-    sub = logits.index_select(0, index)
+def adjusted_rows(logits: torch.Tensor, rows: list[int], params: list[SamplingParams],
+                  histories: list[History | None]) -> torch.Tensor:
+    """Rows `rows` of logits (a new (R, V) tensor) after logit_bias, then the repetition, frequency and presence
+    penalties (vLLM's order)."""
+    sub = logits.index_select(0, torch.tensor(rows, device=logits.device))
     vocab = sub.shape[-1]
     for i, b in enumerate(rows):
         for token, bias in params[b].logit_bias:
@@ -107,7 +105,40 @@ def adjust_logits(logits: torch.Tensor, params: list[SamplingParams], histories:
         x -= torch.tensor([p.frequency_penalty for p in ps], **col)[:, None] * out
         x -= torch.tensor([p.presence_penalty for p in ps], **col)[:, None] * (out > 0)
         sub[pen] = x
-    logits.index_copy_(0, index, sub)
+    return sub
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def unpack_mask(words: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A packed allowed-token bitmask (int32 words, token t is bit t % 32 of word t // 32, as llguidance writes
+    them) as booleans (vocab,)."""
+    bits = ((words[:, None] >> _BITS.to(words.device)) & 1).bool().flatten()
+    return bits[:vocab] if bits.numel() >= vocab else torch.nn.functional.pad(bits, (0, vocab - bits.numel()))
+
+
+def _allows(words: torch.Tensor, token: int) -> bool:
+    return token < 32 * words.numel() and bool((int(words[token >> 5]) >> (token & 31)) & 1)
+
+
+def _draw(scores: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
+    if p.temperature == 0.0:
+        return int(scores.argmax())
+    scores = scores.float() / p.temperature
+    if 0 < p.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, p.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if p.min_p > 0:
+        probs = scores.softmax(-1)
+        scores = scores.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+    if p.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = cumulative - sorted_scores.softmax(-1) >= p.top_p
+        scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
+    return int(torch.multinomial(scores.softmax(-1), 1, generator=gen))
 
 
 def sample_rows(
@@ -118,37 +149,29 @@ def sample_rows(
     allowed: dict[int, torch.Tensor] | None = None,
 ) -> list[int]:
     """One token per row of logits (B, V); greedy where temperature is 0, else top-k, min-p, then nucleus
-    sampling. `allowed` maps a row to its boolean mask (V,) of permitted tokens (a grammar's); `histories` gives
-    penalized rows their tokens. Neither is read for rows that do not need it. `logits` is left unchanged."""
-    if allowed or any(p.adjusts_logits for p in params):
-        logits = logits.clone()
-    if allowed:
-        index = torch.tensor(list(allowed), device=logits.device)
-        masks = torch.stack([allowed[b] for b in allowed]).to(logits.device)
-        logits.index_copy_(0, index, logits.index_select(0, index).masked_fill(~masks, float("-inf")))
-    if any(p.adjusts_logits for p in params):
-        adjust_logits(logits, params, histories or [None] * len(params))
+    sampling. `allowed` maps a row to its packed allowed-token bitmask (a grammar's; see unpack_mask);
+    `histories` gives penalized rows their tokens. Neither is read for rows that do not need it, and `logits`
+    is left unchanged."""
+    rows = list(logits.unbind(0))
     greedy = logits.argmax(dim=-1).tolist()
+    adjusted = [b for b, p in enumerate(params) if p.adjusts_logits]
+    if adjusted:
+        sub = adjusted_rows(logits, adjusted, params, histories or [None] * len(params))
+        for i, (b, token) in enumerate(zip(adjusted, sub.argmax(dim=-1).tolist(), strict=True)):
+            rows[b], greedy[b] = sub[i], token
     out = []
-    for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
-        if p.temperature == 0.0:
-            out.append(greedy[row])
+    for b, (p, gen) in enumerate(zip(params, generators, strict=True)):
+        words = allowed.get(b) if allowed else None
+        if words is not None and (p.top_p < 1 or p.top_k > 0 or p.min_p > 0):  # the mask first, as vLLM
+            out.append(_draw(rows[b].masked_fill(~unpack_mask(words, rows[b].shape[-1]), float("-inf")), p, gen))
             continue
-        scores = logits[row].float() / p.temperature
-        if 0 < p.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, p.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if p.min_p > 0:
-            probs = scores.softmax(-1)
-            scores = scores.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
-        if p.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True)
-            cumulative = sorted_scores.softmax(-1).cumsum(-1)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            drop = cumulative - sorted_scores.softmax(-1) >= p.top_p
-            scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
-        probs = scores.softmax(-1)
-        out.append(int(torch.multinomial(probs, 1, generator=gen)))
+        token = greedy[b] if p.temperature == 0.0 else _draw(rows[b], p, gen)
+        if words is not None and not _allows(words, token):
+            # Drawing from p, and on a disallowed token drawing again from p restricted to the allowed set A, gives
+            # each allowed t probability p(t) + (1 - p(A)) p(t) / p(A) = p(t) / p(A): exactly the masked
+            # distribution, while rows whose first draw is allowed never build a mask.
+            token = _draw(rows[b].masked_fill(~unpack_mask(words, rows[b].shape[-1]), float("-inf")), p, gen)
+        out.append(token)
     return out
 
 

@@ -279,7 +279,7 @@ class Engine:
         self._free_finished()
 
     def _masks(self, rows: list[Sequence]) -> dict[int, torch.Tensor]:
-        return self.grammars.masks([s.matcher for s in rows], self.model.config.vocab_size)
+        return self.grammars.masks([s.matcher for s in rows])
 
     def _accept_rows(self, rows: list[Sequence], logits: torch.Tensor, out: list,
                      masks: Future | None = None) -> None:

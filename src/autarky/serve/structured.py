@@ -103,8 +103,9 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
             return compiled.deep_copy()
 
-    def masks(self, matchers: list[llguidance.LLMatcher | None], vocab: int) -> dict[int, torch.Tensor]:
-        """Row → its allowed tokens (vocab,) as booleans, for the rows with a matcher only."""
+    def masks(self, matchers: list[llguidance.LLMatcher | None]) -> dict[int, torch.Tensor]:
+        """Row → its packed allowed-token bitmask (int32 words; model.sampling.unpack_mask reads it), for the rows
+        with a matcher only."""
         rows = [b for b, m in enumerate(matchers) if m is not None]
         if not rows:
             return {}
@@ -112,10 +113,4 @@ class GrammarCompiler:
         packed = torch.empty(len(rows), words, dtype=torch.int32)
         for i, b in enumerate(rows):
             matchers[b].unsafe_compute_mask_ptr(packed[i].data_ptr(), words * 4)  # type: ignore[union-attr]
-        bits = ((packed[:, :, None] >> _BITS) & 1).bool().reshape(len(rows), words * 32)
-        if bits.shape[1] < vocab:
-            bits = torch.nn.functional.pad(bits, (0, vocab - bits.shape[1]))
-        return dict(zip(rows, bits[:, :vocab], strict=True))
-
-
-_BITS = torch.arange(32, dtype=torch.int32)
+        return dict(zip(rows, packed.unbind(0), strict=True))
