@@ -29,6 +29,10 @@ UNSUPPORTED: dict[str, Any] = {
     "reasoning_effort": None, "thinking": None, "functions": None, "function_call": None,
 }
 
+# vLLM's structured_outputs switches that change nothing here: output JSON is always compact, and there is one
+# grammar engine, with no fallback.
+HARMLESS_STRUCTURED = {"disable_any_whitespace", "disable_fallback", "backend", "_backend"}
+
 
 class StructuredOutputs(BaseModel):
     """vLLM's `structured_outputs` (one of json, regex, choice, grammar, json_object)."""
@@ -111,7 +115,7 @@ class _Request(BaseModel):
                 found.append(_choice(so.choice, "structured_outputs.choice"))
             if so.grammar is not None:
                 found.append(Grammar("grammar", so.grammar, "structured_outputs.grammar"))
-            for name in sorted(so.model_extra or {}):
+            for name in sorted(set(so.model_extra or {}) - HARMLESS_STRUCTURED):
                 if (so.model_extra or {})[name] not in (None, False):
                     raise InvalidRequest(f"structured_outputs.{name} is not supported",
                                          param=f"structured_outputs.{name}")
