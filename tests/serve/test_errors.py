@@ -133,11 +133,11 @@ def test_out_of_vocabulary_token_ids_are_400(served_tiny_model):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"logit_bias": {"5": 10}}, "logit_bias"),
+        ({"min_tokens": 3}, "min_tokens"),
+        ({"logit_bias": {"token": 10}}, "logit_bias"),
     ],
 )
 def test_fields_we_cannot_honour_are_400(served_tiny_model, extra, param):

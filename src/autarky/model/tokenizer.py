@@ -51,11 +51,18 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> str:
-        """The prompt text for `messages` ([{"role", "content"}]) and the tool definitions offered, if any;
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+               ) -> str:  # fmt: skip
+        """The prompt text for `messages` ([{"role", "content"}], plus `tool_calls` / `tool_call_id` where the
+        template knows them) and `tools` (OpenAI function specs, as transformers' `apply_chat_template(tools=)`);
         jinja2's TemplateError when the template rejects them (its `raise_exception`)."""
         return _compile(self.source).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                             tools=tools, bos_token=self.bos_token, eos_token=self.eos_token)
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template renders a tool list (else callers use their fallback format)."""
+        return "tools" in self.source
 
     @classmethod
     def from_folder(cls, folder: Path) -> ChatTemplate | None:

@@ -5,7 +5,9 @@ errors of `errors`) ← registry (models by name) ← api (FastAPI routes over p
 maps every failure to the OpenAI envelope and its status; responses shapes events into objects and SSE chunks)
 ← server (uvicorn) ← commands (the CLI). CPU serving swaps the model's modules from outside (decode_kernels,
 quantize, packed, and lora: many LoRA adapters over one base, batched together, with vLLM's load/unload routes in
-lora_routes); the model's forward stays the one forward pass.
+lora_routes); the model's forward stays the one forward pass. Constrained decoding (structured: grammars
+compiled once by llguidance, a matcher per sequence) and function calling (tools: prompts, parsing, forced-call
+grammars) sit beside the engine and the routes.
 
 Programmatic use (what the CLI does):
 
@@ -30,6 +32,9 @@ __all__, __getattr__ = public(__name__, {
     "PromptEvent": "events",
     "ErrorEvent": "events",
     "TextCodec": "text",
+    "Grammar": "structured",
+    "GrammarCompiler": "structured",
+    "ToolUse": "tools",
     "SlotKVCache": "cache",
     "use_decode_kernels": "decode_kernels",
     "LoraManager": "lora",

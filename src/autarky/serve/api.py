@@ -30,6 +30,8 @@ from autarky.serve.protocol import (
     _Request,
 )
 from autarky.serve.registry import ModelRegistry, ServedModel
+from autarky.serve.structured import Grammar
+from autarky.serve.tools import ToolCallStream, ToolUse, template_messages
 
 log = logging.getLogger("autarky.serve")
 DISCONNECT_POLL_S = 0.5
@@ -63,13 +65,17 @@ class Job:
                 self.cancel()  # the client went away (or the stream failed): free the slots now
 
 
-def _start(served: ServedModel, prompts: list[list[int]], params_for: Callable[[list[int]], SamplingParams]) -> Job:
+async def _start(served: ServedModel, prompts: list[list[int]], params_for: Callable[[list[int]], SamplingParams],
+                 grammar: Grammar | None = None) -> Job:
+    if grammar is not None:  # compiles it (once per grammar, off the event loop): a bad one is a 400 here
+        await asyncio.to_thread(served.engine.grammars.matcher, grammar)
     loop, sink = asyncio.get_running_loop(), asyncio.Queue()
     job = Job([], sink, sum(len(p) for p in prompts), 0)
     try:
         for ids in prompts:
             params = params_for(ids)
-            request = EngineRequest(ids, params, sink, loop, index=job.n_choices, adapter=served.adapter)
+            request = EngineRequest(ids, params, sink, loop, index=job.n_choices, grammar=grammar,
+                                    adapter=served.adapter)
             served.engine.submit(request)
             job.requests.append(request)
             job.n_choices += params.n
@@ -89,13 +95,27 @@ def _check_fields(body: _Request) -> None:
         log.warning("The following fields were present in the request but ignored: %s", ignored)
 
 
-def _chat_ids(served: ServedModel, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+def _sampling(body: _Request, served: ServedModel, max_tokens: int, **fields) -> SamplingParams:
+    """The sampling fields both routes share, plus the route's own."""
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+        min_p=body.min_p, seed=body.seed, stop=tuple(body.stop_list()), ignore_eos=body.ignore_eos,
+        n=body.n, presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        logit_bias=body.logit_bias_pairs(served.engine.model.config.vocab_size), **fields,
+    )
+
+
+def _chat_ids(served: ServedModel, messages: list[ChatMessage], add_generation_prompt: bool = True,
+              tools: ToolUse | None = None) -> list[int]:
     for i, m in enumerate(messages):
         if isinstance(m.content, list) and any(part.type != "text" for part in m.content):
             raise InvalidRequest("only text content parts are supported", param=f"messages.{i}.content")
-    plain = [{"role": m.role, "content": m.text()} for m in messages]
+    plain = [{"role": m.role, "content": m.text(), "tool_calls": m.tool_calls, "tool_call_id": m.tool_call_id}
+             for m in messages]
+    rendered, template_tools = template_messages(plain, tools, served.codec.supports_tools)
     try:
-        return served.codec.chat_ids(plain, add_generation_prompt)
+        return served.codec.chat_ids(rendered, add_generation_prompt, template_tools)
     except Exception as exc:  # the template's raise_exception and missing templates land here
         raise InvalidRequest(f"cannot apply the chat template: {exc}", param="messages") from exc
 
@@ -211,14 +231,10 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
             echo_texts += [text] * body.n
 
         def params_for(ids: list[int]) -> SamplingParams:
-            return SamplingParams(
-                max_tokens=_default_max_tokens(body.max_tokens, served, ids), temperature=body.temperature,
-                top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=tuple(body.stop_list()),
-                ignore_eos=body.ignore_eos, logprobs=body.logprobs,
-                prompt_logprobs=(body.logprobs or 0) if body.echo else None, n=body.n,
-            )
+            return _sampling(body, served, _default_max_tokens(body.max_tokens, served, ids),
+                             logprobs=body.logprobs, prompt_logprobs=(body.logprobs or 0) if body.echo else None)
 
-        job = _start(served, prompts, params_for)
+        job = await _start(served, prompts, params_for, body.grammar())
         env = R.Envelope("cmpl", served.name)
         want_lp = body.logprobs is not None
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -236,27 +252,30 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         served = registry.get(body.model)
         _check_fields(body)
         codec = served.codec
-        ids = _chat_ids(served, body.messages)
+        tools = ToolUse.from_request(body.tools, body.tool_choice, body.parallel_tool_calls)
+        grammar = body.grammar()
+        if tools and tools.forced and grammar:
+            raise InvalidRequest(f"tool_choice {tools.choice!r} cannot be combined with {grammar.param}",
+                                 param="tool_choice")
+        grammar = grammar or (tools.grammar() if tools else None)
+        ids = _chat_ids(served, body.messages, tools=tools)
         requested = body.max_completion_tokens or body.max_tokens
         top = body.top_logprobs or 0
         if body.top_logprobs and not body.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
 
         def params_for(ids: list[int]) -> SamplingParams:
-            return SamplingParams(
-                max_tokens=_default_max_tokens(requested, served, ids), temperature=body.temperature,
-                top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=tuple(body.stop_list()),
-                ignore_eos=body.ignore_eos, logprobs=top if body.logprobs else None, n=body.n,
-            )
+            return _sampling(body, served, _default_max_tokens(requested, served, ids),
+                             logprobs=top if body.logprobs else None)
 
-        job = _start(served, [ids], params_for)
+        job = await _start(served, [ids], params_for, grammar)
         env = R.Envelope("chatcmpl", served.name)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return _sse_response(_stream_chat(job, env, codec, body.logprobs, include_usage))
+            return _sse_response(_stream_chat(job, env, codec, body.logprobs, include_usage, tools))
         choices = await _collect(job, raw)
         out = env.head("chat.completion")
-        out["choices"] = [R.chat_choice(codec, c, body.logprobs) for _, c in sorted(choices.items())]
+        out["choices"] = [R.chat_choice(codec, c, body.logprobs, tools) for _, c in sorted(choices.items())]
         out["usage"] = R.usage(job.prompt_tokens, list(choices.values()))
         return JSONResponse(out)
 
@@ -315,8 +334,10 @@ async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[
     yield R.DONE
 
 
-async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_usage: bool,
+                       tools: ToolUse | None = None) -> AsyncIterator[bytes]:
     choices = {i: R.Choice(i) for i in range(job.n_choices)}
+    calls = {i: ToolCallStream(tools) for i in range(job.n_choices)} if tools else {}
     for i in range(job.n_choices):
         yield R.sse(R.chat_chunk(env, i, {"role": "assistant", "content": ""}, None, None, include_usage))
     async for event in job.events():
@@ -327,11 +348,19 @@ async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_
         R.apply_event(choices, event)
         if isinstance(event, PromptEvent):
             continue
+        parser = calls.get(event.index)
         if event.finish_reason:
-            yield R.sse(R.chat_chunk(env, event.index, {}, None, event.finish_reason, include_usage))
+            finish = event.finish_reason
+            if parser:
+                for delta in parser.finish():
+                    yield R.sse(R.chat_chunk(env, event.index, delta, None, None, include_usage))
+                finish = "tool_calls" if parser.calls and finish == "stop" else finish
+            yield R.sse(R.chat_chunk(env, event.index, {}, None, finish, include_usage))
         elif event.text or want_lp:
             lp = R.chat_logprobs(codec, [event.token_id], [event.logprob], [event.top_logprobs]) if want_lp else None
-            yield R.sse(R.chat_chunk(env, event.index, {"content": event.text}, lp, None, include_usage))
+            deltas = parser.feed(event.text) if parser else [{"content": event.text}]
+            for k, delta in enumerate(deltas or ([{"content": ""}] if lp else [])):
+                yield R.sse(R.chat_chunk(env, event.index, delta, lp if k == 0 else None, None, include_usage))
     if include_usage:
         yield R.sse({**env.head("chat.completion.chunk"), "choices": [],
                      "usage": R.usage(job.prompt_tokens, list(choices.values()))})

@@ -14,19 +14,21 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from autarky.contracts.wire import ContextOverflow
 from autarky.model.llama import Attention, Llama
-from autarky.model.sampling import SamplingParams, sample_rows, token_logprobs
+from autarky.model.sampling import History, SamplingParams, sample_rows, token_logprobs
 from autarky.model.tokenizer import IncrementalText
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, NotReady, QueueFull
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
 from autarky.serve.lora import LoraManager
 from autarky.serve.metrics import ServeMetrics
+from autarky.serve.structured import GrammarCompiler
 from autarky.serve.text import TextCodec
 
 log = logging.getLogger("autarky.serve")
@@ -45,6 +47,7 @@ class Sequence:
     generated: int = 0
     last_time: float = 0.0
     finished: bool = False
+    matcher: object | None = None  # llguidance.LLMatcher of a constrained sequence
 
 
 class Engine:
@@ -91,6 +94,9 @@ class Engine:
         self._accepting = True
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self.grammars = GrammarCompiler(codec, cfg.vocab_size)
+        # Grammar masks for the next step are computed here while the forward pass runs (both drop the GIL).
+        self._masker = ThreadPoolExecutor(1, thread_name_prefix=f"masks-{name}")
 
     # ---- called from the asyncio side -------------------------------------------------------------------
 
@@ -144,6 +150,7 @@ class Engine:
         self._inbox.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._masker.shutdown(wait=False)
 
     @property
     def num_running(self) -> int:
@@ -262,22 +269,32 @@ class Engine:
     def _sequence(self, request: Request, choice: int, position: int) -> Sequence:
         params = request.params
         text = IncrementalText(self.codec.decode, params.stop)
-        return Sequence(request, choice, params.generator(choice, self.device), text, position=position)
+        matcher = self.grammars.matcher(request.grammar) if request.grammar else None
+        return Sequence(request, choice, params.generator(choice, self.device), text, position=position,
+                        matcher=matcher)
 
     def _decode(self, out: list) -> None:
         rows = self._running
         tokens = torch.tensor([[s.next_token] for s in rows], device=self.device)
         positions = torch.tensor([s.position for s in rows], device=self.device)
         self.cache.begin_decode(positions)
+        masks = self._masker.submit(self._masks, rows) if any(s.matcher for s in rows) else None
         logits = self._forward(tokens, positions[:, None], [0] * len(rows), [s.request for s in rows])  # (B, V)
         for s in rows:
             s.position += 1
-        self._accept_rows(rows, logits, out)
+        self._accept_rows(rows, logits, out, masks)
         self._free_finished()
 
-    def _accept_rows(self, rows: list[Sequence], logits: torch.Tensor, out: list) -> None:
+    def _masks(self, rows: list[Sequence]) -> dict[int, torch.Tensor]:
+        return self.grammars.masks([s.matcher for s in rows])
+
+    def _accept_rows(self, rows: list[Sequence], logits: torch.Tensor, out: list,
+                     masks: Future | None = None) -> None:
         params = [s.request.params for s in rows]
-        chosen = sample_rows(logits, params, [s.generator for s in rows])
+        allowed = masks.result() if masks is not None else self._masks(rows)
+        histories = [History(s.request.prompt_ids, s.text.ids) if p.penalized else None
+                     for s, p in zip(rows, params, strict=True)] if any(p.penalized for p in params) else None
+        chosen = sample_rows(logits, params, [s.generator for s in rows], histories, allowed)
         want = [p.logprobs is not None for p in params]
         lps: list[float | None] = [None] * len(rows)
         tops: list[TopLogprobs | None] = [None] * len(rows)
@@ -306,12 +323,19 @@ class Engine:
         s.generated += 1
         s.next_token = token
         finish = None
+        complete = False  # the grammar can take no further token: the output is done
+        if s.matcher is not None:
+            if not s.matcher.consume_token(token):
+                raise RuntimeError(f"the grammar rejected token {token}: {s.matcher.get_error()}")
+            complete = s.matcher.is_stopped()
         if token in self.codec.eos_token_ids and not params.ignore_eos:
             text, finish = s.text.finish(), "stop"
         else:
             text, stopped = s.text.push(token)
             if stopped:
                 finish = "stop"
+            elif complete:
+                text, finish = text + s.text.finish(), "stop"
             elif s.generated >= params.max_tokens or s.position >= self.max_model_len:
                 finish = "length"
                 text += s.text.finish()

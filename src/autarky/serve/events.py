@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from autarky.model.sampling import SamplingParams
+from autarky.serve.structured import Grammar
 
 if TYPE_CHECKING:
     from autarky.serve.lora import LoraAdapter
@@ -56,6 +57,7 @@ class Request:
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     index: int = 0  # index of this request's first choice in the HTTP response
+    grammar: Grammar | None = None  # constrains every choice's output
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     open_choices: int = 0

@@ -11,6 +11,7 @@ import orjson
 from autarky.contracts import wire
 from autarky.serve.events import PromptEvent, TokenEvent, TopLogprobs
 from autarky.serve.text import TextCodec
+from autarky.serve.tools import ToolUse, parse_output
 
 
 def sse(payload: dict | str) -> bytes:
@@ -129,10 +130,16 @@ def chat_logprobs(codec: TextCodec, ids: list[int], lps: list, tops: list) -> di
     return {"content": content}
 
 
-def chat_choice(codec: TextCodec, c: Choice, want_logprobs: bool) -> dict:
+def chat_choice(codec: TextCodec, c: Choice, want_logprobs: bool, tools: ToolUse | None = None) -> dict:
     logprobs = chat_logprobs(codec, c.token_ids, c.logprobs, c.top_logprobs) if want_logprobs else None
-    return {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs,
-            "finish_reason": c.finish_reason}
+    message: dict = {"role": "assistant", "content": c.text}
+    finish = c.finish_reason
+    if tools is not None:
+        message["content"], calls = parse_output(c.text, tools)
+        if calls:
+            message["tool_calls"] = calls
+            finish = "tool_calls" if finish == "stop" else finish
+    return {"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def chat_chunk(env: Envelope, index: int, delta: dict, logprobs: dict | None, finish: str | None,

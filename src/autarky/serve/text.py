@@ -54,14 +54,20 @@ class TextCodec:
             text = self._token_text[token_id] = self.fast.decode([token_id], skip_special_tokens=False)
         return text
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        return self.chat_template is not None and self.chat_template.supports_tools
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> str:
         if self.chat_template is None:
             raise ValueError("this model's tokenizer has no chat template; use /v1/completions")
-        return self.chat_template.render(messages, add_generation_prompt)
+        return self.chat_template.render(messages, add_generation_prompt, tools)
 
-    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True,
+                 tools: list[dict] | None = None) -> list[int]:
         # The template already writes the special tokens it wants (vLLM encodes chat prompts the same way).
-        return self.encode(self.chat_prompt(messages, add_generation_prompt), add_special_tokens=False)
+        return self.encode(self.chat_prompt(messages, add_generation_prompt, tools), add_special_tokens=False)
 
     def info(self) -> dict:
         """vLLM's /tokenizer_info fields, which lm-eval's remote tokenizer reads."""
