@@ -130,3 +130,30 @@ def test_failure_before_streaming_is_a_500_envelope(flaky_server):
                    json={"model": "flaky", "prompt": "x", "max_tokens": 10, "ignore_eos": True}, timeout=60)
     assert r.status_code == 500
     assert "simulated accelerator fault" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path,payload", [
+    ("chat/completions", {"messages": MESSAGES}),
+    ("completions", {"prompt": "def f(x):"}),
+])
+def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(served_tiny_model, path, payload):
+    """vLLM's `stream_options.continuous_usage_stats`: a proxy (the gateway's Anthropic stream) learns the prompt's
+    size from the first chunk, and completion tokens count up to the final usage."""
+    _, data = read_events(
+        f"{served_tiny_model.base_url}/{path}",
+        {"model": served_tiny_model.model, **payload, "max_tokens": 5, "stream": True, "temperature": 0.0,
+         "ignore_eos": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    )
+    chunks = [json.loads(d) for d in data[:-1]]
+    usages = [c["usage"] for c in chunks]
+    assert all(u is not None for u in usages)
+    assert len({u["prompt_tokens"] for u in usages}) == 1 and usages[0]["prompt_tokens"] > 0
+    completed = [u["completion_tokens"] for u in usages]
+    assert completed == sorted(completed) and completed[-1] == 5
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in usages)
+    _, plain = read_events(
+        f"{served_tiny_model.base_url}/{path}",
+        {"model": served_tiny_model.model, **payload, "max_tokens": 5, "stream": True, "temperature": 0.0,
+         "ignore_eos": True, "stream_options": {"include_usage": True}},
+    )
+    assert all(json.loads(d)["usage"] is None for d in plain[:-2])

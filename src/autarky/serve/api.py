@@ -239,7 +239,8 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         want_lp = body.logprobs is not None
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return _sse_response(_stream_completion(job, env, codec, echo_texts, want_lp, include_usage))
+            return _sse_response(_stream_completion(job, env, codec, echo_texts, want_lp, include_usage,
+                                                     _continuous_usage(body)))
         choices = await _collect(job, raw)
         out = env.head("text_completion")
         out["choices"] = [R.completion_choice(codec, c, echo_texts[i] if body.echo else None, want_lp)
@@ -272,7 +273,8 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         env = R.Envelope("chatcmpl", served.name)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return _sse_response(_stream_chat(job, env, codec, body.logprobs, include_usage, tools))
+            return _sse_response(_stream_chat(job, env, codec, body.logprobs, include_usage, tools,
+                                               _continuous_usage(body)))
         choices = await _collect(job, raw)
         out = env.head("chat.completion")
         out["choices"] = [R.chat_choice(codec, c, body.logprobs, tools) for _, c in sorted(choices.items())]
@@ -307,9 +309,25 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
     return app
 
 
+def _continuous_usage(body) -> bool:
+    options = body.stream_options
+    return bool(options and options.include_usage and options.continuous_usage_stats)
+
+
+def _emitter(job: Job, choices: dict[int, R.Choice], continuous: bool) -> Callable[[dict], bytes]:
+    """SSE bytes of a chunk; with vLLM's continuous_usage_stats each chunk carries the usage so far, so a proxy
+    knows the prompt's size from the first chunk on."""
+    def emit(chunk: dict) -> bytes:
+        if continuous:
+            chunk["usage"] = R.usage(job.prompt_tokens, list(choices.values()))
+        return R.sse(chunk)
+    return emit
+
+
 async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[str], want_lp: bool,
-                             include_usage: bool) -> AsyncIterator[bytes]:
+                             include_usage: bool, continuous: bool = False) -> AsyncIterator[bytes]:
     choices = {i: R.Choice(i) for i in range(job.n_choices)}
+    emit = _emitter(job, choices, continuous)
     async for event in job.events():
         if isinstance(event, ErrorEvent):
             yield R.sse(error_envelope(event.message, "server_error"))
@@ -319,15 +337,15 @@ async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[
         if isinstance(event, PromptEvent):  # echo: the prompt first, with its logprobs
             lp = R.legacy_logprobs(codec, event.token_ids, event.logprobs, event.top_logprobs) if want_lp else None
             for i in range(event.index, event.index + event.count):
-                yield R.sse(R.completion_chunk(env, i, echo_texts[i], lp, None, include_usage))
+                yield emit(R.completion_chunk(env, i, echo_texts[i], lp, None, include_usage))
         elif event.finish_reason:
-            yield R.sse(R.completion_chunk(env, event.index, "", None, event.finish_reason, include_usage))
+            yield emit(R.completion_chunk(env, event.index, "", None, event.finish_reason, include_usage))
         elif event.text or want_lp:
             lp = None
             if want_lp:
                 lp = R.legacy_logprobs(codec, [event.token_id], [event.logprob], [event.top_logprobs],
                                        offset=len(choices[event.index].text) - len(event.text))
-            yield R.sse(R.completion_chunk(env, event.index, event.text, lp, None, include_usage))
+            yield emit(R.completion_chunk(env, event.index, event.text, lp, None, include_usage))
     if include_usage:
         yield R.sse({**env.head("text_completion"), "choices": [],
                      "usage": R.usage(job.prompt_tokens, list(choices.values()))})
@@ -335,11 +353,12 @@ async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[
 
 
 async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_usage: bool,
-                       tools: ToolUse | None = None) -> AsyncIterator[bytes]:
+                       tools: ToolUse | None = None, continuous: bool = False) -> AsyncIterator[bytes]:
     choices = {i: R.Choice(i) for i in range(job.n_choices)}
+    emit = _emitter(job, choices, continuous)
     calls = {i: ToolCallStream(tools) for i in range(job.n_choices)} if tools else {}
     for i in range(job.n_choices):
-        yield R.sse(R.chat_chunk(env, i, {"role": "assistant", "content": ""}, None, None, include_usage))
+        yield emit(R.chat_chunk(env, i, {"role": "assistant", "content": ""}, None, None, include_usage))
     async for event in job.events():
         if isinstance(event, ErrorEvent):
             yield R.sse(error_envelope(event.message, "server_error"))
@@ -353,14 +372,14 @@ async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_
             finish = event.finish_reason
             if parser:
                 for delta in parser.finish():
-                    yield R.sse(R.chat_chunk(env, event.index, delta, None, None, include_usage))
+                    yield emit(R.chat_chunk(env, event.index, delta, None, None, include_usage))
                 finish = "tool_calls" if parser.calls and finish == "stop" else finish
-            yield R.sse(R.chat_chunk(env, event.index, {}, None, finish, include_usage))
+            yield emit(R.chat_chunk(env, event.index, {}, None, finish, include_usage))
         elif event.text or want_lp:
             lp = R.chat_logprobs(codec, [event.token_id], [event.logprob], [event.top_logprobs]) if want_lp else None
             deltas = parser.feed(event.text) if parser else [{"content": event.text}]
             for k, delta in enumerate(deltas or ([{"content": ""}] if lp else [])):
-                yield R.sse(R.chat_chunk(env, event.index, delta, lp if k == 0 else None, None, include_usage))
+                yield emit(R.chat_chunk(env, event.index, delta, lp if k == 0 else None, None, include_usage))
     if include_usage:
         yield R.sse({**env.head("chat.completion.chunk"), "choices": [],
                      "usage": R.usage(job.prompt_tokens, list(choices.values()))})
