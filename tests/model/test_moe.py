@@ -107,3 +107,75 @@ def test_invalid_moe_config_is_rejected() -> None:
         replace(DENSE, n_experts=4, n_active_experts=5, moe_ffn_dim=8)
     with pytest.raises(ValueError, match="score_func"):
         replace(DENSE, n_experts=4, n_active_experts=2, moe_ffn_dim=8, score_func="relu")
+
+
+# Totals of the published Qwen3-MoE models (their safetensors indexes); checked below by transformers building
+# Qwen3MoeForCausalLM from the config.json our writer produces, on the meta device. Active: the total less the
+# 120 of 128 experts a token skips in every layer.
+QWEN3_MOE = {"qwen3-30b-a3b": (30_532_122_624, 3_353_032_704), "qwen3-235b-a22b": (235_093_634_560, 22_190_763_520)}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN3_MOE))
+def test_qwen3_moe_presets_match_published_and_transformers_counts(name: str) -> None:
+    import transformers
+
+    from autarky.model.hf import hf_config_dict, model_config_from_hf
+    from autarky.model.sizes import build_on_meta, preset
+
+    cfg = preset(name)
+    total, active = QWEN3_MOE[name]
+    assert (parameter_count(cfg), active_parameter_count(cfg)) == (total, active)
+    assert sum(p.numel() for p in build_on_meta(cfg).parameters()) == total
+    written = hf_config_dict(cfg, None, None, torch.bfloat16)
+    assert model_config_from_hf(written) == replace(cfg, balance_rate=0.0)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**written))
+    assert type(hf).__name__ == "Qwen3MoeForCausalLM"
+    assert hf.num_parameters() == total
+
+
+def test_model_info_gives_total_and_active_parameters_of_moe_presets() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from autarky.cli import app
+
+    def info(name: str) -> dict:
+        result = CliRunner().invoke(app, ["model", "info", name, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    deepseek = info("deepseek-v3-like")  # published 671B / 37B; MLA swapped for our attention (see sizes.py)
+    assert 665e9 < deepseek["parameters"] < 677e9 and 36e9 < deepseek["active_parameters"] < 38e9
+    assert (deepseek["n_experts"], deepseek["n_active_experts"], deepseek["first_k_dense"]) == (256, 8, 3)
+    nano = info("moe-nano")
+    assert nano["parameters"] > nano["active_parameters"] > 0.5 * nano["parameters"]
+    assert nano["train_flops_per_token"] < 6 * nano["parameters"]  # compute follows the active parameters
+    dense = info("nano")
+    assert dense["active_parameters"] == dense["parameters"] and "n_experts" not in dense
+
+
+def test_export_refuses_what_qwen3_moe_cannot_express(tmp_path, tiny_data_dir) -> None:
+    from autarky.errors import UserError
+    from autarky.model.hf import model_config_from_hf, save_hf_folder
+
+    qwen = replace(SPARSE, family="qwen3_moe", qk_norm=True, n_shared_experts=0)
+    model = Llama(qwen)
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        model.layers["1"].feed_forward.expert_bias[0] = 0.1
+    with pytest.raises(UserError, match="expert_bias is not zero"):
+        save_hf_folder(model, tiny_data_dir, tmp_path / "biased")
+    with pytest.raises(UserError, match="n_shared_experts"):
+        save_hf_folder(Llama(replace(qwen, n_shared_experts=1)), tiny_data_dir, tmp_path / "shared")
+    with pytest.raises(UserError, match="n_experts"):
+        save_hf_folder(Llama(SPARSE), tiny_data_dir, tmp_path / "llama")  # a Llama config.json has no experts
+    config = {"model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "intermediate_size": 48, "num_experts": 4, "num_experts_per_tok": 2}
+    assert model_config_from_hf(config).first_k_dense == 0
+    assert model_config_from_hf({**config, "mlp_only_layers": [0, 1]}).first_k_dense == 2
+    with pytest.raises(UserError, match="mlp_only_layers"):
+        model_config_from_hf({**config, "mlp_only_layers": [1]})
+    with pytest.raises(UserError, match="decoder_sparse_step"):
+        model_config_from_hf({**config, "decoder_sparse_step": 2})

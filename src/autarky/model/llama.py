@@ -24,7 +24,7 @@ from torch import nn
 from autarky.model.moe import FeedForward, MoE
 from autarky.model.rope import RopeScaling, apply_rope, rope_tables
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # Hugging Face model_type each config is read from / written as
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")  # Hugging Face model_type each config is read from / written as
 
 
 @dataclass(frozen=True)
@@ -340,9 +340,9 @@ def active_parameter_count(cfg: ModelConfig, include_embedding: bool = True) -> 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training model FLOPs per token (PaLM App. B): 6N + 12·L·H·E·T, N excluding the input embedding
-    (a lookup, not a matmul). This is the numerator of MFU everywhere in autarky."""
+    (a lookup, not a matmul; the active parameters of an MoE). This is the numerator of MFU everywhere in autarky."""
     seq_len = seq_len or cfg.max_seq_len
-    matmul_params = parameter_count(cfg, include_embedding=False)
+    matmul_params = active_parameter_count(cfg, include_embedding=False)
     if cfg.tie_embeddings:
         matmul_params += cfg.vocab_size * cfg.dim  # the tied output projection is still a matmul
     return 6 * matmul_params + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
