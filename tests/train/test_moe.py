@@ -44,3 +44,79 @@ def test_aux_loss_trains_without_the_bias(tiny_data_dir: Path, tmp_path: Path) -
     model, cfg = load_model_from_run(tmp_path / "run")[:2]
     assert (cfg.balance_rate, cfg.aux_loss_coef) == (0.0, 0.01)
     assert all(not b.any() for name, b in model.named_buffers() if name.endswith("expert_bias"))
+
+
+_EP_SCRIPT = r'''
+import sys
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+
+from autarky.model.llama import Llama, ModelConfig
+from autarky.train.expert_parallel import apply_expert_parallel
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), sys.argv[1]
+cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32,
+                  n_experts=8, n_active_experts=3, n_shared_experts=1, moe_ffn_dim=16, first_k_dense=1)
+model = Llama(cfg)
+model.init_weights(seed=0)
+apply_expert_parallel(model, dist.group.WORLD)
+assert model.layers["1"].feed_forward.experts.local_experts.w1.shape[0] == 4  # half the experts each
+optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+losses = []
+for step in range(4):  # each rank its own tokens, as data-parallel ranks have
+    tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(100 * step + rank))
+    loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    for p in model.parameters():  # replicated weights: average over ranks (FSDP would); experts: already summed
+        if p.grad is not None and not any(p is w for w in model.layers["1"].feed_forward.experts.parameters()):
+            dist.all_reduce(p.grad)
+            p.grad /= 2
+        elif p.grad is not None:
+            p.grad /= 2
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(loss.item())
+torch.save(losses, f"{out}/rank{rank}.pt")
+dist.destroy_process_group()
+'''
+
+
+def test_expert_parallel_over_two_gloo_processes_matches_ep1(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from autarky.model.llama import Llama, ModelConfig
+
+    script = tmp_path / "ep.py"
+    script.write_text(_EP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(script), str(tmp_path)], check=True, env=env, timeout=240, capture_output=True)
+    # EP=1: one process, the two ranks' batches as data parallelism would average them.
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32,
+                      n_experts=8, n_active_experts=3, n_shared_experts=1, moe_ffn_dim=16, first_k_dense=1)
+    model = Llama(cfg)
+    model.init_weights(seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected: list[list[float]] = [[], []]
+    with single_thread():
+        for step in range(4):
+            total = 0
+            for rank in range(2):
+                tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(100 * step + rank))
+                loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+                expected[rank].append(loss.item())
+                total = total + loss / 2
+            total.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert expected[0][0] != expected[0][-1]  # the weights moved: later losses test the updates too
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert max(abs(a - b) for a, b in zip(got, expected[rank], strict=True)) < 1e-4
