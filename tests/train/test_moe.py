@@ -12,7 +12,8 @@ from fixtures.train import single_thread, tiny_train_config
 
 def _moe_run(data_dir: Path, out: Path, **overrides: object) -> list[dict]:
     cfg = tiny_train_config(data_dir, out, **{"model.preset": "moe-nano", "run.steps": 6, "data.batch_size": 4,
-                                              "data.seq_len": 32, "run.eval_every": 3, **overrides})
+                                              "data.seq_len": 32, "run.eval_every": 3, "checkpoint.every": 3,
+                                              **overrides})
     with single_thread():
         train(cfg)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -33,6 +34,17 @@ def test_moe_nano_trains_and_logs_expert_load(tiny_data_dir: Path, tmp_path: Pat
     model = load_model_from_run(tmp_path / "run")[0]
     biases = [b for name, b in model.named_buffers() if name.endswith("expert_bias")]
     assert len(biases) == 5 and any(b.abs().sum() > 0 for b in biases)  # moved and restored from the checkpoint
+
+
+def test_resume_continues_with_the_same_losses_and_balance(tiny_data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    fast = {"model.balance_rate": 0.05}  # a bias that changes routing within a few steps
+    reference = [(r["step"], r["loss"], r["expert_load"]) for r in _moe_run(tiny_data_dir, out, **fast)]
+    shutil.rmtree(out / "checkpoints" / "step-6")  # as if killed after step 5: checkpoint 3 is the newest
+    resumed = _moe_run(tiny_data_dir, out, **fast, **{"checkpoint.resume": "auto"})
+    assert [(r["step"], r["loss"], r["expert_load"]) for r in resumed] == reference  # exactly, routing included
 
 
 def test_aux_loss_trains_without_the_bias(tiny_data_dir: Path, tmp_path: Path) -> None:
