@@ -1,5 +1,5 @@
 """The model stage: Llama in plain PyTorch (one forward pass, shapes on the line) with the open families as its
-configuration (Llama 3.x, Mistral, Qwen2/2.5, Qwen3), their HF folder format, the GGUF import, sampling and
+configuration (Llama 3.x, Mistral, Qwen2/2.5, Qwen3, Qwen3-MoE; mixture-of-experts layers), their HF folder format, the GGUF import, sampling and
 detokenization. A leaf: it imports nothing of the other stages, which apply parallelism,
 checkpoints, compile and serving kernels from outside.
 
@@ -16,6 +16,11 @@ __all__, __getattr__ = public(__name__, {
     "KVCache": "llama",
     "parameter_count": "llama",
     "flops_per_token": "llama",
+    "active_parameter_count": "llama",
+    "MoE": "moe",
+    "update_expert_bias": "moe",
+    "load_summary": "moe",
+    "aux_loss": "moe",
     "FAMILIES": "llama",
     "RopeScaling": "rope",
     "PRESETS": "sizes",

@@ -11,7 +11,7 @@ from autarky.clikit import TableConsole
 
 def model_info(name: str) -> dict:
     # Imported here so `autarky --help` and the other stages' commands start without loading torch.
-    from autarky.model.llama import flops_per_token, parameter_count
+    from autarky.model.llama import active_parameter_count, flops_per_token, parameter_count
     from autarky.model.sizes import build_on_meta, preset
 
     cfg = preset(name)
@@ -23,6 +23,7 @@ def model_info(name: str) -> dict:
         **cfg.to_dict(),
         "head_dim": cfg.head_dim,
         "parameters": counted,
+        "active_parameters": active_parameter_count(cfg),
         "non_embedding_parameters": parameter_count(cfg, include_embedding=False),
         "train_flops_per_token": flops_per_token(cfg),
     }
@@ -37,10 +38,12 @@ def register(app: typer.Typer) -> typer.Typer:
     @model_app.command("info")
     def info(
         name: str = typer.Argument(..., help="preset: nano, micro, small, 1b, 8b, 70b, 405b, or a published model (llama3.2-1b, "
-                                                    "llama3.1-8b, mistral-7b, qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, qwen3-8b)"),
+                                                    "llama3.1-8b, mistral-7b, qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, qwen3-8b), or a "
+                                                    "mixture of experts (moe-nano, qwen3-30b-a3b, qwen3-235b-a22b, "
+                                                    "deepseek-v3-like)"),
         as_json: bool = typer.Option(False, "--json", help="print JSON for programs"),
     ) -> None:
-        """Layers, width, heads, parameters and training FLOPs per token (built on the meta device)."""
+        """Layers, width, heads, total and active parameters and training FLOPs per token (built on the meta device)."""
         info = model_info(name)
         if as_json:
             typer.echo(json.dumps(info, indent=2))

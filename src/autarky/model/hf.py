@@ -1,7 +1,7 @@
 """To and from Hugging Face folders: config.json, model.safetensors, tokenizer, generation config.
 
 Our Llama uses HF's rotate-half RoPE and the same weight layout, so conversion is a rename. Loading accepts the
-families our model implements (FAMILIES: Llama 2/3.x and SmolLM2, Mistral, Qwen2/2.5, Qwen3), each read the way
+families our model implements (FAMILIES: Llama 2/3.x and SmolLM2, Mistral, Qwen2/2.5, Qwen3, Qwen3-MoE), each read the way
 its transformers class reads config.json, and refuses any other feature with a UserError naming the field instead
 of producing wrong logits. Export writes the family's own `architectures`/`model_type` and fields back.
 """
@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autarky.errors import UserError
+from autarky.model import hf_moe
 from autarky.model.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from autarky.model.llama import FAMILIES, Llama, ModelConfig
 from autarky.model.rope import RopeScaling, rope_tables
@@ -37,6 +38,7 @@ _BLOCK_NAMES = {
     "feed_forward.w1": "mlp.gate_proj",
     "feed_forward.w2": "mlp.down_proj",
     "feed_forward.w3": "mlp.up_proj",
+    "feed_forward.router": "mlp.gate",
     "attention_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
@@ -70,7 +72,7 @@ def from_hf_name(name: str) -> str:
 
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM"}
+                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 _LLAMA3_ROPE = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -114,10 +116,13 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int
         "qwen3": (cfg.qk_norm and cfg.qkv_bias == cfg.wo_bias and cfg.sliding_window is None,
                   {"attention_bias": cfg.qkv_bias, "use_sliding_window": False, "sliding_window": None,
                    "max_window_layers": cfg.n_layers}),
+        "qwen3_moe": hf_moe.qwen3_moe_fits(cfg),
     }
     ok, fields = fits[cfg.family]
+    ok = ok and (cfg.family == "qwen3_moe" or not cfg.n_experts)
     if not ok:
-        features = {k: getattr(cfg, k) for k in ("qkv_bias", "wo_bias", "qk_norm", "sliding_window")}
+        features = {k: getattr(cfg, k) for k in ("qkv_bias", "wo_bias", "qk_norm", "sliding_window", "n_experts",
+                                                 "n_shared_experts", "score_func", "route_scale")}
         raise UserError(f"a {_ARCHITECTURES[cfg.family]} config.json cannot express this model's {features}")
     return {**config, **fields}
 
@@ -166,12 +171,15 @@ def _features(hf: dict, family: str, source: str) -> dict:
                         "supported; only Mistral's window on every layer is")
     bias = bool(hf.get("attention_bias", False))
     window = hf.get("sliding_window") if family == "mistral" else None
+    if family == "qwen3_moe":
+        return {"qkv_bias": bias, "wo_bias": bias, "qk_norm": True, **hf_moe.qwen3_moe_fields(hf, source)}
     return {
         "llama": {"qkv_bias": bias, "wo_bias": bias},
         "mistral": {"sliding_window": int(window) if window else None},
         "qwen2": {"qkv_bias": True},
         "qwen3": {"qkv_bias": bias, "wo_bias": bias, "qk_norm": True},
     }[family]
+
 
 
 def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
@@ -283,8 +291,12 @@ def hf_state_dict(model: Llama, dtype: torch.dtype = torch.float32) -> dict[str,
     for name, tensor in model.state_dict().items():
         if model.config.tie_embeddings and name == "output.weight":
             continue
+        if name.endswith(("expert_bias", ".experts.w1", ".experts.w2", ".experts.w3")):
+            state.update(hf_moe.expert_weights(name, tensor, _ARCHITECTURES[model.config.family], dtype))
+            continue
         state[to_hf_name(name)] = tensor.detach().to("cpu", dtype).contiguous()
     return state
+
 
 
 def check_output_folder(out_dir: Path) -> Path:
@@ -342,8 +354,9 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
     cfg = read_model_config(folder)
-    state = {}
-    for hf_name, tensor in _read_weights(folder).items():
+    weights = _read_weights(folder)
+    state = {name: t.to(device=device, dtype=dtype) for name, t in hf_moe.stack_experts(weights, cfg).items()}
+    for hf_name, tensor in weights.items():
         if cfg.tie_embeddings and hf_name == "lm_head.weight":
             continue  # some savers write the tied copy too
         if hf_name.endswith("rotary_emb.inv_freq"):
@@ -351,7 +364,8 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
         state[from_hf_name(hf_name)] = tensor.to(device=device, dtype=dtype)
     with torch.device("meta"):
         model = Llama(cfg)
-    expected = {n for n in model.state_dict() if not (cfg.tie_embeddings and n == "output.weight")}
+    expected = {n for n in model.state_dict()
+                if not (cfg.tie_embeddings and n == "output.weight") and not n.endswith("expert_bias")}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         hint = " (biases: attention_bias / the family's q/k/v biases)" if any(
@@ -368,6 +382,7 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
         model.output.weight = model.tok_embeddings.weight
     cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)  # fp32, as HF computes them
+    hf_moe.zero_balancing(model, device)
     return model.eval(), cfg
 
 

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autarky.model.moe import FeedForward, MoE
 from autarky.model.rope import RopeScaling, apply_rope, rope_tables
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # Hugging Face model_type each config is read from / written as
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")  # Hugging Face model_type each config is read from / written as
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None  # Llama 3.1's rope_type "llama3"
     sliding_window: int | None = None  # each token attends to at most this many (itself included; Mistral)
     family: str = "llama"
+    # Mixture of experts (autarky.model.moe); n_experts 0 = every layer dense.
+    n_experts: int = 0  # routed experts per sparse layer
+    n_active_experts: int = 0  # top-k: routed experts each token uses
+    n_shared_experts: int = 0  # experts every token uses (one SwiGLU of n_shared · moe_ffn_dim)
+    moe_ffn_dim: int = 0  # hidden width of one expert
+    first_k_dense: int = 0  # the first layers keep the dense feed-forward (ffn_dim)
+    score_func: str = "softmax"  # router scores: softmax (Qwen3-MoE, Mixtral) or sigmoid (DeepSeek-V3)
+    route_norm: bool = False  # renormalise the chosen experts' scores to sum to 1 (norm_topk_prob)
+    route_scale: float = 1.0  # gate weights times this (DeepSeek-V3: 2.5)
+    balance_rate: float = 1e-3  # expert_bias step per optimizer step (aux-loss-free balancing); 0 = off
+    aux_loss_coef: float = 0.0  # weight of the classic auxiliary balance loss; 0 = off
 
     def __post_init__(self) -> None:
         if not self.head_dim and self.dim % self.n_heads:
@@ -56,6 +68,12 @@ class ModelConfig:
             raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window must be positive, got {self.sliding_window}")
+        if self.n_experts:
+            if not 1 <= self.n_active_experts <= self.n_experts or self.moe_ffn_dim < 1:
+                raise ValueError(f"an MoE needs 1 <= n_active_experts <= n_experts ({self.n_experts}) and a "
+                                 f"positive moe_ffn_dim, got {self.n_active_experts} and {self.moe_ffn_dim}")
+            if self.score_func not in ("softmax", "sigmoid"):
+                raise ValueError(f"score_func must be softmax or sigmoid, got {self.score_func!r}")
         # Frozen: derived values are filled in once here (a dict from to_dict() comes back as the same config).
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
@@ -63,6 +81,10 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether `layer` has the MoE feed-forward."""
+        return self.n_experts > 0 and layer >= self.first_k_dense
 
     def to_dict(self) -> dict:
         """Every field that differs from the plain Llama's default, and always the shape."""
@@ -195,24 +217,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return out.transpose(1, 2).reshape(B, T, -1)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
-        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
-        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
+        self.feed_forward = MoE(cfg) if cfg.is_sparse(layer) else FeedForward(cfg.dim, cfg.ffn_dim)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
@@ -252,10 +263,13 @@ class Llama(nn.Module):
                     param.fill_(1.0)
                 elif name.endswith(".bias"):
                     param.zero_()
-                elif name.endswith(("wo.weight", "w2.weight")):
+                elif name.endswith(("wo.weight", "w2.weight", "experts.w2")):
                     _normal(param, residual_std, generator)
                 else:
                     _normal(param, std, generator)
+            for name, buffer in self.named_buffers():
+                if name.endswith(("expert_bias", "tokens_per_expert")):
+                    buffer.zero_()
 
     def forward(
         self,
@@ -307,18 +321,28 @@ def parameter_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     attention = cfg.dim * q * 2 + cfg.dim * kv * 2
     attention += (q + 2 * kv) * cfg.qkv_bias + cfg.dim * cfg.wo_bias + 2 * cfg.head_dim * cfg.qk_norm
-    block = attention + 3 * cfg.dim * cfg.ffn_dim + 2 * cfg.dim
+    sparse = sum(cfg.is_sparse(i) for i in range(cfg.n_layers))
+    experts = cfg.n_experts + cfg.n_shared_experts
+    ffn = (cfg.n_layers - sparse) * 3 * cfg.dim * cfg.ffn_dim
+    ffn += sparse * (3 * cfg.dim * cfg.moe_ffn_dim * experts + cfg.dim * cfg.n_experts)  # experts + router
     embedding = cfg.vocab_size * cfg.dim
     output = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
-    total = cfg.n_layers * block + cfg.dim + output
+    total = cfg.n_layers * (attention + 2 * cfg.dim) + ffn + cfg.dim + output
     return total + embedding if include_embedding else total
+
+
+def active_parameter_count(cfg: ModelConfig, include_embedding: bool = True) -> int:
+    """Parameters one token uses: the total less the routed experts it does not choose (= the total if dense)."""
+    sparse = sum(cfg.is_sparse(i) for i in range(cfg.n_layers))
+    unused = sparse * (cfg.n_experts - cfg.n_active_experts) * 3 * cfg.dim * cfg.moe_ffn_dim
+    return parameter_count(cfg, include_embedding) - unused
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training model FLOPs per token (PaLM App. B): 6N + 12·L·H·E·T, N excluding the input embedding
-    (a lookup, not a matmul). This is the numerator of MFU everywhere in autarky."""
+    (a lookup, not a matmul; the active parameters of an MoE). This is the numerator of MFU everywhere in autarky."""
     seq_len = seq_len or cfg.max_seq_len
-    matmul_params = parameter_count(cfg, include_embedding=False)
+    matmul_params = active_parameter_count(cfg, include_embedding=False)
     if cfg.tie_embeddings:
         matmul_params += cfg.vocab_size * cfg.dim  # the tied output projection is still a matmul
     return 6 * matmul_params + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len

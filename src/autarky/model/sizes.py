@@ -1,5 +1,6 @@
 """Presets from a laptop-sized model to the published Llama 3 shapes, plus the open families' published models
-(Llama 3.x, Mistral, Qwen2.5, Qwen3), all one architecture."""
+(Llama 3.x, Mistral, Qwen2.5, Qwen3), all one architecture, and mixtures of experts from a CPU-sized one to the
+published frontier shapes (for planning; `autarky model info` gives their exact total and active parameters)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,30 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen3-8b": ModelConfig(vocab_size=151_936, dim=4096, n_layers=36, n_heads=32, n_kv_heads=8, ffn_dim=12_288,
                             max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, head_dim=128, qk_norm=True,
                             family="qwen3"),
+    # Mixtures of experts. moe-nano is torchtitan's DeepSeek-V3 debugmodel in our architecture: 8 routed experts,
+    # top 3, plus 2 shared, the first layer dense; ~12M parameters (~7M active), trains on 2 CPU cores.
+    "moe-nano": ModelConfig(vocab_size=4096, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=1024,
+                            max_seq_len=256, rope_theta=10_000.0, tie_embeddings=True, n_experts=8,
+                            n_active_experts=3, n_shared_experts=2, moe_ffn_dim=256, first_k_dense=1),
+    # Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B as published (config.json): 128 experts, top 8 renormalised.
+    "qwen3-30b-a3b": ModelConfig(vocab_size=151_936, dim=2048, n_layers=48, n_heads=32, n_kv_heads=4, ffn_dim=6144,
+                                 max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, head_dim=128,
+                                 qk_norm=True, family="qwen3_moe", n_experts=128, n_active_experts=8,
+                                 moe_ffn_dim=768, route_norm=True),
+    "qwen3-235b-a22b": ModelConfig(vocab_size=151_936, dim=4096, n_layers=94, n_heads=64, n_kv_heads=4,
+                                   ffn_dim=12_288, max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6,
+                                   head_dim=128, qk_norm=True, family="qwen3_moe", n_experts=128,
+                                   n_active_experts=8, moe_ffn_dim=1536, route_norm=True),
+    # DeepSeek-V3's shape (deepseek-ai/DeepSeek-V3 config.json: 61 layers, the first 3 dense, 256 routed experts
+    # top 8 by sigmoid score with route scale 2.5, 1 shared) with OUR attention in place of MLA: 128 query heads
+    # of 64 and 64 key/value heads give 176M attention parameters a layer against MLA's 187M, so the totals are
+    # close (670.4B / 36.9B active, published 671B / 37B without the multi-token-prediction module) while the KV
+    # cache is not MLA's compressed one. For planning compute and weight memory, not for KV-cache sizing.
+    "deepseek-v3-like": ModelConfig(vocab_size=129_280, dim=7168, n_layers=61, n_heads=128, n_kv_heads=64,
+                                    head_dim=64, ffn_dim=18_432, max_seq_len=163_840, rope_theta=10_000.0,
+                                    norm_eps=1e-6, n_experts=256, n_active_experts=8, n_shared_experts=1,
+                                    moe_ffn_dim=2048, first_k_dense=3, score_func="sigmoid", route_norm=True,
+                                    route_scale=2.5),
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig, parameter_count
+from autarky.model.llama import ModelConfig, active_parameter_count, parameter_count
 from autarky.model.sizes import preset
 
 
@@ -70,7 +70,12 @@ def from_config(name: str, cfg: ModelConfig, experts: int = 1, active_experts: i
                 head_dim: int | None = None) -> ModelShape:
     if experts < 1 or active_experts < 1 or active_experts > experts:
         raise UserError(f"--active-experts ({active_experts}) must be between 1 and --experts ({experts})")
-    if experts > 1:
+    if cfg.n_experts:  # the model's own experts (an MoE preset or config.json): exact, shared and dense layers too
+        experts, active_experts, expert_ffn = cfg.n_experts, cfg.n_active_experts, cfg.moe_ffn_dim
+        total, active = parameter_count(cfg), active_parameter_count(cfg)
+        sparse = sum(cfg.is_sparse(i) for i in range(cfg.n_layers))
+        expert_total = sparse * experts * 3 * cfg.dim * expert_ffn
+    elif experts > 1:
         total, active, expert_total = _moe_params(cfg, experts, active_experts, expert_ffn or cfg.ffn_dim)
     else:
         total = active = parameter_count(cfg)
@@ -101,8 +106,6 @@ def from_hf_config(path: Path, seq_len: int | None = None) -> ModelShape:
     try:
         hidden, layers = int(raw["hidden_size"]), int(raw["num_hidden_layers"])
         heads = int(raw["num_attention_heads"])
-        experts = int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 1)
-        expert_ffn = raw.get("moe_intermediate_size")
         model_type = str(raw.get("model_type") or "")
         bias = bool(raw.get("attention_bias"))
         qkv_bias_always = model_type in ("qwen2", "qwen2_moe")  # their q/k/v projections always have biases
@@ -112,14 +115,30 @@ def from_hf_config(path: Path, seq_len: int | None = None) -> ModelShape:
             max_seq_len=int(raw.get("max_position_embeddings", 2048)),
             tie_embeddings=bool(raw.get("tie_word_embeddings", False)), head_dim=int(raw.get("head_dim") or 0),
             qkv_bias=bias or qkv_bias_always, wo_bias=bias and not qkv_bias_always,
-            qk_norm=model_type.startswith("qwen3"))
+            qk_norm=model_type.startswith("qwen3"), **_moe_fields(raw, layers))
     except KeyError as exc:
         raise UserError(f"--hf-config {path} lacks {exc.args[0]!r}; a Llama-style config.json is needed") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"--hf-config {path}: {exc}") from None
     name = raw.get("_name_or_path") or path.parent.name or "hf-model"
-    active = int(raw.get("num_experts_per_tok", 1)) if experts > 1 else 1
-    return from_config(str(name), cfg, experts, active, int(expert_ffn) if expert_ffn else None, seq_len)
+    return from_config(str(name), cfg, seq_len=seq_len)
+
+
+def _moe_fields(raw: dict, layers: int) -> dict:
+    """The experts of a Mixtral / Qwen-MoE / DeepSeek-style config.json as ModelConfig fields: which layers are
+    dense (mlp_only_layers, decoder_sparse_step, first_k_dense_replace) only matters for counting, so they are
+    counted into first_k_dense; shared experts from n_shared_experts or shared_expert_intermediate_size."""
+    experts = int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 0)
+    if experts <= 1:
+        return {}
+    step = int(raw.get("decoder_sparse_step") or raw.get("moe_layer_freq") or 1)
+    dense = {int(i) for i in raw.get("mlp_only_layers") or []}
+    first = int(raw.get("first_k_dense_replace") or 0)
+    sparse = sum(i not in dense and (i + 1) % step == 0 and i >= first for i in range(layers))
+    width = int(raw.get("moe_intermediate_size") or raw["intermediate_size"])
+    shared = int(raw.get("n_shared_experts") or 0) or round(int(raw.get("shared_expert_intermediate_size") or 0) / width)
+    return {"n_experts": experts, "n_active_experts": int(raw.get("num_experts_per_tok") or 1), "moe_ffn_dim": width,
+            "n_shared_experts": shared, "first_k_dense": layers - sparse}
 
 
 def from_params(

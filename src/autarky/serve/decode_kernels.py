@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.model.llama import Block, KVCache, sliding_window_mask
+from autarky.model.moe import MoE
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
@@ -230,7 +231,9 @@ def use_decode_kernels(model: nn.Module) -> bool:
     inductor cannot trace."""
     if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
         return False
-    replace_modules(model, Block, DecodeBlock)
+    # MoE blocks decline: their routed experts (gather, grouped matmul, scatter) are not the fused SwiGLU of
+    # `_block_tail`, so they keep Block.forward; their router and shared experts still get the few-row kernels.
+    replace_modules(model, Block, lambda block: block if isinstance(block.feed_forward, MoE) else DecodeBlock(block))
     for child in model.modules():
         if isinstance(child, KernelSwitch):
             child.decode_kernels = True

@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     """A preset plus optional explicit overrides; unset fields come from the preset (vocab from the data)."""
 
-    preset: str = Field("nano", description="model preset: nano, micro, small, 1b, 8b, 70b, 405b")
+    preset: str = Field("nano", description="model preset: nano, micro, small, 1b, 8b, 70b, 405b, moe-nano")
     vocab_size: int | None = Field(None, gt=0)
     dim: int | None = Field(None, gt=0)
     n_layers: int | None = Field(None, gt=0)
@@ -37,6 +37,9 @@ class ModelSection(_Section):
     rope_theta: float | None = Field(None, gt=0)
     norm_eps: float | None = Field(None, gt=0)
     tie_embeddings: bool | None = None
+    balance_rate: float | None = Field(None, ge=0, description="MoE: expert_bias step per optimizer step "
+                                       "(aux-loss-free balancing); 0 = off")
+    aux_loss_coef: float | None = Field(None, ge=0, description="MoE: weight of the auxiliary balance loss; 0 = off")
 
     def resolve(self, data_vocab: int, seq_len: int) -> ModelConfig:
         """The model shape: the preset, then the data's vocabulary, then explicit fields."""

@@ -30,6 +30,7 @@ from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
 from autarky.data import read_manifest
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from autarky.model.llama import Llama, flops_per_token, parameter_count
+from autarky.model.moe import load_summary, update_expert_bias
 from autarky.train.batches import SequentialCursor, WindowSampler, make_train_sampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint
 from autarky.train.config import TrainConfig, dump_config
@@ -173,6 +174,7 @@ class Trainer:
         self.tokens_per_step = d.batch_size * d.seq_len
         self.flops_per_token = flops_per_token(plan.model_cfg, d.seq_len)
         self.peak, self.device_name = peak_flops(self.device)
+        self.expert_loads: dict[str, list[float]] = {}
 
     def batch_source(self) -> BatchSource:
         d, plan = self.cfg.data, self.plan
@@ -206,8 +208,15 @@ class Trainer:
 
     def _train_step(self, step: int) -> tuple[torch.Tensor, float]:
         batches = self.batches.step_batches(step, self.device)
-        return train_step(self.model, self.optimizer, batches, grad_clip=self.cfg.optim.grad_clip,
-                          autocast=self.autocast, loss_fn=self.loss_fn, fsdp=self.fsdp)  # fmt: skip
+        result = train_step(self.model, self.optimizer, batches, grad_clip=self.cfg.optim.grad_clip,
+                            autocast=self.autocast, loss_fn=self.loss_fn, fsdp=self.fsdp)  # fmt: skip
+        # MoE balancing outside the gradient step, from this step's token counts summed over data-parallel ranks.
+        self.expert_loads = update_expert_bias(self.model, self.plan.model_cfg.balance_rate, self._sum_over_dp)
+        return result
+
+    def _sum_over_dp(self, counts: torch.Tensor) -> None:
+        if self.dp_group is not None and dist.get_world_size(self.dp_group) > 1:
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.dp_group)
 
     @torch.no_grad()
     def _evaluate(self) -> float | None:
@@ -272,6 +281,7 @@ class Trainer:
                            "tokens": tokens, "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
                            "peak_flops": self.peak, "device": self.device_name, "world": topo.world,
                            "elapsed_s": time.perf_counter() - wall_start, "restart": self.restart}  # fmt: skip
+                    row.update(load_summary(self.expert_loads))  # MoE: per-expert load, imbalance, drops
                     if val_loss is not None:
                         row["val_loss"] = val_loss
                     if log is not None:

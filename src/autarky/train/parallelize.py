@@ -84,6 +84,8 @@ def dp_group(mesh: DeviceMesh | None) -> dist.ProcessGroup | None:
 def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: bool) -> nn.Module:
     """Apply TP, compile and FSDP2 in torchtitan's order, in place; returns the model."""
     if mesh is not None and mesh["tp"].size() > 1:
+        if model.config.n_experts:
+            raise UserError("tensor parallel of mixture-of-experts layers is not implemented; use --tp 1")
         _apply_tensor_parallel(model, mesh["tp"])
     if compile:
         for block in model.layers.values():

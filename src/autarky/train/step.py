@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autarky.model.moe import aux_loss
 from autarky.train.config import OptimSection
 from autarky.train.parallelize import clip_grad_norm
 
@@ -159,7 +160,8 @@ def train_step(
         if fsdp and accum > 1:
             model.set_requires_gradient_sync(i == accum - 1)  # type: ignore[operator]  # reduce-scatter once
         loss = batch_loss(model, batch, autocast, loss_fn)
-        (loss / accum).backward()
+        balance = aux_loss(model)  # an MoE's auxiliary balance loss, when on: trained, not reported
+        ((loss if balance is None else loss + balance) / accum).backward()
         loss_sum += loss.detach()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = clip_grad_norm(params, grad_clip)
