@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from autarky.gateway import admin
+from autarky.gateway import admin, audit
 from autarky.gateway.accounting import Accounting, LedgerAccounting
 from autarky.gateway.auth import KeyCache, KeyRecord, Limiter
 from autarky.gateway.breaker import Breaker
@@ -56,6 +56,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, accounting: Accounting | None = None) -> None:
         self.config = config
         self.engine = open_store(config.store)
+        audit.check_key(self.engine)  # before a port opens: never extend a keyed chain without its key
         self.metrics = Metrics()
         self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits())
         self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
