@@ -136,6 +136,8 @@ class GatewayConfig(_Strict):
     key_cache_ttl_s: float = Field(5.0, ge=0)
     ledger_flush_s: float = Field(0.2, gt=0)
     default_max_tokens: int = Field(1024, gt=0)  # Anthropic egress requires max_tokens
+    max_body_bytes: int = Field(16 * 2**20, gt=0)  # larger request bodies are a 413
+    body_timeout_s: float = Field(30.0, gt=0)  # a body not received within this is a 408 and the connection closes
     policy: PolicyConfig = PolicyConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
