@@ -1,5 +1,5 @@
 """Capability-aware routing: a request needing tools, JSON, images or thinking goes to a candidate that declares
-it, and with none able is a 400 naming the field; context windows order candidates that fit first."""
+it, and with none able is a 400 naming the field; a candidate whose context window cannot hold the prompt is skipped."""
 
 from __future__ import annotations
 
@@ -64,10 +64,10 @@ def test_routing_picks_capable_candidates_and_400s_when_none(body, field, capabl
     assert _models(declared, body, team="secure") == ["home"]
 
 
-def test_context_window_puts_fitting_candidates_first():
+def test_context_window_skips_candidates_that_cannot_hold_the_prompt():
     router = _router(home={"context_window": 100}, oai={"context_window": 1000})
-    assert _models(router, {"messages": USER}, tokens=500) == ["oai", "ant", "home"]
-    assert _models(router, {"messages": USER}, tokens=5000) == ["ant", "home", "oai"]
+    assert _models(router, {"messages": USER}, tokens=500) == ["oai", "ant"]
+    assert _models(router, {"messages": USER}, tokens=5000) == ["ant"]
     assert _models(router, {"messages": USER}, tokens=50) == ["home", "oai", "ant"]
 
 

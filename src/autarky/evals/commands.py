@@ -141,7 +141,10 @@ def register(app: typer.Typer) -> None:
 
         table = routes_from_store(choose_store(store, config), prefer_in_house_within, max_usd_per_1k, alpha)
         TableConsole().print(routes_table(table))
-        typer.echo(f"wrote {write_routes(table, out)}")
+        try:
+            typer.echo(f"wrote {write_routes(table, out)}")
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
 
     @eval_app.command("report")
     def report(
@@ -155,7 +158,11 @@ def register(app: typer.Typer) -> None:
         """Write a static HTML report: leaderboard, models × suites, Pareto plots, routing table, items."""
         from autarky.evals.api import write_report
 
-        typer.echo(f"wrote {write_report(out, choose_store(store, config), prefer_in_house_within, max_usd_per_1k, alpha)}")
+        url = choose_store(store, config)
+        try:
+            typer.echo(f"wrote {write_report(out, url, prefer_in_house_within, max_usd_per_1k, alpha)}")
+        except OSError as exc:  # a file where the folder should be, a read-only disk, no permission
+            raise UserError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
 
     def arena(
         battles: Path = typer.Option(None, help="battles JSONL (LMArena format: model_a, model_b, winner)"),

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from autarky.gateway import admin
+from autarky.gateway import admin, audit
 from autarky.gateway.accounting import Accounting, LedgerAccounting
 from autarky.gateway.auth import KeyCache, KeyRecord, Limiter
 from autarky.gateway.breaker import Breaker
@@ -31,13 +31,14 @@ from autarky.gateway.config import DATA_CLASSES, GatewayConfig
 from autarky.gateway.dispatch import Dispatcher, client_error
 from autarky.gateway.errors import GatewayError, bad_request, unauthorized
 from autarky.gateway.exchange import Exchange, estimate_request
+from autarky.gateway.intake import ClientGone, bearer_key, check_name, parse_body, read_body
 from autarky.gateway.ledger import Ledger
 from autarky.gateway.metrics import Metrics
 from autarky.gateway.providers import KINDS, AnthropicProvider, UpstreamError
 from autarky.gateway.router import Router
 from autarky.gateway.routes import RoutesWatcher
 from autarky.gateway.streaming import ExchangeStream
-from autarky.gateway.translate import anthropic_request_to_openai, openai_response_to_anthropic
+from autarky.gateway.translate import openai_response_to_anthropic
 from autarky.store.database import open_store
 
 log = logging.getLogger("autarky.gateway")
@@ -56,6 +57,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, accounting: Accounting | None = None) -> None:
         self.config = config
         self.engine = open_store(config.store)
+        audit.check_key(self.engine)  # before a port opens: never extend a keyed chain without its key
         self.metrics = Metrics()
         self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits())
         self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
@@ -122,6 +124,10 @@ class Gateway:
     # ---- small endpoints --------------------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
+        try:
+            await self.authenticate(request)
+        except GatewayError as exc:
+            return exc.response()
         now = int(time.time())
         data = [{"id": name, "object": "model", "created": now, "owned_by": m.provider}
                 for name, m in self.config.models.items()]
@@ -142,7 +148,7 @@ class Gateway:
         estimate (4 bytes a token, marked `x-autarky-token-count: estimate`). No ledger row: nothing is generated."""
         try:
             key = await self.authenticate(request)
-            raw = await request.body()
+            raw = await self.body(request)
             body = parse_body(raw, "messages", count_only=True)
             data_class = request.headers.get("x-autarky-data-class")
             if data_class is not None and data_class not in DATA_CLASSES:
@@ -167,12 +173,16 @@ class Gateway:
             return json_response({"input_tokens": estimate}, headers={"x-autarky-token-count": "estimate"})
         except GatewayError as exc:
             return exc.response(anthropic=True)
+        except ClientGone:
+            return Response(status_code=499)
 
     # ---- the hot path -----------------------------------------------------------------------------------
 
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
+
     async def authenticate(self, request: Request) -> KeyRecord:
-        auth = request.headers.get("authorization")
-        key = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
+        key = bearer_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
         if not key:
             if self.config.require_keys:
                 raise unauthorized()
@@ -186,14 +196,14 @@ class Gateway:
             raise unauthorized("invalid or revoked API key")
         return record
 
-    async def handle(self, request: Request, ex: Exchange) -> Response:
-        """The response to one API request; every failure becomes the client's error envelope. The caller
-        finishes `ex` (its one ledger row) after the response went out."""
+    async def handle(self, request: Request, ex: Exchange, key: KeyRecord) -> Response:
+        """The response to one authenticated API request; every failure becomes the client's error envelope.
+        The caller finishes `ex` (its one ledger row) after the response went out."""
         anthropic = ex.usage.endpoint == "messages"
         try:
-            return await self._respond(request, ex, anthropic)
+            return await self._respond(request, ex, anthropic, key)
         except GatewayError as exc:
-            ex.fail(exc.status, exc.message)
+            ex.fail(exc.status, exc.message[:1000])  # bounded: the ledger keeps it
             return exc.response(anthropic, ex.error_headers())
         except ClientGone:
             ex.fail(499, "client disconnected")
@@ -208,12 +218,12 @@ class Gateway:
             ex.fail(internal.status, internal.message)
             return internal.response(anthropic, ex.error_headers())
 
-    async def _respond(self, request: Request, ex: Exchange, anthropic: bool) -> Response:
+    async def _respond(self, request: Request, ex: Exchange, anthropic: bool, key: KeyRecord) -> Response:
         endpoint = ex.usage.endpoint
-        key = await self.authenticate(request)
         ex.authenticated(key, store_content=self._stores_content(key.team))
-        body = parse_body(await request.body(), endpoint)
+        body = parse_body(await self.body(request), endpoint)
         name = body.get("model")
+        check_name(request.headers.get("x-autarky-task"), "X-Autarky-Task")
         data_class = request.headers.get("x-autarky-data-class")
         if data_class is not None and data_class not in DATA_CLASSES:
             raise bad_request(f"X-Autarky-Data-Class must be one of {list(DATA_CLASSES)}")
@@ -268,16 +278,23 @@ class ExchangeEndpoint:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            key = await self.gateway.authenticate(request)
+        except GatewayError as exc:
+            # No ledger row for a request nobody is accountable for: a keyless flood must not grow the store.
+            # The metrics still count it.
+            self.gateway.metrics.requests.labels(self.endpoint, "", str(exc.status)).inc()
+            await exc.response(self.endpoint == "messages")(scope, receive, send)
+            return
         ex = Exchange(self.gateway.accounting, self.endpoint, self.gateway.metrics)
         try:
-            response = await self.gateway.handle(Request(scope, receive), ex)
+            response = await self.gateway.handle(request, ex, key)
             await response(scope, receive, send)
+        except OSError:  # the client's connection broke while we wrote: a 499, not a traceback
+            ex.fail(499, "client disconnected")
         finally:
             ex.finish()
-
-
-class ClientGone(Exception):
-    pass
 
 
 async def _until_disconnect(request: Request, coro):  # noqa: ANN001, ANN202
@@ -299,29 +316,3 @@ async def _until_disconnect(request: Request, coro):  # noqa: ANN001, ANN202
     with contextlib.suppress(BaseException):
         await call
     raise ClientGone
-
-
-def parse_body(raw: bytes, endpoint: str, count_only: bool = False) -> dict:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    if endpoint == "messages":
-        model = body.get("model")
-        if count_only:  # count_tokens bodies have no max_tokens
-            body = {**body, "max_tokens": 1}
-        body = anthropic_request_to_openai(body)
-        body["model"] = model
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad_request("model: a model name or `task:NAME` is required", param="model")
-    if endpoint == "completions":
-        if body.get("prompt") is None:
-            raise bad_request("prompt: required", param="prompt")
-    elif not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise bad_request("messages: a non-empty list is required", param="messages")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise bad_request("max_tokens: must be a positive integer", param="max_tokens")
-    return body

@@ -8,6 +8,8 @@ a writer that loses the race retries on the new head; PostgreSQL also takes an a
 
 A plain hash chain can be rebuilt end to end by someone with write access to the database. Set
 AUTARKY_AUDIT_KEY (on every gateway, and when verifying) to make each hash an HMAC that they cannot forge.
+A chain is extended only under the setting its last row was written with: a gateway or `keys` command started
+without the key (or with another one) refuses, rather than silently appending rows nobody can verify.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from autarky.errors import UserError
 from autarky.store.gateway_tables import gateway_audit
 
 GENESIS = "0" * 64
@@ -41,14 +44,37 @@ def row_hash(seq: int, ts: str, actor: str, action: str, detail: str, prev_hash:
     return hashlib.sha256(payload).hexdigest()
 
 
+class AuditKeyMismatch(UserError):
+    """The chain's last row was not written under this process's AUTARKY_AUDIT_KEY setting."""
+
+
+def _check_head(head) -> None:  # noqa: ANN001 (a Row of gateway_audit)
+    if head is None or row_hash(head.seq, head.ts, head.actor, head.action, head.detail, head.prev_hash) == head.hash:
+        return
+    have = "is set" if os.environ.get(AUDIT_KEY_ENV) else "is not set"
+    raise AuditKeyMismatch(
+        f"the audit chain's last row (seq {head.seq}) does not verify with this process's {AUDIT_KEY_ENV} (it "
+        f"{have}): it was written with another key setting, or edited; set {AUDIT_KEY_ENV} as the gateways that "
+        "wrote it had it, or run `autarky audit verify`. Refusing to extend the chain.")
+
+
+def _head(conn: Connection):  # noqa: ANN202
+    return conn.execute(select(gateway_audit).order_by(gateway_audit.c.seq.desc()).limit(1)).first()
+
+
+def check_key(engine: Engine) -> None:
+    """UserError unless this process may extend the chain (its last row verifies under our key setting)."""
+    with engine.connect() as conn:
+        _check_head(_head(conn))
+
+
 def append_in(conn: Connection, entries: list[tuple[str, str, dict]]) -> int:
     """Append (actor, action, detail) entries inside an open transaction; returns the last seq."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-    head = conn.execute(
-        select(gateway_audit.c.seq, gateway_audit.c.hash).order_by(gateway_audit.c.seq.desc()).limit(1)
-    ).first()
-    seq, prev = (head[0], head[1]) if head else (0, GENESIS)
+    head = _head(conn)
+    _check_head(head)
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     rows = []
     for actor, action, detail in entries:
         seq += 1

@@ -54,18 +54,34 @@ class ProviderConfig(_Strict):
         return DATA_CLASSES.index(data_class) <= DATA_CLASSES.index(ceiling)
 
 
+class Deployment(_Strict):
+    """One more place a model is deployed: another provider (its own breaker) and the id it knows it by."""
+
+    provider: str
+    upstream_id: str | None = None
+
+
 class ModelEntry(_Strict):
     """One `[models.NAME]` table: a model the gateway serves, its provider and its price (not the network's
     shape, which is `autarky.model.ModelConfig`)."""
 
     provider: str
     upstream_id: str | None = None  # the id the provider knows it by; defaults to the gateway name
+    # More deployments of the same model on other providers: requests are spread over every deployment whose
+    # breaker is closed, and fail over between them.
+    deployments: list[Deployment] = []
     usd_per_1m_input: float = Field(0.0, ge=0)
     usd_per_1m_output: float = Field(0.0, ge=0)
     context_window: int = Field(8192, gt=0)
     # What this model can carry: "tools", "json_schema", "images", "thinking". None: the provider's default
     # (capabilities.supports); requests needing more go to another candidate or get a 400 naming the field.
     supports: list[Literal["tools", "json_schema", "images", "thinking"]] | None = None
+
+    def placements(self) -> list[ModelEntry]:
+        """This entry once per deployment (the first is `provider` itself), each with no further deployments."""
+        first = self.model_copy(update={"deployments": []}) if self.deployments else self
+        return [first] + [self.model_copy(update={"provider": d.provider, "upstream_id": d.upstream_id,
+                                                  "deployments": []}) for d in self.deployments]
 
     def usd_per_1k(self) -> float:
         return (self.usd_per_1m_input + self.usd_per_1m_output) / 2 / 1000
@@ -120,6 +136,8 @@ class GatewayConfig(_Strict):
     key_cache_ttl_s: float = Field(5.0, ge=0)
     ledger_flush_s: float = Field(0.2, gt=0)
     default_max_tokens: int = Field(1024, gt=0)  # Anthropic egress requires max_tokens
+    max_body_bytes: int = Field(16 * 2**20, gt=0)  # larger request bodies are a 413
+    body_timeout_s: float = Field(30.0, gt=0)  # a body not received within this is a 408 and the connection closes
     policy: PolicyConfig = PolicyConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
@@ -133,6 +151,13 @@ class GatewayConfig(_Strict):
         for name, model in self.models.items():
             if model.provider not in self.providers:
                 raise ValueError(f"models.{name}.provider: unknown provider {model.provider!r}")
+            seen = {model.provider}
+            for i, d in enumerate(model.deployments):
+                if d.provider not in self.providers:
+                    raise ValueError(f"models.{name}.deployments.{i}.provider: unknown provider {d.provider!r}")
+                if d.provider in seen:  # one breaker per provider: a second deployment there would share it
+                    raise ValueError(f"models.{name}.deployments.{i}.provider: {d.provider!r} is listed twice")
+                seen.add(d.provider)
         for name, task in self.tasks.items():
             for model in task.candidates:
                 if model not in self.models:

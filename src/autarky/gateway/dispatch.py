@@ -1,5 +1,6 @@
 """Sending one request along a plan: breaker check, retries with jittered backoff (honouring Retry-After),
-then failover to the next target. Streams fail over only until their first chunk has arrived."""
+then failover to the next target. Streams fail over only until their first chunk has arrived; a stream's
+breaker verdict waits for its end (streaming.py), so streams that die after the first chunk open it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import orjson
+
+from autarky.contracts.wire import ContextOverflow
 from autarky.gateway.breaker import Breaker
 from autarky.gateway.config import RetryConfig
 from autarky.gateway.errors import GatewayError, upstream_failed
@@ -37,6 +41,16 @@ class Dispatcher:
         self.retry = retry
         self.metrics = metrics
 
+    def _overflow(self, err: UpstreamError) -> bool:
+        """Did the upstream refuse the request as longer than its context? Another deployment may hold it."""
+        if err.status not in (400, 413, 422) or not err.body:
+            return False
+        try:
+            body = orjson.loads(err.body)
+        except orjson.JSONDecodeError:
+            body = err.body[:2000].decode("utf-8", "replace")
+        return ContextOverflow.from_body(body) is not None
+
     def _delay(self, attempt: int, err: UpstreamError) -> float | None:
         """Seconds to wait before retrying, or None to fail over now."""
         if err.retry_after is not None:
@@ -46,20 +60,29 @@ class Dispatcher:
         cap = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2**attempt)
         return random.uniform(cap / 2, cap)  # jitter spreads retries from many clients
 
-    async def _attempts(self, targets: tuple[Target, ...], outcome: Outcome, call) -> object:  # noqa: ANN001
+    async def _attempts(self, targets: tuple[Target, ...], outcome: Outcome, call,  # noqa: ANN001
+                        settle_on_success: bool = True) -> object:
         last: UpstreamError | None = None
         tried = 0
         last_provider = ""
         skipped: list[str] = []
+        noted = 0
         for target in targets:
             breaker = self.breakers[target.provider]
             if not breaker.allow():
                 skipped.append(target.provider)
                 continue
-            if tried:
+            if tried or len(skipped) > noted:
+                # Routed around an open breaker counts as a failover too: the header, the count and the
+                # ledger row all say the request did not go where the route put it first.
                 outcome.failovers += 1
-                self.metrics.failovers.labels(last_provider).inc()
-                outcome.notes.append(f"failover from {last_provider} ({_short(last)})")
+                if tried:
+                    self.metrics.failovers.labels(last_provider).inc()
+                    outcome.notes.append(f"failover from {last_provider} ({_short(last)})")
+                for name in skipped[noted:]:
+                    self.metrics.failovers.labels(name).inc()
+                    outcome.notes.append(f"skipped {name} (circuit open)")
+                noted = len(skipped)
             tried += 1
             last_provider = target.provider
             for attempt in range(self.retry.max_retries + 1):
@@ -68,7 +91,8 @@ class Dispatcher:
                 try:
                     result = await call(target)
                 except UpstreamError as err:
-                    if err.status == 404:  # this provider lacks the model: the next candidate may have it
+                    if err.status == 404 or self._overflow(err):
+                        # this provider lacks the model, or its context is too short: the next may not be
                         breaker.release()
                         last = err
                         break
@@ -89,9 +113,12 @@ class Dispatcher:
                 except BaseException:
                     breaker.release()  # our own error, or the client went away: not the provider's fault
                     raise
-                breaker.success()
+                if settle_on_success:  # a stream's verdict comes at its end (ExchangeStream)
+                    breaker.success()
                 outcome.target = target
                 return result
+        if last is not None and not last.retryable:  # e.g. every deployment's context was too short
+            raise client_error(last)
         if last is None:
             raise GatewayError(503, f"every allowed provider is unavailable (circuit open: {', '.join(skipped)}); "
                                "retry shortly", type="api_error", code="providers_unavailable",
@@ -120,7 +147,7 @@ class Dispatcher:
                 raise
             return first, stream
 
-        return await self._attempts(targets, outcome, call)
+        return await self._attempts(targets, outcome, call, settle_on_success=False)
 
 
 def _short(err: UpstreamError | None) -> str:

@@ -7,6 +7,7 @@ per routing-table generation and the hot path only does a dict lookup.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -53,6 +54,7 @@ class RouteDecision:
     targets: tuple[Target, ...]
     task: str | None
     reason: str
+    spread: bool = False  # some model has several deployments: each request rotates them (load balancing)
 
 
 def rejection(target: Target, policy: Policy) -> str | None:
@@ -103,6 +105,7 @@ class Router:
         self.routes = routes
         self._cache: dict[tuple, RouteDecision | GatewayError] = {}
         self._generation = -1
+        self._turns = itertools.count()
 
     def policy_for(self, team: str | None, key_models: tuple[str, ...] | None, data_class: str | None) -> Policy:
         g = self.config.policy
@@ -148,6 +151,8 @@ class Router:
             self._cache[cache_key] = hit
         if isinstance(hit, GatewayError):
             raise hit
+        if hit.spread:
+            hit = spread(hit, next(self._turns))
         return capable(hit, needs or {}, prompt_tokens) if needs or prompt_tokens else hit
 
     def _compute(self, table, name, task_header, team, key_models, data_class) -> RouteDecision:  # noqa: ANN001
@@ -177,15 +182,17 @@ class Router:
         allowed: list[Target] = []
         dropped: list[str] = []
         for rank, cand in enumerate(candidates):
-            target = self._target(cand, rank)
-            if target is None:
+            targets = self._targets(cand, rank)
+            if not targets:
                 dropped.append(f"{cand.model}(not configured)")
                 continue
-            why = rejection(target, policy)
-            if why is None:
-                allowed.append(target)
-            else:
-                dropped.append(f"{cand.model}({why})")
+            for target in targets:
+                why = rejection(target, policy)
+                if why is None:
+                    allowed.append(target)
+                else:
+                    dropped.append(f"{cand.model}@{target.provider}({why})" if len(targets) > 1
+                                   else f"{cand.model}({why})")
         if not allowed:
             what = f"task {task!r}" if task is not None else f"model {name!r}"
             raise forbidden(
@@ -201,30 +208,47 @@ class Router:
             reason += "; self_sufficient"
         if dropped:
             reason += "; dropped " + " ".join(dropped)
-        return RouteDecision(tuple(ordered), task, reason)
+        groups = [t.rank for t in ordered]
+        return RouteDecision(tuple(ordered), task, reason, spread=len(set(groups)) < len(groups))
 
-    def _target(self, cand: Candidate, rank: int) -> Target | None:
+    def _targets(self, cand: Candidate, rank: int) -> list[Target]:
+        """One target per deployment of the candidate's model (only the named one when the table names it)."""
         model_cfg = self.config.models.get(cand.model)
-        if model_cfg is None or (cand.provider and cand.provider != model_cfg.provider):
-            return None
-        return Target(
-            rank=rank,
-            model=cand.model,
-            model_entry=model_cfg,
-            provider=model_cfg.provider,
-            provider_config=self.config.providers[model_cfg.provider],
-            score=cand.score,
-            # The table's price may be stale; the ceiling uses whichever of table and config is higher.
-            usd_per_1k=max(cand.usd_per_1k_tokens or 0.0, model_cfg.usd_per_1k()),
-            p50_latency_ms=cand.p50_latency_ms if cand.p50_latency_ms is not None else 0.0,
-            evidence=cand.evidence(),
-            supports=supports(model_cfg, self.config.providers[model_cfg.provider]),
-        )
+        if model_cfg is None:
+            return []
+        return [
+            Target(
+                rank=rank,
+                model=cand.model,
+                model_entry=placed,
+                provider=placed.provider,
+                provider_config=self.config.providers[placed.provider],
+                score=cand.score,
+                # The table's price may be stale; the ceiling uses whichever of table and config is higher.
+                usd_per_1k=max(cand.usd_per_1k_tokens or 0.0, placed.usd_per_1k()),
+                p50_latency_ms=cand.p50_latency_ms if cand.p50_latency_ms is not None else 0.0,
+                evidence=cand.evidence(),
+                supports=supports(placed, self.config.providers[placed.provider]),
+            )
+            for placed in model_cfg.placements()
+            if not cand.provider or cand.provider == placed.provider
+        ]
+
+
+def spread(decision: RouteDecision, turn: int) -> RouteDecision:
+    """The decision with each run of one candidate's deployments rotated by `turn`: requests take turns on
+    the first choice, and the others stay behind it as failover."""
+    out: list[Target] = []
+    for _, run in itertools.groupby(decision.targets, key=lambda t: t.rank):
+        group = list(run)
+        k = turn % len(group)
+        out += group[k:] + group[:k]
+    return replace(decision, targets=tuple(out))
 
 
 def capable(decision: RouteDecision, needs: Mapping[str, str], prompt_tokens: int) -> RouteDecision:
     """The decision narrowed to targets that can carry what the request needs: a capability none has is a 400
-    naming the field; a context window too small only sends the target behind those whose window fits."""
+    naming the field, and so is a prompt no allowed candidate's context window can hold."""
     targets = decision.targets
     dropped: list[str] = []
     for cap, field in needs.items():
@@ -237,7 +261,13 @@ def capable(decision: RouteDecision, needs: Mapping[str, str], prompt_tokens: in
         targets = able
     if prompt_tokens:
         fits = tuple(t for t in targets if t.model_entry.context_window > prompt_tokens)
-        targets = fits + tuple(t for t in targets if t not in fits)
+        if not fits:
+            widest = max(t.model_entry.context_window for t in targets)
+            raise GatewayError(400, f"messages: the prompt is about {prompt_tokens} tokens, more than any allowed "
+                               f"candidate's context window holds (largest: {widest} tokens)",
+                               param="messages", code="context_length_exceeded")
+        dropped += [f"{t.model}(context {t.model_entry.context_window})" for t in targets if t not in fits]
+        targets = fits
     if targets == decision.targets:
         return decision
     reason = decision.reason + ("; dropped " + " ".join(dropped) if dropped else "") + "; by capability"

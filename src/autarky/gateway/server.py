@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from autarky.errors import UserError
 from autarky.gateway.app import Gateway
 from autarky.gateway.config import GatewayConfig, load_config
 
@@ -24,13 +26,32 @@ def _uvicorn_config(app, host: str, port: int, log_level: str, graceful_s: float
                           server_header=False)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on exactly (host, port), or UserError: never another port, never a traceback."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: must be between 1 and 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened ({exc.strerror or exc})"
+        raise UserError(f"{host}:{port} {why}; choose another --port or --host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_gateway(config: GatewayConfig | str | Path, host: str = "127.0.0.1", port: int = 4000,
                 log_level: str = "warning") -> None:
     """Serve until SIGINT/SIGTERM; shutdown waits for in-flight requests and flushes the ledger."""
     if not isinstance(config, GatewayConfig):
         config = load_config(config)
+    sock = bind(host, port)  # before anything else starts: a bad or busy port is one Error line
     gateway = Gateway(config)
-    uvicorn.Server(_uvicorn_config(gateway.app, host, port, log_level)).run()
+    uvicorn.Server(_uvicorn_config(gateway.app, host, port, log_level)).run(sockets=[sock])
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ class ExchangeStream(StreamingResponse):
         self.breaker = breaker
         self.anthropic = anthropic
         self.done = False
+        self.failed = False
         self.deltas = 0
         self.text: list[str] = []
         self.prompt_tokens = 0
@@ -50,6 +51,12 @@ class ExchangeStream(StreamingResponse):
 
     def _settle(self) -> None:
         ex = self.exchange
+        # The provider's verdict: only a stream that reached its end counts as a success, so streams that die
+        # after the first chunk open the breaker; a client that left says nothing about the provider.
+        if self.done:
+            self.breaker.success()
+        elif not self.failed:
+            self.breaker.release()
         if not self.done:
             ex.fail(499, "client disconnected mid-stream")  # a no-op after an upstream failure
         if ex.store_content:
@@ -97,6 +104,7 @@ class ExchangeStream(StreamingResponse):
             self.done = True
             yield translator.finish() if translator is not None else b"data: [DONE]\n\n"
         except UpstreamError as err:
+            self.failed = True
             self.breaker.failure()
             ex.fail(502, err.message)
             failure = upstream_failed(f"upstream failed mid-stream: {err.message}")

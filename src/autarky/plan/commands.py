@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -93,6 +94,9 @@ def register(app: typer.Typer) -> None:
         values = {k: v for k, v in locals().items()
                   if k not in ("as_json", "emit_launch", "ValidationError", "plan", "render",
                                "write_launch")}
+        for name, value in values.items():  # inf/nan would reach integer maths (steps, GPUs) as a traceback
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')}: must be a finite number, got {value}")
         try:
             request = PlanRequest(**values)
         except ValidationError as exc:
@@ -101,7 +105,10 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"{flag}: {err['msg']}") from None
         result = plan(request)
         if emit_launch is not None:
-            write_launch(result, emit_launch)
+            try:
+                write_launch(result, emit_launch)
+            except OSError as exc:
+                raise UserError(f"--emit-launch {emit_launch}: cannot write ({exc.strerror or exc})") from None
         if as_json:
             typer.echo(result.to_json())
         else:

@@ -8,10 +8,13 @@ additive and recorded in `schema_version`, so an old database is upgraded in pla
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from collections.abc import Callable
 
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, event, select
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError
 
 from autarky.errors import UserError
 from autarky.paths import default_store_url
@@ -32,17 +35,42 @@ TABLE_MODULES = ("autarky.store.gateway_tables", "autarky.store.eval_tables")
 MIGRATIONS: dict[str, list[Callable[[Engine], None]]] = {}
 
 
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: its password, if any, replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def make_engine(url: str | None = None) -> Engine:
     url = url or default_store_url()
     try:
         if url.startswith("sqlite"):
+            _private_file(url)
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     except (ArgumentError, ImportError) as exc:
-        raise UserError(f"bad store URL {url!r}: {exc}; use sqlite:///PATH or postgresql+psycopg://...") from exc
+        detail = str(exc).replace(url, safe_url(url))
+        raise UserError(f"bad store URL {safe_url(url)!r}: {detail}; use sqlite:///PATH or "
+                        "postgresql+psycopg://...") from None
     return engine
+
+
+def _private_file(url: str) -> None:
+    """Create a new SQLite store readable by its owner only (keys' hashes, spend, prompts of opted-in teams);
+    SQLite gives its -wal and -shm files the same mode."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot create the store at {database}: {exc.strerror or exc}") from None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API objects)
@@ -66,8 +94,10 @@ def open_store(url: str | None = None) -> Engine:
     try:
         metadata.create_all(engine)
         _migrate(engine)
-    except OperationalError as exc:
-        raise UserError(f"cannot open the store at {engine.url!r}: {exc.orig}") from exc
+    except DatabaseError as exc:  # also "file is not a database"
+        shown = engine.url.render_as_string(hide_password=True)
+        detail = str(exc.orig).replace(engine.url.password or "\0", "***")
+        raise UserError(f"cannot open the store at {shown}: {' '.join(detail.split())}") from None
     return engine
 
 
