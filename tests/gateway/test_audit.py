@@ -106,3 +106,29 @@ def test_policy_denials_and_admin_actions_are_audited(make_gateway, faults):
     assert actions == ["key.create", "policy.deny"]
     verified = httpx.get(url + "/admin/audit/verify", headers={"authorization": f"Bearer {MASTER}"}).json()
     assert verified == {"rows": 2, "ok": True, "problems": []}
+
+
+def test_a_changed_audit_key_holds_audit_entries_back_but_never_the_usage_rows(tmp_path, monkeypatch):
+    """The chain refuses to be extended under another key; the ledger's writer keeps writing usage rows (and
+    keeps the audit entries queued) instead of dying with the error."""
+    from autarky.gateway.ledger import Ledger, Usage
+
+    monkeypatch.setenv(audit.AUDIT_KEY_ENV, "the-old-secret")
+    engine = open_store(f"sqlite:///{tmp_path}/store.db")
+    fill(engine, 2)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM gateway_audit")).scalar()
+    monkeypatch.setenv(audit.AUDIT_KEY_ENV, "another-secret")
+    ledger = Ledger(engine)
+    ledger.record(Usage(request_id="r1", ts=0.0, endpoint="chat", status=200))
+    ledger.audit("admin", "key.create", {"team": "t"})
+    assert ledger.flush()
+    assert ledger.written == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM gateway_usage")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM gateway_audit")).scalar() == before
+    assert ledger.pending == 1  # the audit entry waits for the right key
+    monkeypatch.setenv(audit.AUDIT_KEY_ENV, "the-old-secret")
+    assert ledger.flush() and ledger.pending == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM gateway_audit")).scalar() == before + 1

@@ -157,7 +157,15 @@ class Ledger:
             if not rows and not entries:
                 return True
             try:
-                self._write(rows, entries)
+                try:
+                    self._write(rows, entries)
+                except audit.AuditKeyMismatch as exc:
+                    # The chain's key changed under this gateway: usage must not stop with it. The audit
+                    # entries wait (queued, not lost) until the operator restores the key and restarts.
+                    log.error("ledger: audit entries held back: %s", exc)
+                    self._audit.extendleft(reversed(entries))
+                    entries = []
+                    self._write(rows, entries)
             except SQLAlchemyError as exc:
                 self.failed_batches += 1
                 log.warning("ledger: batch of %d rows failed, will retry: %s", len(rows), exc)
