@@ -116,10 +116,10 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     return raw
 
 
-def load_adapter(model: nn.Module, adapter_dir: Path, *, base_int8: bool = False) -> LoraConfig:
-    """Load a PEFT LoRA adapter (ours or PEFT-written) onto `model` in place: modules named in the file become
-    LoraLinear (or keep theirs, when the model already has adapters of that rank) and take its weights; everything
-    else is frozen. Load onto the plain model, before any fully_shard. Returns the adapter's LoraConfig."""
+def read_adapter(adapter_dir: Path, *, base_int8: bool = False) -> tuple[LoraConfig, dict[str, dict[str, torch.Tensor]]]:
+    """A PEFT LoRA adapter folder as (its LoraConfig, {our module name: {'A': (r, in), 'B': (out, r)}}), CPU
+    tensors, with no model involved (serving stacks many adapters over one base). UserError for anything unsafe,
+    unsupported or empty."""
     adapter_dir = Path(adapter_dir)
     raw = read_adapter_config(adapter_dir)
     if not (adapter_dir / WEIGHTS_FILE).is_file():
@@ -138,6 +138,16 @@ def load_adapter(model: nn.Module, adapter_dir: Path, *, base_int8: bool = False
                          base_int8=base_int8)
     except ValueError as bad:
         raise UserError(f"{adapter_dir / CONFIG_FILE}: {bad}") from None
+    return cfg, tensors
+
+
+def load_adapter(model: nn.Module, adapter_dir: Path, *, base_int8: bool = False) -> LoraConfig:
+    """Load a PEFT LoRA adapter (ours or PEFT-written) onto `model` in place: modules named in the file become
+    LoraLinear (or keep theirs, when the model already has adapters of that rank) and take its weights; everything
+    else is frozen. Load onto the plain model, before any fully_shard. Returns the adapter's LoraConfig."""
+    adapter_dir = Path(adapter_dir)
+    cfg, tensors = read_adapter(adapter_dir, base_int8=base_int8)
+    rank = cfg.rank
     existing = dict(lora_modules(model))
     candidates = set(target_linears(model, cfg.targets)) | existing.keys()
     unknown = sorted(tensors.keys() - candidates)

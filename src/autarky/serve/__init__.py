@@ -4,7 +4,8 @@ Layers, each its own module: engine (KV cache slots, scheduler, sampling; its ow
 errors of `errors`) ← registry (models by name) ← api (FastAPI routes over protocol's wire types; http_errors
 maps every failure to the OpenAI envelope and its status; responses shapes events into objects and SSE chunks)
 ← server (uvicorn) ← commands (the CLI). CPU serving swaps the model's modules from outside (decode_kernels,
-quantize, packed); the model's forward stays the one forward pass.
+quantize, packed, and lora: many LoRA adapters over one base, batched together, with vLLM's load/unload routes in
+lora_routes); the model's forward stays the one forward pass.
 
 Programmatic use (what the CLI does):
 
@@ -31,6 +32,8 @@ __all__, __getattr__ = public(__name__, {
     "TextCodec": "text",
     "SlotKVCache": "cache",
     "use_decode_kernels": "decode_kernels",
+    "LoraManager": "lora",
+    "MultiLoraLinear": "lora",
     "quantize_int8": "quantize",
     "pack_bf16": "packed",
     "ServeError": "errors",

@@ -20,6 +20,7 @@ from autarky.serve.errors import ContextLengthExceeded, GenerationFailed, Invali
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, TokenEvent
 from autarky.serve.events import Request as EngineRequest
 from autarky.serve.http_errors import error_response, install_error_handlers
+from autarky.serve.lora_routes import install_lora_routes, lora_cards
 from autarky.serve.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -68,7 +69,7 @@ def _start(served: ServedModel, prompts: list[list[int]], params_for: Callable[[
     try:
         for ids in prompts:
             params = params_for(ids)
-            request = EngineRequest(ids, params, sink, loop, index=job.n_choices)
+            request = EngineRequest(ids, params, sink, loop, index=job.n_choices, adapter=served.adapter)
             served.engine.submit(request)
             job.requests.append(request)
             job.n_choices += params.n
@@ -168,6 +169,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
 
     app = FastAPI(title="autarky serve", lifespan=lifespan)
     install_error_handlers(app)
+    install_lora_routes(app, registry)
 
     if api_key:
         @app.middleware("http")
@@ -190,6 +192,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         registry.get(None)
         data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "autarky", "root": m.source,
                  "max_model_len": m.max_model_len} for m in registry.models.values()]
+        data += lora_cards(registry)
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")

@@ -35,6 +35,17 @@ def register(app: typer.Typer) -> None:
             True, help="On CPU, decode through compiled matrix-vector kernels (about twice as fast; needs a C++ "
                        "compiler, else falls back by itself).",
         ),
+        lora: list[str] = typer.Option(
+            [], "--lora", metavar="NAME=PATH",
+            help="Serve a PEFT LoRA adapter folder as model NAME over the (single) MODEL; repeat for several. "
+                 "Requests for any adapter and the base share one batch.",
+        ),
+        max_loras: int = typer.Option(4, min=1, help="LoRA adapters loaded at once (startup and runtime)."),
+        max_lora_rank: int = typer.Option(16, min=1, help="Largest LoRA rank an adapter may have."),
+        enable_lora_runtime_updates: bool = typer.Option(
+            False, envvar="VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+            help="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes).",
+        ),
         threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),
         api_key: str | None = typer.Option(None, envvar="AUTARKY_SERVE_API_KEY",
@@ -43,17 +54,22 @@ def register(app: typer.Typer) -> None:
         """Serve models behind an OpenAI-compatible API (/v1/completions, /v1/chat/completions, ...)."""
         import torch
 
+        from autarky.serve.lora import parse_lora_arg
         from autarky.serve.registry import ModelRegistry, ServedModelSpec
         from autarky.serve.server import Server
 
         if name and len(models) > 1:
             raise UserError("--name names a single model; for several, write each as NAME=MODEL")
+        if lora and len(models) > 1:
+            raise UserError("--lora serves adapters over a single MODEL; serve one base per server")
+        loras = tuple(parse_lora_arg(arg, max_lora_rank) for arg in lora)
         if threads:
             torch.set_num_threads(threads)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         options = dict(dtype=dtype, quantize=quantize, max_batch=max_batch, max_queue=max_queue,
                        max_model_len=max_model_len, device=device,
-                       decode_kernels=decode_kernels)
+                       decode_kernels=decode_kernels, loras=loras, max_loras=max_loras,
+                       max_lora_rank=max_lora_rank, lora_runtime_updates=enable_lora_runtime_updates)
         specs = [ServedModelSpec.parse(m, **options) for m in models]
         if name:
             specs = [ServedModelSpec(**{**specs[0].__dict__, "name": name})]

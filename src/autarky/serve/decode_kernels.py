@@ -176,6 +176,10 @@ class DecodeBlock(Block):
     decode batches, other caches) is the Block's own computation. It takes over the block's submodules, so
     parameter names and weights stay those of the model."""
 
+    # Serving LoRA (autarky.serve.lora.LoraRows) sets this: the fused path reads the projections inside compiled
+    # graphs, so the steps whose rows carry adapters take the block's own computation.
+    lora = None
+
     def __init__(self, block: Block) -> None:
         nn.Module.__init__(self)  # not Block.__init__: the submodules are the block's, not new ones
         self.attention_norm, self.attention = block.attention_norm, block.attention
@@ -184,7 +188,8 @@ class DecodeBlock(Block):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
     ) -> torch.Tensor:
-        if isinstance(cache, SlotKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS:
+        fused = isinstance(cache, SlotKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS
+        if fused and not (self.lora is not None and self.lora.active):
             return decode_block(self, x, cos, sin, cache)
         return super().forward(x, cos, sin, cache)
 

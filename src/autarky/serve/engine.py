@@ -25,6 +25,7 @@ from autarky.model.tokenizer import IncrementalText
 from autarky.serve.cache import SlotKVCache
 from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, NotReady, QueueFull
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
+from autarky.serve.lora import LoraManager
 from autarky.serve.metrics import ServeMetrics
 from autarky.serve.text import TextCodec
 
@@ -57,6 +58,7 @@ class Engine:
         max_model_len: int | None = None,
         metrics: ServeMetrics | None = None,
         name: str = "model",
+        lora: LoraManager | None = None,
     ) -> None:
         cfg = model.config
         self.model = model.eval()
@@ -66,6 +68,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or cfg.max_seq_len, cfg.max_seq_len)
         self.metrics = metrics
+        self.lora = lora  # told each step's per-row adapters (request.adapter) before the forward
         param = next(model.parameters())
         self.device = param.device
         # On CPU, SDPA shares each key/value head across its query group (same result, no copies of the whole
@@ -200,10 +203,14 @@ class Engine:
         if self._running:
             self._decode(out)
         self._deliver(out)
+        self._admitted = []  # nothing here may outlive the step: a request keeps its LoRA adapter's slot
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, logits_at: list[int] | None = None
-                 ) -> torch.Tensor:  # fmt: skip
-        """The model over the slot cache: float logits (B, V) at logits_at[b] of each row, or (B, T, V)."""
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, logits_at: list[int] | None = None,
+                 rows: list[Request] | None = None) -> torch.Tensor:  # fmt: skip
+        """The model over the slot cache: float logits (B, V) at logits_at[b] of each row, or (B, T, V).
+        `rows` are the requests of the rows, whose LoRA adapters the model applies (None: base only)."""
+        if self.lora is not None:
+            self.lora.set_rows([r.adapter for r in rows] if rows else None)
         return self.model(tokens, positions, self.cache, logits_at=logits_at).float()
 
     def _prefill(self, requests: list[Request], out: list) -> None:
@@ -218,14 +225,14 @@ class Engine:
         self.cache.begin_prefill(base, width)
         first = requests[0]
         if first.params.prompt_logprobs is not None:  # alone (see _step)
-            logits = self._forward(tokens, positions)[0]  # (T, V)
+            logits = self._forward(tokens, positions, rows=requests)[0]  # (T, V)
             lp = torch.log_softmax(logits[:-1], dim=-1)
             chosen, top = token_logprobs(lp, tokens[0, 1:], first.params.prompt_logprobs)
             event = PromptEvent(first.index, first.params.n, list(first.prompt_ids), [None, *chosen], [None, *top])
             out.append((first, event))
             last_logits = logits[-1:]
         else:
-            last_logits = self._forward(tokens, positions, logits_at=[n - 1 for n in lengths])  # (B, V)
+            last_logits = self._forward(tokens, positions, [n - 1 for n in lengths], requests)  # (B, V)
         if self.metrics:
             self.metrics.prompt_tokens.inc(sum(lengths))
         # Place each request's first choice compactly (only ever moving a slot down), then extra choices after.
@@ -262,7 +269,7 @@ class Engine:
         tokens = torch.tensor([[s.next_token] for s in rows], device=self.device)
         positions = torch.tensor([s.position for s in rows], device=self.device)
         self.cache.begin_decode(positions)
-        logits = self._forward(tokens, positions[:, None], logits_at=[0] * len(rows))  # (B, V)
+        logits = self._forward(tokens, positions[:, None], [0] * len(rows), [s.request for s in rows])  # (B, V)
         for s in rows:
             s.position += 1
         self._accept_rows(rows, logits, out)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from autarky.model.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from autarky.serve.lora import LoraAdapter
 
 TopLogprobs = list[tuple[int, float]]
 
@@ -55,6 +59,7 @@ class Request:
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     open_choices: int = 0
+    adapter: LoraAdapter | None = None  # the LoRA adapter its rows run with (autarky.serve.lora); None = base
 
     def cancel(self) -> None:
         self.cancelled = True  # read by the engine thread between steps

@@ -15,6 +15,7 @@ from autarky.model.llama import Llama
 from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
 from autarky.serve.errors import ModelNotFound, NotReady
+from autarky.serve.lora import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS, LoraAdapter, LoraManager
 from autarky.serve.metrics import MetricFamilies
 from autarky.serve.packed import pack_bf16
 from autarky.serve.quantize import quantize_int8
@@ -40,6 +41,14 @@ class ServedModelSpec:
     max_model_len: int | None = None
     device: str = "cpu"
     decode_kernels: bool = True  # CPU: few-row matmuls through autarky.serve.decode_kernels
+    loras: tuple[tuple[str, str], ...] = ()  # (name, PEFT adapter folder) served over this model
+    max_loras: int = DEFAULT_MAX_LORAS
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    lora_runtime_updates: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter
+
+    @property
+    def lora_enabled(self) -> bool:
+        return bool(self.loras) or self.lora_runtime_updates
 
     def served_name(self) -> str:
         if self.name:
@@ -63,6 +72,8 @@ class ServedModel:
     codec: TextCodec
     source: str
     created: int = field(default_factory=lambda: int(time.time()))
+    adapter: LoraAdapter | None = None  # set on an adapter served over its parent's engine
+    parent: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -90,12 +101,13 @@ def load_served_model(spec: ServedModelSpec) -> tuple[Llama, TextCodec]:
 class ModelRegistry:
     def __init__(self, specs: list[ServedModelSpec] | None = None, metrics: MetricFamilies | None = None) -> None:
         self.specs = list(specs or [])
-        names = [s.served_name() for s in self.specs]
+        names = [s.served_name() for s in self.specs] + [name for s in self.specs for name, _ in s.loras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise UserError(f"two models share the name {sorted(duplicates)[0]!r}; name them with NAME=MODEL")
         self.metrics = metrics or MetricFamilies()
         self.models: dict[str, ServedModel] = {}
+        self.adapters: dict[str, ServedModel] = {}  # LoRA adapters by name, each over a model of `models`
         self.error: str | None = None
         self.ready = threading.Event()
 
@@ -111,8 +123,14 @@ class ModelRegistry:
             for spec in self.specs:
                 started = time.perf_counter()
                 model, codec = load_served_model(spec)
+                lora = None
+                if spec.lora_enabled:
+                    lora = LoraManager(model, max_loras=spec.max_loras, max_lora_rank=spec.max_lora_rank,
+                                       runtime_updates=spec.lora_runtime_updates)
                 self.add(spec.served_name(), model, codec, spec.source, max_batch=spec.max_batch,
-                         max_queue=spec.max_queue, max_model_len=spec.max_model_len)
+                         max_queue=spec.max_queue, max_model_len=spec.max_model_len, lora=lora)
+                for adapter_name, path in spec.loras:
+                    self.add_adapter(spec.served_name(), adapter_name, path)
                 log.info("loaded %s from %s in %.1fs", spec.served_name(), spec.source,
                          time.perf_counter() - started)
         except UserError as exc:
@@ -130,10 +148,30 @@ class ModelRegistry:
             raise NotReady(f"loading failed: {self.error}" if self.error else "The server is loading its models; retry shortly.")
         if name is None:
             return next(iter(self.models.values()))
-        try:
-            return self.models[name]
-        except KeyError:
-            raise ModelNotFound(name, list(self.models)) from None
+        served = self.models.get(name) or self.adapters.get(name)
+        if served is None:
+            raise ModelNotFound(name, [*self.models, *self.adapters])
+        return served
+
+    def add_adapter(self, base: str, name: str, path: str) -> ServedModel:
+        """Serve the PEFT adapter at `path` as model `name` over the model `base` (whose engine must have LoRA
+        enabled). UserError says what is wrong (a clash of names, the adapter's files, rank or shapes)."""
+        parent = self.models[base]
+        if parent.engine.lora is None:
+            raise UserError(f"the model {base!r} is not served with LoRA adapters")
+        if name in self.models or name in self.adapters:
+            raise UserError(f"the name {name!r} is already served; pick another lora_name")
+        adapter = parent.engine.lora.load(name, path)
+        served = ServedModel(name, parent.engine, parent.codec, str(path), adapter=adapter, parent=base)
+        self.adapters[name] = served
+        return served
+
+    def remove_adapter(self, name: str) -> ServedModel:
+        """Stop serving the adapter `name` (requests already running finish). KeyError if there is none."""
+        served = self.adapters.pop(name)
+        assert served.engine.lora is not None
+        served.engine.lora.unload(name)
+        return served
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Finish in-flight requests on every engine, then stop their threads."""
