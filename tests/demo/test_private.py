@@ -97,3 +97,41 @@ def test_route_reader(tmp_path: Path) -> None:
     empty = write_routing_table(RoutingTable.of([]), tmp_path / "empty.toml")
     with pytest.raises(UserError):
         private._route(empty)
+
+
+class _FakeRunner:
+    """Answers the CLI calls `decide` makes with canned JSON, and records them."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=__import__("io").StringIO(), width=200)
+        self.calls: list[list[str]] = []
+
+    def section(self, title: str):  # noqa: ANN201
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def run(self, args: list, capture: bool = False) -> str:
+        args = [str(a) for a in args]
+        self.calls.append(args)
+        if args[:2] == ["eval", "leaderboard"]:
+            return json.dumps([{"model": m, "suite": "spreadsheet", "mean": s, "n": 24}
+                               for m, s in (("sheets", 0.5), ("smollm2", 0.0), ("partner-mini", 0.0))]
+                              + [{"model": "sheets", "suite": "chat-qa", "mean": 0.9, "n": 4}])
+        if args[:2] == ["eval", "compare"]:
+            return json.dumps([{"suite": "spreadsheet", "p_value": 0.0001 if args[3] == "smollm2" else 0.0002}])
+        return ""
+
+
+def test_decide_reads_scores_and_p_values(tmp_path: Path) -> None:
+    runner, figures = _FakeRunner(), private.PrivateFigures()
+    private.decide(runner, private.PrivateSettings(workdir=tmp_path, eval_limit=24), figures,
+                   "http://127.0.0.1:1/v1", tmp_path / "gateway.toml", "KEY")
+    run = runner.calls[0]
+    assert run[:2] == ["eval", "run"] and run[run.index("--limit") + 1] == "24"
+    assert run[run.index("--max-tokens-cap") + 1] == "48" and run[run.index("--suite") + 1] == "spreadsheet"
+    assert figures.scores == {"sheets": (0.5, 24), "smollm2": (0.0, 24), "partner-mini": (0.0, 24)}
+    assert figures.p_values == {"smollm2": 0.0001, "partner-mini": 0.0002}
+    assert "sheets" in runner.console.file.getvalue()

@@ -82,8 +82,10 @@ def operate(runner: DemoRunner, settings: OperateSettings, figures: private.Priv
                     "--api-key-env", KEY_ENV, "--config", settings.workdir / "gateway.toml",
                     "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
-        if settings.private and settings.adapter_dir:
-            private.decide(runner, settings.private, figures, gateway_url, settings.workdir / "gateway.toml", KEY_ENV)
+    if settings.private and settings.adapter_dir:
+        private.decide(runner, settings.private, figures, gateway_url, settings.workdir / "gateway.toml", KEY_ENV)
+
+    with runner.section("routes: the routing table and the HTML report from every stored result"):
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])
         runner.run(["eval", "report", "--out", settings.workdir / "report"])
         runner.console.print(f"report: [bold]{settings.workdir / 'report' / 'index.html'}[/bold]")

@@ -113,17 +113,19 @@ def prepare(runner: DemoRunner, settings: PrivateSettings, figures: PrivateFigur
 def decide(runner: DemoRunner, settings: PrivateSettings, figures: PrivateFigures, gateway_url: str,
            config: Path, key_env: str) -> None:
     """Base, adapter and partner on the first eval_limit spreadsheet items, greedy, then the paired tests."""
-    models = [f"--model={m}={gateway_url}" for m in (ADAPTER, BASE, PARTNER)]
-    runner.run(["eval", "run", *models, "--suite", SUITE, "--limit", settings.eval_limit, "--concurrency", 4,
-                "--api-key-env", key_env, "--config", config, "--max-tokens-cap", settings.max_tokens])
-    board = json.loads(runner.run(["eval", "leaderboard", "--json", "--config", config], capture=True))
-    figures.scores = {row["model"]: (row["mean"], row["n"]) for row in board
-                      if row["suite"] == SUITE and row["model"] in (ADAPTER, BASE, PARTNER)}
-    for other in (BASE, PARTNER):
-        rows = json.loads(runner.run(["eval", "compare", ADAPTER, other, "--suite", SUITE, "--json",
-                                      "--config", config], capture=True))
-        figures.p_values[other] = rows[0]["p_value"]
-    print_figures(runner, figures)
+    with runner.section(f"private data: the adapter, its base and the partner on the first {settings.eval_limit} "
+                        f"{SUITE} items, paired"):
+        models = [f"--model={m}={gateway_url}" for m in (ADAPTER, BASE, PARTNER)]
+        runner.run(["eval", "run", *models, "--suite", SUITE, "--limit", settings.eval_limit, "--concurrency", 4,
+                    "--api-key-env", key_env, "--config", config, "--max-tokens-cap", settings.max_tokens])
+        board = json.loads(runner.run(["eval", "leaderboard", "--json", "--config", config], capture=True))
+        figures.scores = {row["model"]: (row["mean"], row["n"]) for row in board
+                          if row["suite"] == SUITE and row["model"] in (ADAPTER, BASE, PARTNER)}
+        for other in (BASE, PARTNER):
+            rows = json.loads(runner.run(["eval", "compare", ADAPTER, other, "--suite", SUITE, "--json",
+                                          "--config", config], capture=True))
+            figures.p_values[other] = rows[0]["p_value"]
+        print_figures(runner, figures)
 
 
 def print_figures(runner: DemoRunner, figures: PrivateFigures) -> None:
