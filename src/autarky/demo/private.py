@@ -27,6 +27,9 @@ ADAPTER = "sheets"  # the adapter's model name, served over smollm2
 BASE = "smollm2"
 PARTNER = "partner-mini"
 SUITE = "spreadsheet"
+# The first 24 references are 6-24 SmolLM2 tokens; the cap stops the base model's prose early (its decode is most
+# of the eval's time) and still leaves every formula room.
+MAX_TOKENS = 32
 TASK = "spreadsheet"
 
 
@@ -41,7 +44,7 @@ class PrivateSettings:
     rank: int = 8
     lr: float = 2e-3
     eval_limit: int = 24  # 6-0 discordant items already give exact McNemar p = 0.031
-    max_tokens: int = 48  # a formula is ~10-30 tokens; the cap stops a rambling base model early
+    max_tokens: int = MAX_TOKENS
 
     @property
     def run_dir(self) -> Path:
@@ -159,7 +162,7 @@ def show_route(runner: DemoRunner, figures: PrivateFigures, routes: Path, gatewa
         for what in questions[:requests]:
             prompt = (f"Here is a spreadsheet (row 1 holds the headers, data is in rows 2-13):\n{render_sheet()}\n\n"
                       f"Write one spreadsheet formula that computes {what}. Reply with only the formula, starting with =.")
-            body = {"model": f"task:{TASK}", "max_tokens": 48, "temperature": 0,
+            body = {"model": f"task:{TASK}", "max_tokens": MAX_TOKENS, "temperature": 0,
                     "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]}
             reply = httpx.post(f"{gateway_url}/chat/completions", json=body, headers=headers, timeout=300)
             reply.raise_for_status()
