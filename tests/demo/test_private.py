@@ -131,7 +131,7 @@ def test_decide_reads_scores_and_p_values(tmp_path: Path) -> None:
                    "http://127.0.0.1:1/v1", tmp_path / "gateway.toml", "KEY")
     run = runner.calls[0]
     assert run[:2] == ["eval", "run"] and run[run.index("--limit") + 1] == "24"
-    assert run[run.index("--max-tokens-cap") + 1] == "32" and run[run.index("--suite") + 1] == "spreadsheet"
+    assert run[run.index("--max-tokens-cap") + 1] == "36" and run[run.index("--suite") + 1] == "spreadsheet"
     assert figures.scores == {"sheets": (0.5, 24), "smollm2": (0.0, 24), "partner-mini": (0.0, 24)}
     assert figures.p_values == {"smollm2": 0.0001, "partner-mini": 0.0002}
     assert "sheets" in runner.console.file.getvalue()
