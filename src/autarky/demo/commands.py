@@ -18,6 +18,7 @@ def run_demo(
     max_mb: float = 5.0,
     steps: int | None = None,
     eval_limit: int = 4,
+    private: bool = True,
     console: Console | None = None,
 ) -> dict:
     from autarky.demo.build import BuildSettings, build_model
@@ -32,9 +33,16 @@ def run_demo(
     try:
         summary = build_model(runner, settings)
         from autarky.demo.operate import OperateSettings, operate
+        from autarky.demo.private import PrivateFigures, PrivateSettings, prepare
 
+        figures = PrivateFigures()
+        private_settings = PrivateSettings(workdir=workdir) if private else None
+        adapter = prepare(runner, private_settings, figures) if private_settings else None
         summary |= operate(runner, OperateSettings(nano_dir=settings.export_dir, workdir=workdir,
-                                                   eval_limit=eval_limit))
+                                                   eval_limit=eval_limit, adapter_dir=adapter,
+                                                   private=private_settings), figures)
+        if private_settings:
+            summary["private"] = figures.as_dict()
     finally:
         runner.close()
     summary["wall_s"] = time.perf_counter() - started
@@ -55,6 +63,8 @@ def register(app: typer.Typer) -> None:
         max_mb: float = typer.Option(5.0, help="MB of standard-library source to train on"),
         steps: int = typer.Option(0, help="training steps (0: the nano preset's default)"),
         eval_limit: int = typer.Option(4, help="items per evaluation suite (its first N; the suites hold 120-210)"),
+        private: bool = typer.Option(True, help="the private-data section: a LoRA adapter of SmolLM2 on the "
+                                                "company's own spreadsheet examples, evaluated and routed"),
     ) -> None:
         """Run the whole loop on the built-in defaults: data, train, export, sample, plan, serve, gateway, eval."""
-        run_demo(run_dir=run_dir, max_mb=max_mb, steps=steps or None, eval_limit=eval_limit)
+        run_demo(run_dir=run_dir, max_mb=max_mb, steps=steps or None, eval_limit=eval_limit, private=private)

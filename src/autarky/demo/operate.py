@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 from rich.table import Table
 
+from autarky.demo import private
 from autarky.demo.drill import BurstReport, burst
 from autarky.demo.runner import DemoRunner
 from autarky.demo.traffic import timed_chat
@@ -36,9 +37,14 @@ class OperateSettings:
     eval_limit: int = 4
     burst_requests: int = 60
     burst_concurrency: int = 8
+    adapter_dir: Path | None = None  # the private-data LoRA adapter, served over smollm2 as private.ADAPTER
+    private: private.PrivateSettings | None = None
 
 
-def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
+def operate(runner: DemoRunner, settings: OperateSettings, figures: private.PrivateFigures | None = None) -> dict:
+    figures = figures or private.PrivateFigures()
+
+
     ports = {name: free_port() for name in ("nano", "smollm2", "gateway", "gateway_ss")}
     summary: dict = {}
     with runner.section("serve: the in-house model and SmolLM2-135M-Instruct, OpenAI-compatible"):
@@ -48,14 +54,17 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
                             f"http://127.0.0.1:{ports['nano']}/health")
         # fp32, not --quantize bf16: bf16 matmuls are ~2x faster here but flip SmolLM2's greedy answers at
         # near-ties (it answered the France question with nonsense), and the eval should judge the model.
-        runner.start_server("serve-smollm2", ["serve", "smollm2=smollm2", "--port", ports["smollm2"],
+        # One engine for the base and the private adapter: requests for either share its batches.
+        lora = ["--lora", f"{private.ADAPTER}={settings.adapter_dir}"] if settings.adapter_dir else []
+        runner.start_server("serve-smollm2", ["serve", "smollm2=smollm2", *lora, "--port", ports["smollm2"],
                                               "--threads", 1, "--log-level", "warning"],
                             f"http://127.0.0.1:{ports['smollm2']}/health")
         _first_requests(runner, ports)
 
     with runner.section("gateway: one endpoint for every product, keys and budgets"):
         for name, self_sufficient in (("gateway", False), ("gateway_ss", True)):
-            config = write_gateway_config(settings.workdir / f"{name}.toml", ports, self_sufficient)
+            config = write_gateway_config(settings.workdir / f"{name}.toml", ports, self_sufficient,
+                                          adapter=settings.adapter_dir is not None)
             runner.start_server(name, ["gateway", "--config", config, "--port", ports[name]],
                                 f"http://127.0.0.1:{ports[name]}/health")
         output = runner.run(["keys", "create", "--team", "product", "--budget-usd", "5",
@@ -73,9 +82,16 @@ def operate(runner: DemoRunner, settings: OperateSettings) -> dict:
                     "--api-key-env", KEY_ENV, "--config", settings.workdir / "gateway.toml",
                     "--mode", "nano-demo=completions", "--max-tokens-cap", 160,
                     "--data-dir", settings.workdir / "data"])
+    if settings.private and settings.adapter_dir:
+        private.decide(runner, settings.private, figures, gateway_url, settings.workdir / "gateway.toml", KEY_ENV)
+
+    with runner.section("routes: the routing table and the HTML report from every stored result"):
         runner.run(["eval", "routes", "--out", settings.workdir / "routes.toml", "--prefer-in-house-within", 2])
         runner.run(["eval", "report", "--out", settings.workdir / "report"])
         runner.console.print(f"report: [bold]{settings.workdir / 'report' / 'index.html'}[/bold]")
+
+    if settings.private and settings.adapter_dir:
+        private.show_route(runner, figures, settings.workdir / "routes.toml", gateway_url, KEY_ENV)
 
     with runner.section("traffic: self_sufficient = true (in-house models only)"):
         result = _burst(ports["gateway_ss"], settings, drill=None)
@@ -160,9 +176,16 @@ def _burst_summary(result: BurstReport) -> dict:
             "served_by": dict(result.served_by), "p50_ms": result.p50_ms()}
 
 
-def write_gateway_config(path: Path, ports: dict[str, int], self_sufficient: bool) -> Path:
+def write_gateway_config(path: Path, ports: dict[str, int], self_sufficient: bool, adapter: bool = False) -> Path:
     """The demo's gateway: our two servers, plus a simulated partner (the SmolLM2 server again, labelled as a
-    priced, out-of-house provider) so that policy and fallback have something to exclude or fall back to."""
+    priced, out-of-house provider) so that policy and fallback have something to exclude or fall back to. With
+    `adapter`, the private LoRA adapter (served by the SmolLM2 engine) is a model and a spreadsheet candidate."""
+    def candidates(task: str) -> str:
+        # Before any eval the adapter is just another in-house option; the routing table moves it up on evidence.
+        names = ["smollm2", "nano-demo", *([private.ADAPTER] if adapter and task == private.TASK else []), "partner-mini"]
+        return ", ".join(f'"{n}"' for n in names)
+
+    extra = (f"\n[models.{private.ADAPTER}]\nprovider = \"open-weights\"\ncontext_window = 2048\n" if adapter else "")
     path.write_text(f"""# Written by `autarky demo`.
 routes = "routes.toml"
 require_keys = true
@@ -204,5 +227,5 @@ upstream_id = "smollm2"
 usd_per_1m_input = 0.15
 usd_per_1m_output = 0.60
 context_window = 2048
-""" + "".join(f'\n[tasks.{task}]\ncandidates = ["smollm2", "nano-demo", "partner-mini"]\n' for task in TASKS))
+""" + extra + "".join(f'\n[tasks.{task}]\ncandidates = [{candidates(task)}]\n' for task in TASKS))
     return path
