@@ -38,7 +38,7 @@ def _models(router: Router, body: dict, team: str | None = None, tokens: int = 0
 
 def test_defaults_keep_todays_configs_working():
     cfg = _router().config
-    assert supports(cfg.models["home"], cfg.providers["home"]) == {"openai_params"}
+    assert supports(cfg.models["home"], cfg.providers["home"]) == {"tools", "json_schema", "openai_params"}
     assert supports(cfg.models["oai"], cfg.providers["oai"]) == {"tools", "json_schema", "images", "openai_params"}
     assert supports(cfg.models["ant"], cfg.providers["ant"]) == {"tools", "json_schema", "images", "thinking",
                                                                  "anthropic_params"}
@@ -56,9 +56,10 @@ def test_defaults_keep_todays_configs_working():
 ])
 def test_routing_picks_capable_candidates_and_400s_when_none(body, field, capable):
     body = {"messages": USER, **body}
-    assert _models(_router(), body) == capable
+    plain_home = {"home": {"supports": []}}  # an in-house server that answers plain chat only
+    assert _models(_router(**plain_home), body) == capable
     with pytest.raises(GatewayError) as info:
-        _models(_router(), body, team="secure")  # in-house only, and home declares nothing
+        _models(_router(**plain_home), body, team="secure")  # in-house only, and home declares nothing
     assert info.value.status == 400 and info.value.param == field and field in info.value.message
     declared = _router(home={"supports": ["tools", "json_schema", "images", "thinking"]})
     assert _models(declared, body, team="secure") == ["home"]
@@ -83,7 +84,8 @@ def test_openai_only_fields_go_to_openai_kind_upstreams_or_400():
 
 
 def test_the_gateway_routes_tools_past_an_incapable_in_house_model(make_gateway, faults):
-    _, url = make_gateway(tasks={"mixed": {"candidates": ["small", "gpt"]}})
+    _, url = make_gateway(tasks={"mixed": {"candidates": ["small", "gpt"]}},
+                          models={"small": {"supports": []}})  # a server that answers plain chat only
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="task:mixed", messages=USER, tools=TOOLS)
     assert raw.parse().model == "gpt" and "small(no tools)" in raw.headers["x-autarky-route-reason"]
@@ -122,3 +124,9 @@ def test_fields_of_one_format_only_stay_with_that_kind(make_gateway, faults):
     assert faults.bodies[-1][1]["top_k"] == 5  # in house (vLLM, autarky serve) takes top_k
     client.messages.create(model="gpt", max_tokens=5, messages=USER, extra_body={"top_k": 5})
     assert "top_k" not in faults.bodies[-1][1]
+
+
+def test_in_house_servers_carry_tools_and_json_by_default():
+    """`autarky serve` (and vLLM) answer tools and json_schema, so a self-sufficient team keeps them."""
+    for body in ({"tools": TOOLS}, {"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}):
+        assert _models(_router(), {"messages": USER, **body}, team="secure") == ["home"]

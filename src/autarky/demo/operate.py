@@ -15,6 +15,7 @@ from rich.table import Table
 from autarky.demo import private
 from autarky.demo.drill import BurstReport, burst
 from autarky.demo.runner import DemoRunner
+from autarky.demo.structured import tools_and_json
 from autarky.demo.traffic import timed_chat
 from autarky.gateway.server import free_port
 
@@ -98,6 +99,7 @@ def operate(runner: DemoRunner, settings: OperateSettings, figures: private.Priv
         _print_burst(runner, "self_sufficient", result)
         summary["self_sufficient"] = _burst_summary(result)
         summary["partner_request"] = _ask_partner(runner, ports)
+        summary["tools_and_json"] = tools_and_json(runner, ports["gateway_ss"], KEY_ENV)
 
     with runner.section("outage drill: a model server dies mid-burst"):
         result = _burst(ports["gateway"], settings, drill=runner)

@@ -2,8 +2,9 @@
 candidate declares it can carry; the router keeps only candidates able to serve the request.
 
 A model entry declares `supports` in gateway.toml; without it the provider decides: Anthropic-kind upstreams
-carry all four, OpenAI-kind partners tools, JSON and images, and in-house OpenAI-kind servers none of them
-(declare them explicitly once the server serves them: vLLM does, `autarky serve` plain chat only today)."""
+carry all four, OpenAI-kind partners tools, JSON and images, and in-house OpenAI-kind servers tools and JSON (what
+`autarky serve` and vLLM carry: function calling and grammar-constrained output; declare `supports = []` for a
+server that answers plain chat only)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from autarky.gateway.config import ModelEntry, ProviderConfig
 Capability = Literal["tools", "json_schema", "images", "thinking"]
 ALL: frozenset[str] = frozenset(("tools", "json_schema", "images", "thinking"))
 _PARTNER_OPENAI: frozenset[str] = frozenset(("tools", "json_schema", "images"))
+_IN_HOUSE: frozenset[str] = frozenset(("tools", "json_schema"))
 
 
 # The request fields an Anthropic upstream is sent (translate/egress.py), and OpenAI hints it may go without
@@ -33,7 +35,7 @@ def supports(entry: ModelEntry, provider: ProviderConfig) -> frozenset[str]:
         return frozenset(entry.supports) | implicit
     if provider.kind == "anthropic":
         return ALL | implicit
-    return implicit if provider.in_house else _PARTNER_OPENAI | implicit
+    return (_IN_HOUSE if provider.in_house else _PARTNER_OPENAI) | implicit
 
 
 def needs(body: dict) -> dict[str, str]:
