@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from autarky.cli import app
 from autarky.data.build import DataConfig
 from autarky.plan.planner import PlanRequest
+from autarky.serve.options import ServeOptions
+from autarky.serve.registry import ServedModelSpec
 from autarky.train.config import TrainConfig
 
 runner = CliRunner()
@@ -90,6 +92,10 @@ def test_cli_defaults_are_the_config_defaults():
     for flag, name in [("--pue", "pue"), ("--experts", "experts"), ("--precision", "precision"),
                        ("--usd-per-gpu-hour", "usd_per_gpu_hour"), ("--recompute", "recompute")]:
         assert option(("plan",), flag).default == getattr(request, name), flag
+    served = ServedModelSpec("any")
+    for flag, name in [("--max-batch", "max_batch"), ("--max-queue", "max_queue"), ("--dtype", "dtype"),
+                       ("--decode-kernels", "decode_kernels"), ("--max-lora-rank", "max_lora_rank")]:
+        assert option(("serve",), flag).default == getattr(ServeOptions(), name) == getattr(served, name), flag
 
 
 def test_store_options_are_the_same_everywhere():

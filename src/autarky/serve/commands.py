@@ -6,7 +6,14 @@ import logging
 
 import typer
 
+from autarky.clikit import field_option
 from autarky.errors import UserError
+from autarky.serve.options import ServeOptions
+
+
+def _opt(field: str, *names: str, **kwargs: object) -> typer.models.OptionInfo:
+    """An option over ServeOptions' field: its default and help are the config's own."""
+    return field_option(ServeOptions, field, *names, **kwargs)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,31 +28,22 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, help="Name to serve a single MODEL under (default: its folder name)."),
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8000, help="Port (0 = any free port; the URL is printed when ready)."),
-        max_batch: int = typer.Option(32, min=1, help="Sequences decoded together per model."),
-        max_queue: int = typer.Option(256, min=1, help="Waiting requests per model before answering 429."),
-        max_model_len: int | None = typer.Option(None, min=2, help="Context limit (default: the model's)."),
-        dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
-        quantize: str | None = typer.Option(
-            None, help="int8 = weight-only int8 (fastest CPU decode: about 3.6x transformers at batch 1, where the fp32 "
-                       "default is 2.1-2.4x; bench/serve_decode.py); bf16 = bf16 matmuls on prepacked weights "
-                       "(avx512_bf16/AMX CPUs). Both can change greedy output at near-ties.",
-        ),
-        device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
-        decode_kernels: bool = typer.Option(
-            True, help="On CPU, decode through compiled matrix-vector kernels (about twice as fast; needs a C++ "
-                       "compiler, else falls back by itself).",
-        ),
+        max_batch: int = _opt("max_batch", "--max-batch", min=1),
+        max_queue: int = _opt("max_queue", "--max-queue", min=1),
+        max_model_len: int | None = _opt("max_model_len", "--max-model-len", min=2),
+        dtype: str = _opt("dtype", "--dtype"),
+        quantize: str | None = _opt("quantize", "--quantize"),
+        device: str = _opt("device", "--device"),
+        decode_kernels: bool = _opt("decode_kernels", "--decode-kernels/--no-decode-kernels"),
         lora: list[str] = typer.Option(
             [], "--lora", metavar="NAME=PATH",
             help="Serve a PEFT LoRA adapter folder as model NAME over the (single) MODEL; repeat for several. "
                  "Requests for any adapter and the base share one batch.",
         ),
-        max_loras: int = typer.Option(4, min=1, help="LoRA adapters loaded at once (startup and runtime)."),
-        max_lora_rank: int = typer.Option(16, min=1, help="Largest LoRA rank an adapter may have."),
-        enable_lora_runtime_updates: bool = typer.Option(
-            False, envvar="VLLM_ALLOW_RUNTIME_LORA_UPDATING",
-            help="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes).",
-        ),
+        max_loras: int = _opt("max_loras", "--max-loras", min=1),
+        max_lora_rank: int = _opt("max_lora_rank", "--max-lora-rank", min=1),
+        enable_lora_runtime_updates: bool = _opt("lora_runtime_updates", "--enable-lora-runtime-updates",
+                                                 envvar="VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
         threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),
         api_key: str | None = typer.Option(None, envvar="AUTARKY_SERVE_API_KEY",

@@ -34,9 +34,10 @@ from autarky.adapters.lora import clean_name
 from autarky.adapters.peft_format import read_adapter, read_adapter_config
 from autarky.errors import UserError
 from autarky.serve.decode_kernels import DecodeBlock
+from autarky.serve.options import DEFAULTS
 
-DEFAULT_MAX_LORAS = 4
-DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+DEFAULT_MAX_LORAS = DEFAULTS.max_loras
+DEFAULT_MAX_LORA_RANK = DEFAULTS.max_lora_rank
 
 
 @dataclass(eq=False)

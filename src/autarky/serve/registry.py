@@ -15,8 +15,9 @@ from autarky.model.llama import Llama
 from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
 from autarky.serve.errors import ModelNotFound, NotReady
-from autarky.serve.lora import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS, LoraAdapter, LoraManager
+from autarky.serve.lora import LoraAdapter, LoraManager
 from autarky.serve.metrics import MetricFamilies
+from autarky.serve.options import DEFAULTS
 from autarky.serve.packed import pack_bf16
 from autarky.serve.quantize import quantize_int8
 from autarky.serve.text import TextCodec
@@ -34,17 +35,18 @@ class ServedModelSpec:
 
     source: str
     name: str | None = None
-    dtype: str = "float32"
-    quantize: str | None = None  # None, "int8" or "bf16" (see QUANTIZE)
-    max_batch: int = 32
-    max_queue: int = 256
-    max_model_len: int | None = None
-    device: str = "cpu"
-    decode_kernels: bool = True  # CPU: few-row matmuls through autarky.serve.decode_kernels
+    # Defaults and meanings: autarky.serve.options.ServeOptions (shared with the CLI).
+    dtype: str = DEFAULTS.dtype
+    quantize: str | None = DEFAULTS.quantize  # None, "int8" or "bf16" (see QUANTIZE)
+    max_batch: int = DEFAULTS.max_batch
+    max_queue: int = DEFAULTS.max_queue
+    max_model_len: int | None = DEFAULTS.max_model_len
+    device: str = DEFAULTS.device
+    decode_kernels: bool = DEFAULTS.decode_kernels  # CPU: few-row matmuls through autarky.serve.decode_kernels
     loras: tuple[tuple[str, str], ...] = ()  # (name, PEFT adapter folder) served over this model
-    max_loras: int = DEFAULT_MAX_LORAS
-    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
-    lora_runtime_updates: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter
+    max_loras: int = DEFAULTS.max_loras
+    max_lora_rank: int = DEFAULTS.max_lora_rank
+    lora_runtime_updates: bool = DEFAULTS.lora_runtime_updates  # POST /v1/load_lora_adapter and .../unload_...
 
     @property
     def lora_enabled(self) -> bool:

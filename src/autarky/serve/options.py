@@ -1,0 +1,27 @@
+"""How a model is served: one pydantic tree whose defaults and descriptions both `ServedModelSpec` and the
+`autarky serve` options take, so a default changes in one place. Torch-free: the CLI imports it at start-up."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ServeOptions(BaseModel):
+    dtype: str = Field("float32", description="float32 | bfloat16 | float16.")
+    quantize: str | None = Field(
+        None, description="int8 = weight-only int8 (fastest CPU decode: about 3.6x transformers at batch 1, where "
+                          "the fp32 default is 2.1-2.4x; bench/serve_decode.py); bf16 = bf16 matmuls on prepacked "
+                          "weights (avx512_bf16/AMX CPUs). Both can change greedy output at near-ties.")
+    max_batch: int = Field(32, ge=1, description="Sequences decoded together per model.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests per model before answering 429.")
+    max_model_len: int | None = Field(None, ge=2, description="Context limit (default: the model's).")
+    device: str = Field("cpu", description="cpu | cuda | cuda:N.")
+    decode_kernels: bool = Field(True, description="On CPU, decode through compiled matrix-vector kernels (about "
+                                                   "twice as fast; needs a C++ compiler, else falls back by itself).")
+    max_loras: int = Field(4, ge=1, description="LoRA adapters loaded at once (startup and runtime).")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have (vLLM's default).")
+    lora_runtime_updates: bool = Field(
+        False, description="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes).")
+
+
+DEFAULTS = ServeOptions()
