@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 master weights)")
+    parser.add_argument("--ac", choices=("none", "full", "selective"), help="our activation checkpointing "
+                        "(default: autarky finetune's)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="TRL's venv (made when missing)")
     parser.add_argument("--skip-trl", action="store_true", help="ours only (no baseline venv)")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -244,7 +246,9 @@ def ours_worker(spec: dict[str, Any]) -> None:
     model, _ = load_hf_folder(Path(spec["folder"]), torch.float32, "cpu")
     model.train()
     apply_lora(model, LoraConfig(rank=spec["rank"], alpha=spec["alpha"], targets="all-linear"), seed=0)
-    model = parallelize(model.to(device), None, compile=compile_, bf16=spec["bf16"])  # type: ignore[arg-type]
+    ac = spec["ac"] or FinetuneConfig().parallel.activation_checkpointing
+    model = parallelize(model.to(device), None, compile=compile_, bf16=spec["bf16"],  # type: ignore[arg-type]
+                        activation_checkpointing=ac)
     optimizer = build_optimizer(model, optim)
     autocast, loss_fn = autocast_for(device, spec["bf16"]), training_loss(compile_)
     z = np.load(Path(spec["workdir"]) / "rows.npz")
@@ -271,7 +275,7 @@ def ours_worker(spec: dict[str, Any]) -> None:
     first = steps(1)[2]
     steps(spec["warmup"] - 1)
     describe = (f"packed rows (no padding), head+loss on trained tokens only, FusedCrossEntropy, fused AdamW, "
-                f"compile={compile_}")  # fmt: skip
+                f"compile={compile_}, activation checkpointing={ac}")  # fmt: skip
     out.write(json.dumps({"describe": describe, "first_loss": first}) + "\n")
     for command in commands:
         if command.strip() != "go":

@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         resume: str = _opt("checkpoint.resume", "--resume"),
         ckpt_every: int = _opt("checkpoint.every", "--ckpt-every"),
         eval_every: int = _opt("run.eval_every", "--eval-every"),
+        ac: str = _opt("parallel.activation_checkpointing", "--activation-checkpointing"),
         config: Path = typer.Option(None, "--config", help="a fine-tuning TOML (e.g. a run's config.toml); "
                                                            "flags win"),
     ) -> None:
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
                   "data.grad_accum": grad_accum, "data.seq_len": seq_len, "data.packing": packing,
                   "data.truncation": truncation, "data.val_fraction": val_fraction, "run.seed": seed,
                   "run.device": device, "checkpoint.resume": resume, "checkpoint.every": ckpt_every,
-                  "run.eval_every": eval_every,
+                  "run.eval_every": eval_every, "parallel.activation_checkpointing": ac,
                   "lora.targets": [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None}
         base_cfg = load_finetune_config(config) if config is not None else FinetuneConfig()
         summary = finetune(base_cfg.with_overrides(values))

@@ -50,7 +50,8 @@ class FinetuneTrainer(Trainer):
         if self.cfg.model.method != "full":
             model = _with_adapters(model, self.cfg)
         model.to(self.device)
-        return parallelize(model, mesh, compile=self.compile, bf16=self.bf16)  # type: ignore[arg-type]
+        return parallelize(model, mesh, compile=self.compile, bf16=self.bf16,  # type: ignore[arg-type]
+                           activation_checkpointing=self.cfg.parallel.activation_checkpointing)
 
     def batch_source(self) -> BatchSource:
         d = self.cfg.data

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         tp: int = _opt("parallel.tp", "--tp"),
         compile_: bool = typer.Option(None, "--compile/--no-compile",
                                       help=field_help(TrainConfig, "parallel.compile")),
+        ac: str = _opt("parallel.activation_checkpointing", "--activation-checkpointing"),
         eval_every: int = _opt("run.eval_every", "--eval-every"),
         ckpt_every: int = _opt("checkpoint.every", "--ckpt-every"),
         keep: int = _opt("checkpoint.keep", "--keep"),
@@ -52,8 +53,8 @@ def register(app: typer.Typer) -> None:
             "model.preset": preset, "data.dir": data, "run.out": out, "run.steps": steps,
             "data.batch_size": batch_size, "data.seq_len": seq_len, "optim.lr": lr, "run.seed": seed,
             "data.grad_accum": grad_accum, "data.order": order, "parallel.tp": tp, "parallel.compile": compile_,
-            "run.eval_every": eval_every, "checkpoint.every": ckpt_every, "checkpoint.keep": keep,
-            "checkpoint.resume": resume, "run.device": device,
+            "parallel.activation_checkpointing": ac, "run.eval_every": eval_every, "checkpoint.every": ckpt_every,
+            "checkpoint.keep": keep, "checkpoint.resume": resume, "run.device": device,
         })  # fmt: skip
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) != 0:

@@ -98,6 +98,9 @@ class DataSection(_Section):
 class ParallelSection(_Section):
     tp: int = Field(1, gt=0, description="tensor-parallel degree; FSDP2 shards over world / tp ranks")
     compile: bool | None = Field(None, description="torch.compile the blocks and the loss; unset: on CUDA only")
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        "none", description="recompute block activations in backward to save memory: none, full (every block) or "
+                            "selective (every other block)")  # fmt: skip
 
 
 class CheckpointSection(_Section):

@@ -185,16 +185,16 @@ class Trainer:
         return WindowBatches(train, WindowSampler(plan.val_tokens, **common), d.eval_batches)
 
     def build_model(self, mesh: Any) -> torch.nn.Module:
-        cfg, compile_ = self.plan.model_cfg, self.compile
+        cfg, compile_, ac = self.plan.model_cfg, self.compile, self.cfg.parallel.activation_checkpointing
         if mesh is None or parameter_count(cfg) <= _FULL_INIT_MAX_PARAMS:
             model = Llama(cfg)
             model.init_weights(self.cfg.run.seed)  # seeded CPU generator: the same weights for every world size
             model.to(self.device)
-            return parallelize(model, mesh, compile=compile_, bf16=self.bf16)
+            return parallelize(model, mesh, compile=compile_, bf16=self.bf16, activation_checkpointing=ac)
         # Too big to materialise on every rank: shard on the meta device, then allocate and init only the shards.
         with torch.device("meta"):
             model = Llama(cfg)
-        model = parallelize(model, mesh, compile=compile_, bf16=self.bf16)
+        model = parallelize(model, mesh, compile=compile_, bf16=self.bf16, activation_checkpointing=ac)
         model.to_empty(device=self.device)
         model.init_weights()  # type: ignore[operator]  # DTensor-aware random init from the seeded global RNG
         return model

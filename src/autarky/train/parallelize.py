@@ -1,4 +1,5 @@
-"""Process groups and parallelism, applied from outside the model: TP (DTensor) then FSDP2, then compile.
+"""Process groups and parallelism, applied from outside the model: TP (DTensor), activation checkpointing, compile,
+then FSDP2 (torchtitan's order).
 
 Launch: `autarky train ...` is one process; `torchrun --nproc_per_node=N -m autarky train ...` is N. The mesh is
 (dp, tp): tensor parallel inside each tp group (Colwise q/k/v/w1/w3, Rowwise wo/w2, as in the PyTorch TP
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from autarky.errors import UserError
 from autarky.model.llama import Llama, ModelConfig
+
+ActivationCheckpointing = Literal["none", "full", "selective"]
 
 
 @dataclass(frozen=True)
@@ -81,18 +85,46 @@ def dp_group(mesh: DeviceMesh | None) -> dist.ProcessGroup | None:
     return None if mesh is None else mesh["dp"].get_group()
 
 
-def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: bool) -> nn.Module:
-    """Apply TP, compile and FSDP2 in torchtitan's order, in place; returns the model."""
+def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: bool,
+                activation_checkpointing: ActivationCheckpointing = "none") -> nn.Module:
+    """Apply TP, activation checkpointing, compile and FSDP2 in torchtitan's order, in place; returns the model."""
     if mesh is not None and mesh["tp"].size() > 1:
         if model.config.n_experts:
             raise UserError("tensor parallel of mixture-of-experts layers is not implemented; use --tp 1")
         _apply_tensor_parallel(model, mesh["tp"])
+    apply_activation_checkpointing(model, activation_checkpointing)
     if compile:
         for block in model.layers.values():
             block.compile()  # per block, as torchtitan does: a repeated graph compiles once
     if mesh is not None and mesh["dp"].size() > 1:
         _apply_fsdp(model, mesh["dp"], bf16=bf16)
     return model
+
+
+def apply_activation_checkpointing(model: Llama, mode: ActivationCheckpointing) -> None:
+    """Recompute each block's activations in backward instead of keeping them: every block ("full") or every
+    other one ("selective", torchtitan's layer-frequency 2), trading about one more forward for their memory.
+
+    Non-reentrant torch.utils.checkpoint over the block's own forward, set on the instance: unlike torchtitan's
+    checkpoint_wrapper no module is inserted, so parameter names (DCP checkpoints, LoRA adapters) are the same with
+    AC on or off and a run resumes across the switch. The RNG state is replayed, so LoRA dropout recomputes the
+    same mask; block.compile() and fully_shard, applied after, see an ordinary forward.
+    """
+    if mode == "none":
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    every = 1 if mode == "full" else 2
+    for i, block in enumerate(model.layers.values()):
+        if i % every == 0:
+            forward = block.forward
+
+            def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> torch.Tensor:
+                if not torch.is_grad_enabled():  # evaluation keeps nothing for backward anyway
+                    return _forward(*args, **kwargs)
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            block.forward = checkpointed  # type: ignore[method-assign]
 
 
 def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
