@@ -114,3 +114,37 @@ def test_subset_is_deterministic_and_nested(tiny_corpus_dir: Path) -> None:
     assert {d.relpath for d in small} < {d.relpath for d in large}
     assert 100_000 <= sum(d.n_bytes for d in small) < 100_000 + max(d.n_bytes for d in docs)
     assert take_subset(docs, None) == docs
+
+
+def test_folder_source_never_follows_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    outside = _write(tmp_path / "outside", {"secret.py": "key = 'hunter2'\n", "pkg/more.py": "token = 1\n"})
+    root = _write(tmp_path / "corpus", {"a.py": "x = 1\n", "inner.py": "y = 2\n"})
+    (root / "leak.py").symlink_to(outside / "secret.py")
+    (root / "linked").symlink_to(outside / "pkg", target_is_directory=True)
+    (root / "alias.py").symlink_to(root / "inner.py")  # inside the root: fine
+    corpus = load_corpus(str(root))
+    assert [d.relpath for d in corpus.documents] == ["a.py", "alias.py"]  # inner.py: alias.py's duplicate
+    assert corpus.duplicates == 1
+    assert not any("hunter2" in d.text or "token" in d.text for d in corpus.documents)
+
+
+@pytest.mark.parametrize("pattern", ["../outside/*.py", "../**/*.py", "/etc/*"])
+def test_a_glob_cannot_leave_the_root(tmp_path: Path, pattern: str) -> None:
+    _write(tmp_path / "outside", {"secret.py": "key = 'hunter2'\n"})
+    root = _write(tmp_path / "corpus", {"a.py": "x = 1\n"})
+    with pytest.raises(UserError, match="glob"):
+        load_corpus(str(root), pattern)
+
+
+def test_deeply_nested_jsonl_line_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "ok"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(UserError, match=r"deep\.jsonl:2.*nested"):
+        load_corpus(str(path))
+
+
+def test_non_utf8_jsonl_line_is_a_user_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff\xfe"}\n')
+    with pytest.raises(UserError, match=r"bad\.jsonl:2.*UTF-8"):
+        load_corpus(str(path))

@@ -78,3 +78,58 @@ def test_serve_bad_model_exits_with_a_clear_error(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "does not exist" in out
+
+
+def fails_cleanly(args: list[str], home: Path) -> str:
+    """Runs `autarky serve ARGS`, which must exit 2 with one `Error:` line and no server started."""
+    proc = start(args, home)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out, out
+    assert "Started server process" not in out and "ready at" not in out, out
+    assert sum(line.startswith("Error:") for line in out.splitlines()) == 1, out
+    return out
+
+
+def test_serve_missing_model_fails_before_listening_with_one_error(tmp_path):
+    out = fails_cleanly([str(tmp_path / "missing"), "--port", "0"], tmp_path)
+    assert out.count("does not exist") == 1, out
+
+
+def test_serve_unloadable_model_fails_before_listening(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    fails_cleanly([str(folder), "--port", "0"], tmp_path)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_impossible_port_is_one_error(tiny_hf_model_dir, tmp_path, port):
+    assert "port" in fails_cleanly([str(tiny_hf_model_dir), f"--port={port}"], tmp_path)
+
+
+def test_serve_port_in_use_is_one_error(tiny_hf_model_dir, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        fails_cleanly([str(tiny_hf_model_dir), "--port", str(taken.getsockname()[1])], tmp_path)
+
+
+def test_serve_missing_device_is_one_error(tiny_hf_model_dir, tmp_path):
+    assert "cuda:7" in fails_cleanly([str(tiny_hf_model_dir), "--port", "0", "--device", "cuda:7"], tmp_path)
+
+
+def test_serve_shows_progress_while_loading(tiny_hf_model_dir, tmp_path):
+    proc = start([str(tiny_hf_model_dir), "--port", "0"], tmp_path)
+    try:
+        seen = []
+        while not seen or "ready at" not in seen[-1]:
+            line = proc.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        assert any(line.startswith("autarky serve: loading") for line in seen), "".join(seen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -74,6 +74,8 @@ def _stat_identity(relpath: str, path: Path) -> str:
 
 
 def _folder_files(root: Path, pattern: str, stdlib: bool, label: str) -> list[tuple[str, int]]:
+    if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+        raise UserError(f"--glob {pattern!r} must stay inside {root}; use a relative pattern without '..'")
     try:
         matches = sorted(root.glob(pattern))
     except (ValueError, NotImplementedError):
@@ -81,6 +83,8 @@ def _folder_files(root: Path, pattern: str, stdlib: bool, label: str) -> list[tu
     files = []
     for path in matches:
         relpath = path.relative_to(root).as_posix()
+        if not path.resolve().is_relative_to(root):  # a symlink (to a file or a folder) out of the corpus
+            continue
         if path.is_file() and not (stdlib and is_stdlib_junk(relpath)):
             files.append((relpath, path.stat().st_size))
     if not files:
@@ -193,8 +197,12 @@ def _plan_parquet(root: Path, base: dict, budget: int | None, task_bytes: int, f
 def _jsonl_record(line: bytes, where: str) -> tuple[object, str]:
     try:
         record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 (byte {e.start}); re-encode the file or remove the line") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{where} is not valid JSON ({e.msg}); fix the line or remove it") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply to parse; flatten the record or remove the line") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise UserError(
             f"{where} has no string field 'text'; every JSONL line must look like {{\"text\": \"...\"}}"

@@ -20,7 +20,9 @@ from autarky.serve.errors import ContextLengthExceeded, GenerationFailed, Invali
 from autarky.serve.events import ErrorEvent, Event, PromptEvent, TokenEvent
 from autarky.serve.events import Request as EngineRequest
 from autarky.serve.http_errors import error_response, install_error_handlers
+from autarky.serve.intake import Intake, check_ids, encode_text
 from autarky.serve.lora_routes import install_lora_routes, lora_cards
+from autarky.serve.options import DEFAULT_MAX_BODY_MB
 from autarky.serve.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -35,6 +37,8 @@ from autarky.serve.tools import ToolCallStream, ToolUse, template_messages
 
 log = logging.getLogger("autarky.serve")
 DISCONNECT_POLL_S = 0.5
+# Routes besides /v1 that read or reveal what the model holds: behind the key as well.
+KEYED_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
 
 
 @dataclass
@@ -164,7 +168,8 @@ def _sse_response(chunks: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = None,
-               on_failure: Callable[[], None] | None = None, api_key: str | None = None) -> FastAPI:
+               on_failure: Callable[[], None] | None = None, api_key: str | None = None,
+               max_body_mb: float = DEFAULT_MAX_BODY_MB) -> FastAPI:
     """The ASGI app. Models listed in the registry's specs load in a background thread at startup, so /health
     answers 503 until they are in; shutdown finishes in-flight requests before stopping the engines. With
     `api_key`, every /v1 route wants `Authorization: Bearer <api_key>` (as vLLM's --api-key)."""
@@ -190,11 +195,14 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
     app = FastAPI(title="autarky serve", lifespan=lifespan)
     install_error_handlers(app)
     install_lora_routes(app, registry)
+    app.add_middleware(Intake, max_bytes=int(max_body_mb * 2**20))
 
     if api_key:
         @app.middleware("http")
         async def check_key(request: Request, call_next: Callable) -> Response:
-            if request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {api_key}":
+            path = request.url.path
+            keyed = path.startswith("/v1") or path in KEYED_ROUTES
+            if keyed and request.headers.get("authorization") != f"Bearer {api_key}":
                 return error_response(Unauthorized())
             return await call_next(request)
 
@@ -224,11 +232,15 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
         echo_texts: list[str] = []
         if not body.prompts():
             raise InvalidRequest("the prompt list is empty; send at least one prompt", param="prompt")
-        for p in body.prompts():
-            ids = codec.encode(p) if isinstance(p, str) else p
-            prompts.append(ids)
-            text = p if isinstance(p, str) else codec.decode(ids, skip_special_tokens=False)
-            echo_texts += [text] * body.n
+
+        def encode_all() -> None:  # in a thread: a big prompt must not stall the event loop (and /health)
+            for p in body.prompts():
+                ids = encode_text(served, p, "prompt") if isinstance(p, str) else check_ids(served, p, "prompt")
+                prompts.append(ids)
+                text = p if isinstance(p, str) else codec.decode(ids, skip_special_tokens=False)
+                echo_texts.extend([text] * body.n)
+
+        await asyncio.to_thread(encode_all)
 
         def params_for(ids: list[int]) -> SamplingParams:
             return _sampling(body, served, _default_max_tokens(body.max_tokens, served, ids),
@@ -259,7 +271,7 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
             raise InvalidRequest(f"tool_choice {tools.choice!r} cannot be combined with {grammar.param}",
                                  param="tool_choice")
         grammar = grammar or (tools.grammar() if tools else None)
-        ids = _chat_ids(served, body.messages, tools=tools)
+        ids = await asyncio.to_thread(_chat_ids, served, body.messages, True, tools)
         requested = body.max_completion_tokens or body.max_tokens
         top = body.top_logprobs or 0
         if body.top_logprobs and not body.logprobs:
@@ -285,9 +297,10 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
     async def tokenize(body: TokenizeRequest) -> dict:
         served = registry.get(body.model)
         if body.messages is not None:
-            ids = _chat_ids(served, body.messages, body.add_generation_prompt)
+            ids = await asyncio.to_thread(_chat_ids, served, body.messages, body.add_generation_prompt)
         elif body.prompt is not None:
-            ids = served.codec.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            ids = await asyncio.to_thread(encode_text, served, body.prompt, "prompt",
+                                          add_special_tokens=body.add_special_tokens)
         else:
             raise InvalidRequest("send either prompt or messages", param="prompt")
         return {"count": len(ids), "max_model_len": served.max_model_len, "tokens": ids, "token_strs": None}
@@ -295,11 +308,8 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:
         served = registry.get(body.model)
-        vocab = served.engine.model.config.vocab_size
-        bad = [t for t in body.tokens if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
-        return {"prompt": served.codec.decode(body.tokens, skip_special_tokens=False)}
+        check_ids(served, body.tokens, "tokens")
+        return {"prompt": await asyncio.to_thread(served.codec.decode, body.tokens, skip_special_tokens=False)}
 
     @app.get("/tokenizer_info")
     async def tokenizer_info(model: str | None = None) -> dict:

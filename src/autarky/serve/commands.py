@@ -8,12 +8,37 @@ import typer
 
 from autarky.clikit import field_option
 from autarky.errors import UserError
-from autarky.serve.options import ServeOptions
+from autarky.serve.options import DEFAULT_MAX_BODY_MB, ServeOptions
 
 
 def _opt(field: str, *names: str, **kwargs: object) -> typer.models.OptionInfo:
     """An option over ServeOptions' field: its default and help are the config's own."""
     return field_option(ServeOptions, field, *names, **kwargs)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (where.index or 0) >= count:
+            raise UserError(f"device {device!r} is not here ({count} CUDA device(s) visible)")
+
+
+def _check_model(source: str) -> None:
+    """Fail before any port opens: the source resolves to an HF folder with a readable config and weights. (The
+    weights themselves load after the server starts, so /health can answer 503 meanwhile.)"""
+    from autarky.export.source import resolve_model_source
+    from autarky.model.hf import read_model_config
+
+    folder = resolve_model_source(source)
+    read_model_config(folder)
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        raise UserError(f"{folder} has no model.safetensors weights")
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +53,8 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, help="Name to serve a single MODEL under (default: its folder name)."),
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8000, help="Port (0 = any free port; the URL is printed when ready)."),
+        max_body_mb: float = typer.Option(DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001,
+                                          help="Largest request body accepted, in MB (larger: 413)."),
         max_batch: int = _opt("max_batch", "--max-batch", min=1),
         max_queue: int = _opt("max_queue", "--max-queue", min=1),
         max_model_len: int | None = _opt("max_model_len", "--max-model-len", min=2),
@@ -60,7 +87,10 @@ def register(app: typer.Typer) -> None:
             raise UserError("--name names a single model; for several, write each as NAME=MODEL")
         if lora and len(models) > 1:
             raise UserError("--lora serves adapters over a single MODEL; serve one base per server")
+        if not 0 <= port <= 65535:
+            raise UserError(f"--port {port} is not a port (0-65535)")
         loras = tuple(parse_lora_arg(arg, max_lora_rank) for arg in lora)
+        _check_device(device)
         if threads:
             torch.set_num_threads(threads)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,6 +101,9 @@ def register(app: typer.Typer) -> None:
         specs = [ServedModelSpec.parse(m, **options) for m in models]
         if name:
             specs = [ServedModelSpec(**{**specs[0].__dict__, "name": name})]
+        for spec in specs:
+            typer.echo(f"autarky serve: checking {spec.source} ...", err=True)
+            _check_model(spec.source)
         registry = ModelRegistry(specs)
         server: Server | None = None
 
@@ -81,9 +114,11 @@ def register(app: typer.Typer) -> None:
 
         try:
             server = Server(registry, host, port, on_ready=lambda: announce(), log_level=log_level,
-                            exit_on_load_failure=True, api_key=api_key)
-        except OSError as exc:
+                            exit_on_load_failure=True, api_key=api_key, max_body_mb=max_body_mb)
+        except (OSError, OverflowError) as exc:
             raise UserError(f"cannot listen on {host}:{port} ({exc}); pick another --port") from None
+        names = ", ".join(spec.served_name() for spec in specs)
+        typer.echo(f"autarky serve: loading {names} (/health answers 503 until ready) ...", err=True)
         server.run()
         if registry.error:
             raise UserError(f"loading failed: {registry.error}")

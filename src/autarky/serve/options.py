@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+# A request body larger than this is a 413 before anything parses it (a 50 MB prompt once stalled /health).
+DEFAULT_MAX_BODY_MB = 8.0
+
 
 class ServeOptions(BaseModel):
     dtype: str = Field("float32", description="float32 | bfloat16 | float16.")

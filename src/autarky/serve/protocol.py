@@ -12,12 +12,19 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autarky.serve.errors import InvalidRequest
 from autarky.serve.structured import Grammar
 
 MAX_TOP_LOGPROBS = 20
+# Per-request work that one client could make everyone in the batch pay for: each stop string is searched for
+# on every decoded token, each logit_bias entry is applied on every step, each tool is rendered and compiled.
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS = 1024
+MAX_TOOLS = 128
+MAX_PROMPTS = 64
 # Output-changing fields of OpenAI's and vLLM's APIs that this server does not implement, with the value that
 # means "off" (None: any value is refused). Present with another value, they are a 400 naming them.
 UNSUPPORTED: dict[str, Any] = {
@@ -75,6 +82,23 @@ class _Request(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None  # vLLM's engine choice: there is one here, so it is moot
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings, got {len(stops)}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop string is at most {MAX_STOP_CHARS} characters")
+        return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bounded_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias and len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} logit_bias entries, got {len(bias)}")
+        return bias
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -152,6 +176,13 @@ class CompletionRequest(_Request):
     suffix: str | None = None
     best_of: int | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_prompts(cls, prompt: str | list) -> str | list:
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts in one request, got {len(prompt)}")
+        return prompt
+
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text or token ids."""
         p = self.prompt
@@ -202,6 +233,13 @@ class ChatCompletionRequest(_Request):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _bounded_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if tools and len(tools) > MAX_TOOLS:
+            raise ValueError(f"at most {MAX_TOOLS} tools, got {len(tools)}")
+        return tools
 
     def unsupported_fields(self) -> list[str]:
         bad = super().unsupported_fields()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import uvicorn
 
 from autarky.serve.api import create_app
+from autarky.serve.options import DEFAULT_MAX_BODY_MB
 from autarky.serve.registry import ModelRegistry
 
 
@@ -26,6 +27,7 @@ class Server:
         log_level: str = "warning",
         exit_on_load_failure: bool = False,
         api_key: str | None = None,
+        max_body_mb: float = DEFAULT_MAX_BODY_MB,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -35,7 +37,7 @@ class Server:
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
         on_failure = self._exit if exit_on_load_failure else None
-        app = create_app(registry, on_ready, on_failure, api_key)
+        app = create_app(registry, on_ready, on_failure, api_key, max_body_mb)
         config = uvicorn.Config(app, log_level=log_level, access_log=False)
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
