@@ -29,6 +29,7 @@ def product_tasks() -> list[str]:
 
 TASKS = product_tasks()
 KEY_ENV = "AUTARKY_DEMO_KEY"
+KEY_ENVS = {"gateway": KEY_ENV, "gateway_ss": "AUTARKY_DEMO_KEY_SS"}  # each gateway has its own store
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,11 @@ def operate(runner: DemoRunner, settings: OperateSettings, figures: private.Priv
                                           adapter=settings.adapter_dir is not None)
             runner.start_server(name, ["gateway", "--config", config, "--port", ports[name]],
                                 f"http://127.0.0.1:{ports[name]}/health")
-        output = runner.run(["keys", "create", "--team", "product", "--budget-usd", "5",
-                             "--config", settings.workdir / "gateway.toml"], capture=True)
-        os.environ[KEY_ENV] = output.strip().splitlines()[-1]
-        runner.console.print("created a key for team [bold]product[/bold] (stored only as a hash)")
+            # One store per gateway: SQLite keeps budgets in one process's memory (PostgreSQL shares them).
+            output = runner.run(["keys", "create", "--team", "product", "--budget-usd", "5", "--config", config],
+                                capture=True)
+            os.environ[KEY_ENVS[name]] = output.strip().splitlines()[-1]
+        runner.console.print("created a key for team [bold]product[/bold] on each gateway (stored only as a hash)")
 
     gateway_url = f"http://127.0.0.1:{ports['gateway']}/v1"
     # A stated subset: the first eval_limit items of each suite (the suites hold 120-210 items each, enough to
@@ -95,11 +97,11 @@ def operate(runner: DemoRunner, settings: OperateSettings, figures: private.Priv
         private.show_route(runner, figures, settings.workdir / "routes.toml", gateway_url, KEY_ENV)
 
     with runner.section("traffic: self_sufficient = true (in-house models only)"):
-        result = _burst(ports["gateway_ss"], settings, drill=None)
+        result = _burst(ports["gateway_ss"], settings, drill=None, key_env=KEY_ENVS["gateway_ss"])
         _print_burst(runner, "self_sufficient", result)
         summary["self_sufficient"] = _burst_summary(result)
         summary["partner_request"] = _ask_partner(runner, ports)
-        summary["tools_and_json"] = tools_and_json(runner, ports["gateway_ss"], KEY_ENV)
+        summary["tools_and_json"] = tools_and_json(runner, ports["gateway_ss"], KEY_ENVS["gateway_ss"])
 
     with runner.section("outage drill: a model server dies mid-burst"):
         result = _burst(ports["gateway"], settings, drill=runner)
@@ -107,7 +109,8 @@ def operate(runner: DemoRunner, settings: OperateSettings, figures: private.Priv
         summary["drill"] = _burst_summary(result)
 
     with runner.section("usage: spend and tokens by team and model, in-house share"):
-        runner.run(["usage", "--by", "team,model", "--since", "1h", "--config", settings.workdir / "gateway.toml"])
+        for name in KEY_ENVS:
+            runner.run(["usage", "--by", "team,model", "--since", "1h", "--config", settings.workdir / f"{name}.toml"])
     return summary
 
 
@@ -115,7 +118,7 @@ def _ask_partner(runner: DemoRunner, ports: dict[str, int]) -> dict[str, int]:
     """The same request for the partner's model through both gateways: policy, not luck, keeps it in house."""
     statuses = {}
     for name in ("gateway", "gateway_ss"):
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports[name]}/v1", api_key=os.environ[KEY_ENV],
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports[name]}/v1", api_key=os.environ[KEY_ENVS[name]],
                                max_retries=0, timeout=300)
         try:
             client.chat.completions.create(model="partner-mini", max_tokens=8,
@@ -144,7 +147,7 @@ def _first_requests(runner: DemoRunner, ports: dict[str, int]) -> None:
     runner.console.print(table)
 
 
-def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> BurstReport:
+def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None, key_env: str = KEY_ENV) -> BurstReport:
     """A burst of product traffic; with a drill, the busiest model's server is killed a third of the way in."""
     state = {"killed": None}
 
@@ -158,7 +161,7 @@ def _burst(port: int, settings: OperateSettings, drill: DemoRunner | None) -> Bu
         drill.console.print(f"[bold red]killed {server} (serving {busiest}) after {done} requests[/bold red]")
 
     return asyncio.run(burst(f"http://127.0.0.1:{port}", settings.burst_requests, settings.burst_concurrency,
-                             key=os.environ[KEY_ENV], tasks=TASKS, max_tokens=16, on_progress=pull_the_plug))
+                             key=os.environ[key_env], tasks=TASKS, max_tokens=16, on_progress=pull_the_plug))
 
 
 def _print_burst(runner: DemoRunner, label: str, result: BurstReport) -> None:
@@ -191,7 +194,7 @@ def write_gateway_config(path: Path, ports: dict[str, int], self_sufficient: boo
     path.write_text(f"""# Written by `autarky demo`.
 routes = "routes.toml"
 require_keys = true
-store = "sqlite:///{path.parent.parent / 'autarky.db'}"
+store = "sqlite:///{path.parent.parent / ('autarky.db' if not self_sufficient else 'autarky-ss.db')}"
 
 [policy]
 self_sufficient = {str(self_sufficient).lower()}
