@@ -25,7 +25,7 @@ def tools_and_json(runner: DemoRunner, gateway_port: int, key_env: str, model: s
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway_port}/v1", api_key=os.environ[key_env],
                            max_retries=0, timeout=300)
     call = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=60, tools=[WEATHER_TOOL], tool_choice="required",
+        model=model, temperature=0, max_tokens=60, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False,
         messages=[{"role": "user", "content": "What's the weather in Paris, in celsius?"}])
     tool_call = call.choices[0].message.tool_calls[0]
     runner.console.print(f"tool call   → {tool_call.function.name}({tool_call.function.arguments})  "
