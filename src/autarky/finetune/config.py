@@ -13,14 +13,20 @@ sample_packing → data.packing, val_set_size → data.val_fraction). RUN_DIR/co
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from autarky.errors import UserError
-from autarky.train.config import CheckpointSection, OptimSection, ParallelSection, RunSection, ScheduleSection
+from autarky.train.config import (
+    CheckpointSection,
+    OptimSection,
+    ParallelSection,
+    RunSection,
+    ScheduleSection,
+    read_config_file,
+    validated,
+)
 from autarky.train.config import dump_config as _dump_tree
 
 Method = Literal["lora", "qlora", "full"]
@@ -103,22 +109,11 @@ class FinetuneConfig(_Section):
 
 def load_finetune_config(path: Path) -> FinetuneConfig:
     """Read a fine-tuning TOML (any subset of sections and keys)."""
-    try:
-        tree = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    return _validated(tree, str(path))
+    return read_config_file(path, FinetuneConfig)
 
 
 def _validated(tree: dict, origin: str) -> FinetuneConfig:
-    try:
-        return FinetuneConfig.model_validate(tree)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"bad config in {origin}: {where}: {first['msg']}") from None
+    return validated(tree, origin, FinetuneConfig)
 
 
 def dump_finetune_config(cfg: FinetuneConfig) -> str:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import tomllib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autarky.errors import UserError
 from autarky.model.llama import ModelConfig
 from autarky.model.sizes import preset
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -146,22 +148,31 @@ class TrainConfig(_Section):
 
 def load_config(path: Path) -> TrainConfig:
     """Read a run TOML (any subset of sections and keys)."""
+    return read_config_file(path, TrainConfig)
+
+
+def read_config_file(path: Path, model: type[ConfigT]) -> ConfigT:
+    """A config tree of `model` from a TOML file (train's and finetune's); every problem one UserError line."""
     try:
         tree = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    return _validated(tree, str(path))
+    return validated(tree, str(path), model)
 
 
-def _validated(tree: dict, origin: str) -> TrainConfig:
+def validated(tree: dict, origin: str, model: type[ConfigT]) -> ConfigT:
     try:
-        return TrainConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UserError(f"bad config in {origin}: {where}: {first['msg']}") from None
+
+
+def _validated(tree: dict, origin: str) -> TrainConfig:
+    return validated(tree, origin, TrainConfig)
 
 
 def dump_config(cfg: TrainConfig) -> str:
