@@ -147,3 +147,16 @@ def test_store_backed_routes_use_mcnemar_on_the_stored_items(stub_server, store_
     (route,) = routes_from_store(store_url)
     first = route.candidates[0]
     assert first.model == "partner" and "mcnemar-chi2-cc p=" in first.reason and first.p_vs_next < 1e-6
+
+
+def test_a_tie_break_winner_also_states_whom_it_beats_beyond_noise():
+    """All in-house at $0 (the demo's spreadsheet task): the higher score is first by tie-break, and the reason
+    names the candidates its lead is significant against, so the table says it won, not only that it was first."""
+    board = [score("adapter", 0.175, 0.0, True), score("base", 0.0, 0.0, True), score("code-model", 0.0, 0.0, True)]
+    p = fixed_p({frozenset(("adapter", "base")): 0.0156, frozenset(("adapter", "code-model")): 0.5,
+                 frozenset(("base", "code-model")): 1.0})
+    (route,) = build_routes(board, paired=p, alpha=0.05)
+    first = route.candidates[0]
+    assert first.model == "adapter" and "first by tie-break" in first.reason
+    assert first.reason.endswith("beats beyond noise: base (p=0.0156)")
+    assert "code-model" not in first.reason.split("beats beyond noise")[1]

@@ -143,8 +143,20 @@ def order_by_evidence(candidates: list[Candidate], evidence: _Evidence, alpha: f
             reason = (f"{_scored(incumbent)} first by tie-break (in-house, then cost, then score); "
                       + (f"higher but within noise: {', '.join(noise)}" if noise else "no candidate left scores higher"))
         remaining.remove(winner)
+        reason += _leads(winner, remaining, evidence, alpha) if reason else ""
         placed.append(winner.model_copy(update={"reason": reason or None}))
     return placed
+
+
+def _leads(winner: Candidate, rest: list[Candidate], evidence: _Evidence, alpha: float) -> str:
+    """Where the winner's lead over the lower-scored candidates is beyond noise: the evidence that it won, not only
+    that it was first in the tie-break order."""
+    beaten = []
+    for other in sorted((c for c in rest if c.score < winner.score), key=lambda c: -c.score):
+        p = evidence.p(winner.model, other.model)
+        if p is not None and p < alpha:
+            beaten.append(f"{other.model} ({evidence.test(winner.model, other.model)}p={p:.3g})")
+    return f"; beats beyond noise: {', '.join(beaten)}" if beaten else ""
 
 
 def build_routes(board: list[SuiteScore], providers: dict[str, str] | None = None,
