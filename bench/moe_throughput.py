@@ -34,11 +34,10 @@ import torch
 from autarky.model.hf import hf_config_dict, hf_state_dict
 from autarky.model.llama import Llama, ModelConfig, flops_per_token
 from autarky.model.sizes import preset
-from autarky.train.config import OptimSection
 from autarky.train.metrics import peak_flops
 from autarky.train.step import autocast_for, build_optimizer, train_step
+from train_throughput import OPTIM, hf_step  # the same HF step and optimizer settings as the dense bench
 
-OPTIM = OptimSection(lr=1e-3)  # our defaults otherwise (betas, eps, weight decay, clip 1.0)
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -90,28 +89,6 @@ def ours_step(model: Llama, device: torch.device, bf16: bool) -> Step:
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return train_step(model, optimizer, [(inputs, targets)], grad_clip=OPTIM.grad_clip, autocast=autocast)[0]
-
-    return step
-
-
-def hf_step(model: torch.nn.Module, bf16: bool) -> Step:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), eps=OPTIM.eps,
-                                  fused=True)  # fmt: skip
-    device_type = next(model.parameters()).device.type
-
-    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            # shift_labels: HF's loss takes the targets as given, so both sides score the same T tokens.
-            loss = model(input_ids=inputs, labels=inputs, shift_labels=targets.contiguous()).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
 
     return step
 

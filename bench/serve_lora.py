@@ -33,27 +33,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
-T = TypeVar("T")
+from serve_decode import in_own_thread  # a thread that ends with the work (no lingering OpenMP team)
+
 PROMPT = "Write a short story about a robot who learns to paint."
-
-
-def in_own_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run fn in a thread that ends with it, so the main thread keeps no OpenMP team (see bench/serve_decode.py)."""
-    result: list[T] = []
-    worker = threading.Thread(target=lambda: result.append(fn(*args)))
-    worker.start()
-    worker.join()
-    if not result:
-        raise SystemExit(f"{fn.__name__} failed (traceback above)")
-    return result[0]
 
 
 def make_adapters(folder: Path, out: Path, rank: int) -> list[Path]:
