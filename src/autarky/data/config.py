@@ -19,6 +19,12 @@ from autarky.errors import UserError
 _WEIGHT_TOLERANCE = 1e-6
 
 
+
+def _not_blank(cls: type, value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -31,12 +37,7 @@ class SourceConfig(_Frozen):
     glob: str = Field(DEFAULT_GLOB, description="files to take from a folder source")
     weight: float = Field(1.0, gt=0.0, le=1.0, description="share of the mixture; the weights sum to 1")
 
-    @field_validator("glob")
-    @classmethod
-    def _glob_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+    _glob_not_empty = field_validator("glob")(_not_blank)
 
 
 class QualityConfig(_Frozen):
@@ -94,12 +95,7 @@ class DataConfig(_Frozen):
     dedup: DedupConfig = DedupConfig()
     pii: PiiConfig = PiiConfig()
 
-    @field_validator("glob")
-    @classmethod
-    def _glob_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+    _glob_not_empty = field_validator("glob")(_not_blank)
 
     @model_validator(mode="after")
     def _mixture_is_sound(self) -> DataConfig:
