@@ -24,6 +24,7 @@ from autarky.train.config import (
     ParallelSection,
     RunSection,
     ScheduleSection,
+    overridden,
     read_config_file,
     validated,
 )
@@ -99,12 +100,7 @@ class FinetuneConfig(_Section):
 
     def with_overrides(self, overrides: dict[str, Any]) -> FinetuneConfig:
         """A copy with dotted keys replaced (e.g. {"lora.rank": 8}); None values are ignored."""
-        tree = self.model_dump()
-        for dotted, value in overrides.items():
-            if value is not None:
-                section, key = dotted.split(".", 1)
-                tree[section][key] = value
-        return _validated(tree, "command-line options")
+        return _validated(overridden(self.model_dump(), overrides), "command-line options")
 
 
 def load_finetune_config(path: Path) -> FinetuneConfig:

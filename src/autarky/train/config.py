@@ -138,12 +138,16 @@ class TrainConfig(_Section):
         new_preset = overrides.get("model.preset")
         if new_preset is not None and new_preset != self.model.preset:
             tree["model"] = {"preset": new_preset}  # a pinned shape (e.g. another run's config) was for the old one
-        for dotted, value in overrides.items():
-            if value is None:
-                continue
+        return _validated(overridden(tree, overrides), "command-line options")
+
+
+def overridden(tree: dict, overrides: dict[str, Any]) -> dict:
+    """`tree` (a config's model_dump) with dotted keys replaced, e.g. {"optim.lr": 1e-3}; None values ignored."""
+    for dotted, value in overrides.items():
+        if value is not None:
             section, key = dotted.split(".", 1)
             tree[section][key] = value
-        return _validated(tree, "command-line options")
+    return tree
 
 
 def load_config(path: Path) -> TrainConfig:
