@@ -63,3 +63,15 @@ def test_run_config_and_pinned_shape(tmp_path):
     with pytest.raises(ValueError):
         pinned_model_config({**shape, "n_heads": 3})
     assert read_run_config(tmp_path) == {}
+
+
+def test_pinned_shape_keeps_the_presets_family_features():
+    """A Qwen3 run pins only its shape; the planner must still see Qwen3's own head width and q/k norms."""
+    from autarky.model.sizes import preset
+    from autarky.train.config import ModelSection
+
+    qwen = preset("qwen3-0.6b", vocab_size=512, max_seq_len=64)
+    table = ModelSection.pinned("qwen3-0.6b", qwen).model_dump(exclude_none=True)
+    cfg = pinned_model_config(table)
+    assert cfg == qwen
+    assert cfg.head_dim == 128 != cfg.dim // cfg.n_heads and cfg.qk_norm

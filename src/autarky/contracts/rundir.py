@@ -144,14 +144,19 @@ _SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_di
 def pinned_model_config(model: dict[str, Any]) -> ModelConfig | None:
     """The exact model shape a run trained, from its config.toml's [model] table (pinned by `autarky train`);
     None when the table does not pin a whole shape. ValueError when it does but is not a valid shape."""
+    from autarky.errors import UserError
     from autarky.model.llama import ModelConfig
+    from autarky.model.sizes import PRESETS, preset
 
     if not isinstance(model, dict) or not all(model.get(k) for k in _SHAPE_KEYS):
         return None
     known = {f.name: model[f.name] for f in fields(ModelConfig) if f.name in model}
     try:
+        # Only the shape is pinned: the family features (head_dim, q/k norm, biases, experts) are the preset's.
+        if model.get("preset") in PRESETS:
+            return preset(model["preset"], **known)
         return ModelConfig(**known)
-    except TypeError as exc:
+    except (TypeError, UserError) as exc:
         raise ValueError(str(exc)) from None
 
 
