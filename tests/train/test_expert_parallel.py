@@ -29,8 +29,9 @@ def _assert_same_curve(run: Path, reference: Path, steps: list[int]) -> list[dic
     for got, want in zip(rows, ref, strict=True):
         assert abs(got["loss"] - want["loss"]) < TOL, (got["step"], got["loss"], want["loss"])
         assert abs(got.get("val_loss", 0.0) - want.get("val_loss", 0.0)) < TOL
-        # Loads are global (counts all-reduced over every rank): one rank's own share would differ.
-        assert max(abs(a - b) for a, b in zip(got["expert_load"], want["expert_load"], strict=True)) < 1e-6
+        # Loads are global (counts all-reduced over every rank): one rank's own counts differ by 0.03-0.14 here; a
+        # single token routed otherwise (a float near-tie) moves a layer-averaged share by 5e-4.
+        assert max(abs(a - b) for a, b in zip(got["expert_load"], want["expert_load"], strict=True)) < 1e-3
     return rows
 
 

@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
             "model.preset": preset, "data.dir": data, "run.out": out, "run.steps": steps,
             "data.batch_size": batch_size, "data.seq_len": seq_len, "optim.lr": lr, "run.seed": seed,
             "data.grad_accum": grad_accum, "data.order": order, "parallel.tp": tp, "parallel.ep": ep,
-            "parallel.compile": compile_, "parallel.activation_checkpointing": ac, "run.eval_every": eval_every, "checkpoint.every": ckpt_every,
-            "checkpoint.keep": keep, "checkpoint.resume": resume, "run.device": device,
+            "parallel.compile": compile_, "parallel.activation_checkpointing": ac, "run.eval_every": eval_every,
+            "checkpoint.every": ckpt_every, "checkpoint.keep": keep, "checkpoint.resume": resume, "run.device": device,
         })  # fmt: skip
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) != 0:
