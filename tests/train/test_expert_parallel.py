@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autarky.contracts.rundir import complete_checkpoints, find_checkpoint, read_meta
 from autarky.train import load_model_from_run, read_metrics, train
 from fixtures.train import parity_config, single_thread, torchrun, write_config
 
@@ -63,6 +64,7 @@ def test_ep2_over_two_processes_matches_ep1_and_resumes_after_a_kill(ep2_run: tu
     assert [r["restart"] for r in rows] == [0, 0, 0, 1, 1, 1]  # steps 4-6 come from the restarted attempt
     assert all(r["world"] == 2 and r["dropped_tokens"] == 0 for r in rows)
     assert "ep = 2" in (run / "config.toml").read_text()
+    assert read_meta(find_checkpoint(run)).get("ep") == 2  # the experts were split (FSDP alone gives these losses too)
     # The sharded checkpoint (experts split over the pair) loads into one plain process: the reference's weights.
     sharded, _, _, step = load_model_from_run(run)
     plain = load_model_from_run(moe_reference)[0]
@@ -99,3 +101,4 @@ def test_an_ep1_checkpoint_resumes_with_ep2_over_two_processes(moe_reference: Pa
     assert job.returncode == 0, job.stderr[-3000:]
     rows = _assert_same_curve(out, moe_reference, list(range(1, 7)))
     assert [r["world"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    assert [read_meta(c).get("ep") for c in complete_checkpoints(out)] == [1, 2]

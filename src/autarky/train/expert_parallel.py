@@ -84,6 +84,11 @@ def _local(w: torch.Tensor) -> torch.Tensor:
     return w.to_local() if isinstance(w, DTensor) else w
 
 
+def expert_parallel_degree(model: nn.Module) -> int:
+    """How many ranks split the model's experts (1: each rank has all of them)."""
+    return max((m.ep for m in model.modules() if isinstance(m, ExpertParallelExperts)), default=1)
+
+
 def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> nn.Module:
     """Shard every MoE layer's routed experts over the 1-D `ep_mesh`, in place; returns the model."""
     if ep_mesh.size() == 1:

@@ -34,6 +34,7 @@ from autarky.model.moe import load_summary, update_expert_bias
 from autarky.train.batches import SequentialCursor, WindowSampler, make_train_sampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint
 from autarky.train.config import TrainConfig, dump_config
+from autarky.train.expert_parallel import expert_parallel_degree
 from autarky.train.metrics import MetricsLog, peak_flops, plot_losses
 from autarky.train.parallelize import (
     all_reduce_mean,
@@ -248,7 +249,7 @@ class Trainer:
         train_state = {"step": step, "tokens": tokens, "data": {"kind": "random-windows", "seed": self.cfg.run.seed,
                                                                  "next_step": step + 1}}  # fmt: skip
         meta = {**self.checkpoint_meta(), "tokens": tokens, "loss": loss, "val_loss": val_loss,
-                "world": self.topo.world}  # fmt: skip
+                "world": self.topo.world, "ep": expert_parallel_degree(self.model)}  # fmt: skip
         return save_checkpoint(self.plan.run_dir, step, self.model, self.optimizer, train_state, meta, self.topo,
                                self.cfg.checkpoint.keep)  # fmt: skip
 
