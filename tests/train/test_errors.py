@@ -101,3 +101,21 @@ def test_cuda_asked_for_on_a_machine_without_it(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on GPU machines too
     _assert_refused(["--data", str(tiny_data_dir), "--device", "cuda"], tmp_path / "run", "no CUDA device")
+
+
+@pytest.mark.parametrize(
+    ("world", "args", "fragments"),
+    [
+        ("1", ["--preset", "moe-nano", "--ep", "2"], ["--ep 2", "world size 1"]),
+        ("3", ["--preset", "moe-nano", "--ep", "3", "--batch-size", "6"], ["--ep 3", "8 experts"]),
+        ("2", ["--preset", "nano", "--ep", "2"], ["--ep 2", "no experts"]),
+        ("4", ["--preset", "moe-nano", "--ep", "2", "--tp", "2"], ["--ep 2", "--tp 2", "not supported"]),
+        ("1", ["--preset", "moe-nano", "--ep", "0"], ["parallel.ep"]),
+    ],
+    ids=["beyond-world", "not-dividing-experts", "dense-model", "with-tp", "zero"],
+)
+def test_bad_expert_parallel_degree(world: str, args: list[str], fragments: list[str], tiny_data_dir: Path,
+                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # As torchrun would set it: validation happens before any process group is joined.
+    monkeypatch.setenv("WORLD_SIZE", world)
+    _assert_refused(["--data", str(tiny_data_dir), *args], tmp_path / "run", *fragments)

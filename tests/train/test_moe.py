@@ -66,6 +66,8 @@ import torch
 import torch.distributed as dist
 
 from autarky.model.llama import Llama, ModelConfig
+from torch.distributed.device_mesh import init_device_mesh
+
 from autarky.train.expert_parallel import apply_expert_parallel
 
 torch.set_num_threads(1)
@@ -75,19 +77,18 @@ cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ff
                   n_experts=8, n_active_experts=3, n_shared_experts=1, moe_ffn_dim=16, first_k_dense=1)
 model = Llama(cfg)
 model.init_weights(seed=0)
-apply_expert_parallel(model, dist.group.WORLD)
-assert model.layers["1"].feed_forward.experts.local_experts.w1.shape[0] == 4  # half the experts each
+apply_expert_parallel(model, init_device_mesh("cpu", (2,), mesh_dim_names=("ep",)))
+experts = model.layers["1"].feed_forward.experts
+assert experts.w1.shape[0] == 8 and experts.w1.to_local().shape[0] == 4  # half the experts each
 optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 losses = []
 for step in range(4):  # each rank its own tokens, as data-parallel ranks have
     tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(100 * step + rank))
     loss = model.loss(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
-    for p in model.parameters():  # replicated weights: average over ranks (FSDP would); experts: already summed
-        if p.grad is not None and not any(p is w for w in model.layers["1"].feed_forward.experts.parameters()):
+    for p in model.parameters():  # replicated weights: average over ranks (FSDP would); experts: already averaged
+        if p.grad is not None and not any(p is w for w in experts.parameters()):
             dist.all_reduce(p.grad)
-            p.grad /= 2
-        elif p.grad is not None:
             p.grad /= 2
     optimizer.step()
     optimizer.zero_grad()
@@ -132,3 +133,48 @@ def test_expert_parallel_over_two_gloo_processes_matches_ep1(tmp_path: Path) -> 
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert max(abs(a - b) for a, b in zip(got, expected[rank], strict=True)) < 1e-4
+
+
+def test_z_loss_adds_the_mean_squared_logsumexp_of_the_router_logits() -> None:
+    from dataclasses import replace
+
+    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.moe import aux_loss, moe_layers
+    from autarky.train.step import batch_loss
+
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32,
+                      n_experts=8, n_active_experts=3, n_shared_experts=1, moe_ffn_dim=16, first_k_dense=1)
+    tokens = torch.randint(0, 64, (2, 13), generator=torch.Generator().manual_seed(3))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+
+    def objective(coef: float) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        model = Llama(replace(cfg, z_loss_coef=coef))
+        model.init_weights(seed=0)  # the same weights for both coefficients
+        model.train()
+        router_in: list[torch.Tensor] = []
+        for layer in moe_layers(model).values():
+            layer.router.register_forward_hook(lambda m, args, out: router_in.append(out.detach()))
+        ce = batch_loss(model, batch)
+        extra = aux_loss(model)
+        total = ce if extra is None else ce + extra
+        total.backward()
+        router_grad = model.layers["1"].feed_forward.router.weight.grad.clone()
+        return total.detach(), router_in, router_grad
+
+    plain, logits, plain_grad = objective(0.0)
+    coef = 0.5
+    with_z, _, z_grad = objective(coef)
+    assert len(logits) == 2  # one sparse layer's router each, dense first layer
+    # z_loss = coef · Σ_layers mean_tokens(logsumexp(router logits)²), ST-MoE eq. 5, computed here by hand.
+    expected = coef * sum((torch.log(torch.exp(z.double()).sum(-1)) ** 2).mean() for z in logits)
+    assert abs((with_z - plain).item() - expected.item()) < 1e-5
+    assert expected.item() > 1e-3
+    assert not torch.allclose(plain_grad, z_grad)  # the router is trained by it
+
+
+def test_z_loss_from_the_config_trains(tiny_data_dir: Path, tmp_path: Path) -> None:
+    rows = _moe_run(tiny_data_dir, tmp_path / "run", **{"run.steps": 3, "model.z_loss_coef": 0.001})
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    from autarky.train import load_model_from_run
+
+    assert load_model_from_run(tmp_path / "run")[1].z_loss_coef == 0.001

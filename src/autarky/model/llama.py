@@ -58,6 +58,7 @@ class ModelConfig:
     route_scale: float = 1.0  # gate weights times this (DeepSeek-V3: 2.5)
     balance_rate: float = 1e-3  # expert_bias step per optimizer step (aux-loss-free balancing); 0 = off
     aux_loss_coef: float = 0.0  # weight of the classic auxiliary balance loss; 0 = off
+    z_loss_coef: float = 0.0  # weight of the router z-loss (ST-MoE); 0 = off
 
     def __post_init__(self) -> None:
         if not self.head_dim and self.dim % self.n_heads:

@@ -85,7 +85,7 @@ class MoE(nn.Module):
         super().__init__()
         self.n_experts, self.top_k = cfg.n_experts, cfg.n_active_experts
         self.score_func, self.route_norm, self.route_scale = cfg.score_func, cfg.route_norm, cfg.route_scale
-        self.aux_loss_coef = cfg.aux_loss_coef
+        self.aux_loss_coef, self.z_loss_coef = cfg.aux_loss_coef, cfg.z_loss_coef
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
         self.experts = GroupedExperts(cfg.n_experts, cfg.dim, cfg.moe_ffn_dim)
         if cfg.n_shared_experts:
@@ -94,7 +94,7 @@ class MoE(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(cfg.n_experts, dtype=torch.float32))
         # Tokens each expert received since the last bias update (training forwards only).
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_experts, dtype=torch.float32), persistent=False)
-        self.aux_loss: torch.Tensor | None = None  # the last training forward's weighted auxiliary loss
+        self.aux_loss: torch.Tensor | None = None  # the last training forward's weighted auxiliary losses
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, D) → gate weights (N, k) fp32, chosen experts (N, k), scores (N, E) fp32."""
@@ -121,8 +121,12 @@ class MoE(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
+            losses = []
             if self.aux_loss_coef:
-                self.aux_loss = self.aux_loss_coef * balance_loss(scores, counts, self.top_k)
+                losses.append(self.aux_loss_coef * balance_loss(scores, counts, self.top_k))
+            if self.z_loss_coef:  # the router's logits once more: route() keeps only their scores
+                losses.append(self.z_loss_coef * router_z_loss(self.router(x).float()))
+            self.aux_loss = torch.stack(losses).sum() if losses else None
         return y.reshape(shape)
 
 
@@ -135,12 +139,18 @@ def balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int) -> torc
     return n_experts * (fraction * probs.mean(0)).sum()
 
 
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's router z-loss (Zoph et al. 2022, eq. 5): the mean over tokens of logsumexp(logits)², which keeps
+    the router's logits small (and its softmax stable in low precision) without changing which experts win."""
+    return logits.logsumexp(-1).square().mean()
+
+
 def moe_layers(model: nn.Module) -> dict[str, MoE]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MoE)}
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """Sum of the sparse layers' auxiliary losses from the last training forward (None when none is on)."""
+    """Sum of the sparse layers' auxiliary losses (balance, z) from the last training forward (None when none is on)."""
     losses = [m.aux_loss for m in moe_layers(model).values() if m.aux_loss is not None]
     for m in moe_layers(model).values():
         m.aux_loss = None

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         grad_accum: int = _opt("data.grad_accum", "--grad-accum"),
         order: str = _opt("data.order", "--data-order"),
         tp: int = _opt("parallel.tp", "--tp"),
+        ep: int = _opt("parallel.ep", "--ep"),
         compile_: bool = typer.Option(None, "--compile/--no-compile",
                                       help=field_help(TrainConfig, "parallel.compile")),
         ac: str = _opt("parallel.activation_checkpointing", "--activation-checkpointing"),
@@ -52,9 +53,9 @@ def register(app: typer.Typer) -> None:
         cfg = base.with_overrides({
             "model.preset": preset, "data.dir": data, "run.out": out, "run.steps": steps,
             "data.batch_size": batch_size, "data.seq_len": seq_len, "optim.lr": lr, "run.seed": seed,
-            "data.grad_accum": grad_accum, "data.order": order, "parallel.tp": tp, "parallel.compile": compile_,
-            "parallel.activation_checkpointing": ac, "run.eval_every": eval_every, "checkpoint.every": ckpt_every,
-            "checkpoint.keep": keep, "checkpoint.resume": resume, "run.device": device,
+            "data.grad_accum": grad_accum, "data.order": order, "parallel.tp": tp, "parallel.ep": ep,
+            "parallel.compile": compile_, "parallel.activation_checkpointing": ac, "run.eval_every": eval_every,
+            "checkpoint.every": ckpt_every, "checkpoint.keep": keep, "checkpoint.resume": resume, "run.device": device,
         })  # fmt: skip
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) != 0:

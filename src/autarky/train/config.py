@@ -42,6 +42,8 @@ class ModelSection(_Section):
     balance_rate: float | None = Field(None, ge=0, description="MoE: expert_bias step per optimizer step "
                                        "(aux-loss-free balancing); 0 = off")
     aux_loss_coef: float | None = Field(None, ge=0, description="MoE: weight of the auxiliary balance loss; 0 = off")
+    z_loss_coef: float | None = Field(None, ge=0, description="MoE: weight of the router z-loss (ST-MoE, "
+                                      "logsumexp of the router logits squared); 0 = off")
 
     def resolve(self, data_vocab: int, seq_len: int) -> ModelConfig:
         """The model shape: the preset, then the data's vocabulary, then explicit fields."""
@@ -105,6 +107,13 @@ class ParallelSection(_Section):
                             "selective (every other block)")  # fmt: skip
 
 
+class TrainParallelSection(ParallelSection):
+    """Pretraining's parallelism: fine-tuning's plus expert parallelism."""
+
+    ep: int = Field(1, gt=0, description="expert-parallel degree: each group of ep ranks splits every MoE layer's "
+                                         "routed experts; divides the world size and the expert count (tp 1)")
+
+
 class CheckpointSection(_Section):
     every: int = Field(100, ge=0, description="DCP checkpoint every N steps (0: only at the end/on signal)")
     keep: int = Field(3, gt=0, description="keep the newest K complete checkpoints")
@@ -128,7 +137,7 @@ class TrainConfig(_Section):
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     data: DataSection = DataSection()
-    parallel: ParallelSection = ParallelSection()
+    parallel: TrainParallelSection = TrainParallelSection()
     checkpoint: CheckpointSection = CheckpointSection()
     run: RunSection = RunSection()
 

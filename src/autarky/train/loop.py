@@ -34,12 +34,14 @@ from autarky.model.moe import load_summary, update_expert_bias
 from autarky.train.batches import SequentialCursor, WindowSampler, make_train_sampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint
 from autarky.train.config import TrainConfig, dump_config
+from autarky.train.expert_parallel import expert_parallel_degree
 from autarky.train.metrics import MetricsLog, peak_flops, plot_losses
 from autarky.train.parallelize import (
     all_reduce_mean,
     any_rank,
     barrier,
     dp_group,
+    init_expert_mesh,
     init_process_group,
     parallelize,
 )
@@ -163,6 +165,7 @@ class Trainer:
         barrier(self.topo.world)
 
         torch.manual_seed(self.cfg.run.seed)
+        self.expert_mesh = init_expert_mesh(self.topo)
         self.model = self.build_model(mesh)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.autocast = autocast_for(self.device, self.bf16)
@@ -185,16 +188,21 @@ class Trainer:
         return WindowBatches(train, WindowSampler(plan.val_tokens, **common), d.eval_batches)
 
     def build_model(self, mesh: Any) -> torch.nn.Module:
-        cfg, compile_, ac = self.plan.model_cfg, self.compile, self.cfg.parallel.activation_checkpointing
+        cfg, ac = self.plan.model_cfg, self.cfg.parallel.activation_checkpointing
+
+        def parallelized(model: Llama) -> torch.nn.Module:
+            return parallelize(model, mesh, compile=self.compile, bf16=self.bf16, activation_checkpointing=ac,
+                               expert_mesh=self.expert_mesh)  # fmt: skip
+
         if mesh is None or parameter_count(cfg) <= _FULL_INIT_MAX_PARAMS:
             model = Llama(cfg)
             model.init_weights(self.cfg.run.seed)  # seeded CPU generator: the same weights for every world size
             model.to(self.device)
-            return parallelize(model, mesh, compile=compile_, bf16=self.bf16, activation_checkpointing=ac)
+            return parallelized(model)
         # Too big to materialise on every rank: shard on the meta device, then allocate and init only the shards.
         with torch.device("meta"):
             model = Llama(cfg)
-        model = parallelize(model, mesh, compile=compile_, bf16=self.bf16, activation_checkpointing=ac)
+        model = parallelized(model)
         model.to_empty(device=self.device)
         model.init_weights()  # type: ignore[operator]  # DTensor-aware random init from the seeded global RNG
         return model
@@ -241,7 +249,7 @@ class Trainer:
         train_state = {"step": step, "tokens": tokens, "data": {"kind": "random-windows", "seed": self.cfg.run.seed,
                                                                  "next_step": step + 1}}  # fmt: skip
         meta = {**self.checkpoint_meta(), "tokens": tokens, "loss": loss, "val_loss": val_loss,
-                "world": self.topo.world}  # fmt: skip
+                "world": self.topo.world, "ep": expert_parallel_degree(self.model)}  # fmt: skip
         return save_checkpoint(self.plan.run_dir, step, self.model, self.optimizer, train_state, meta, self.topo,
                                self.cfg.checkpoint.keep)  # fmt: skip
 

@@ -1,9 +1,11 @@
-"""Process groups and parallelism, applied from outside the model: TP (DTensor), activation checkpointing, compile,
-then FSDP2 (torchtitan's order).
+"""Process groups and parallelism, applied from outside the model: TP (DTensor), expert parallelism, activation
+checkpointing, compile, then FSDP2 (torchtitan's order).
 
 Launch: `autarky train ...` is one process; `torchrun --nproc_per_node=N -m autarky train ...` is N. The mesh is
 (dp, tp): tensor parallel inside each tp group (Colwise q/k/v/w1/w3, Rowwise wo/w2, as in the PyTorch TP
-tutorial and torchtitan), FSDP2 `fully_shard` over the dp dimension.
+tutorial and torchtitan), FSDP2 `fully_shard` over the dp dimension. With `--ep N` (tp 1) a second mesh
+(edp, ep) = (world / N, N) holds the routed experts: Shard(0) over ep (autarky.train.expert_parallel), FSDP2 over
+edp; everything else is FSDP2 over all ranks, and the batches are split over all ranks as plain data parallelism.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Topology:
     local_world: int
     tp: int
     device: torch.device
+    ep: int = 1  # expert-parallel degree: each group of ep adjacent ranks splits every MoE layer's experts
 
     @property
     def dp_size(self) -> int:
@@ -48,25 +51,41 @@ class Topology:
         return self.rank == 0
 
 
-def topology_from_env(tp: int, device: str) -> Topology:
-    """Read torchrun's environment (or assume one process) and validate the tp degree; creates nothing."""
+def topology_from_env(tp: int, device: str, ep: int = 1) -> Topology:
+    """Read torchrun's environment (or assume one process) and validate the tp and ep degrees; creates nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     if world % tp:
         raise UserError(f"--tp {tp} does not divide the world size {world}; use a divisor of the process count")
+    if world % ep:
+        raise UserError(f"--ep {ep} does not divide the world size {world}; run a multiple of {ep} processes "
+                        "(torchrun --nproc_per_node) or use a divisor of the process count")
+    if ep > 1 and tp > 1:
+        raise UserError(f"--ep {ep} with --tp {tp} is not supported yet; use expert parallelism or tensor "
+                        "parallelism, not both")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return Topology(rank=rank, world=world, local_rank=local_rank, local_world=local_world, tp=tp, device=dev)
+    return Topology(rank=rank, world=world, local_rank=local_rank, local_world=local_world, tp=tp, device=dev,
+                    ep=ep)
 
 
 def check_model_fits_tp(cfg: ModelConfig, tp: int) -> None:
     for name, value in (("n_heads", cfg.n_heads), ("n_kv_heads", cfg.n_kv_heads), ("ffn_dim", cfg.ffn_dim)):
         if value % tp:
             raise UserError(f"--tp {tp} does not divide the model's {name} ({value}); pick a tp degree that does")
+
+
+def check_model_fits_ep(cfg: ModelConfig, preset: str, ep: int) -> None:
+    if ep == 1:
+        return
+    if not cfg.n_experts:
+        raise UserError(f"--ep {ep} needs a mixture-of-experts model; {preset} has no experts (try moe-nano)")
+    if cfg.n_experts % ep:
+        raise UserError(f"--ep {ep} does not divide the model's {cfg.n_experts} experts; pick an ep degree that does")
 
 
 def init_process_group(topo: Topology) -> DeviceMesh | None:
@@ -81,23 +100,36 @@ def init_process_group(topo: Topology) -> DeviceMesh | None:
     return init_device_mesh(topo.device.type, (topo.dp_size, topo.tp), mesh_dim_names=("dp", "tp"))
 
 
+def init_expert_mesh(topo: Topology) -> DeviceMesh | None:
+    """The (edp, ep) mesh of the routed experts (ep ranks adjacent); None without expert parallelism."""
+    if topo.ep == 1:
+        return None
+    return init_device_mesh(topo.device.type, (topo.world // topo.ep, topo.ep), mesh_dim_names=("edp", "ep"))
+
+
 def dp_group(mesh: DeviceMesh | None) -> dist.ProcessGroup | None:
     return None if mesh is None else mesh["dp"].get_group()
 
 
 def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: bool,
-                activation_checkpointing: ActivationCheckpointing = "none") -> nn.Module:
-    """Apply TP, activation checkpointing, compile and FSDP2 in torchtitan's order, in place; returns the model."""
+                activation_checkpointing: ActivationCheckpointing = "none",
+                expert_mesh: DeviceMesh | None = None) -> nn.Module:  # fmt: skip
+    """Apply TP, EP, activation checkpointing, compile and FSDP2 in torchtitan's order, in place; returns the
+    model. `expert_mesh` (from init_expert_mesh) shards the routed experts."""
     if mesh is not None and mesh["tp"].size() > 1:
         if model.config.n_experts:
             raise UserError("tensor parallel of mixture-of-experts layers is not implemented; use --tp 1")
         _apply_tensor_parallel(model, mesh["tp"])
+    if expert_mesh is not None:
+        from autarky.train.expert_parallel import apply_expert_parallel
+
+        apply_expert_parallel(model, expert_mesh["ep"])
     apply_activation_checkpointing(model, activation_checkpointing)
     if compile:
         for block in model.layers.values():
             block.compile()  # per block, as torchtitan does: a repeated graph compiles once
     if mesh is not None and mesh["dp"].size() > 1:
-        _apply_fsdp(model, mesh["dp"], bf16=bf16)
+        _apply_fsdp(model, mesh["dp"], bf16=bf16, expert_mesh=expert_mesh)
     return model
 
 
@@ -156,12 +188,19 @@ def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
         parallelize_module(block, tp_mesh, plan)
 
 
-def _apply_fsdp(model: Llama, dp_mesh: DeviceMesh, *, bf16: bool) -> None:
+def _apply_fsdp(model: Llama, dp_mesh: DeviceMesh, *, bf16: bool, expert_mesh: DeviceMesh | None = None) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from autarky.model.moe import moe_layers
 
     # bf16 compute with fp32 master weights and fp32 gradient reduction (Llama 3 §3.3.2 practice).
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mesh": dp_mesh, **({"mp_policy": mp} if mp else {})}
+    if expert_mesh is not None:
+        # Sharded experts (DTensors on the ep dim) are data-parallel over the edp dim only; nested, so each
+        # block's own fully_shard below leaves them out.
+        for layer in moe_layers(model).values():
+            fully_shard(layer.experts, **{**kwargs, "mesh": expert_mesh["edp"]})
     for block in model.layers.values():
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)

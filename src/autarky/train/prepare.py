@@ -17,7 +17,7 @@ from autarky.data import open_tokens, verify_data_dir, vocab_size_of
 from autarky.errors import UserError
 from autarky.model.llama import ModelConfig, parameter_count
 from autarky.train.config import ModelSection, TrainConfig, load_config
-from autarky.train.parallelize import Topology, check_model_fits_tp, topology_from_env
+from autarky.train.parallelize import Topology, check_model_fits_ep, check_model_fits_tp, topology_from_env
 
 _GB = 1e9
 
@@ -46,8 +46,9 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     verify_data_dir(data_dir)  # missing / truncated / altered files → UserError naming the file
     seq_len = cfg.data.seq_len
     model_cfg = cfg.model.resolve(vocab_size_of(data_dir), seq_len)
-    topo = topology_from_env(cfg.parallel.tp, cfg.run.device)
+    topo = topology_from_env(cfg.parallel.tp, cfg.run.device, cfg.parallel.ep)
     check_model_fits_tp(model_cfg, topo.tp)
+    check_model_fits_ep(model_cfg, cfg.model.preset, topo.ep)
     _check_batch_layout(cfg, topo)
 
     train_tokens = open_tokens(data_dir, "train", verify=False)  # hashed just above
