@@ -114,3 +114,21 @@ def test_group_limited_routing_over_every_group_is_plain_top_k() -> None:
                                       n_group=4, topk_group=4, sliding_window=None)
     cfg = model_config_from_hf(config.to_dict())
     assert (cfg.family, cfg.n_experts, cfg.score_func, cfg.qk_norm) == ("dots1", 8, "sigmoid", True)
+
+
+def test_glm4_moe_multi_token_prediction_layers_are_skipped_as_transformers_does(tmp_path: Path) -> None:
+    """A published GLM-4.5 folder also holds its multi-token-prediction layer (model.layers.<num_hidden_layers>),
+    which next-token logits do not use; transformers skips it on load, and so do we."""
+    from safetensors.torch import load_file, save_file
+
+    from fixtures.families import FAMILY_CONFIGS, build_family
+
+    hf = build_family(FAMILY_CONFIGS["glm4-moe"](), tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.3.eh_proj.weight"] = torch.randn(64, 128)
+    weights["model.layers.3.mlp.experts.0.gate_proj.weight"] = torch.randn(32, 64)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours, _ = load_hf_folder(tmp_path)
+    tokens = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= 1e-4

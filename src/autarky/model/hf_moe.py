@@ -187,8 +187,12 @@ def sparse_weights(name: str, tensor: torch.Tensor, cfg: ModelConfig, dtype: tor
 def stack_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig, device: str | torch.device,
                   dtype: torch.dtype) -> dict[str, torch.Tensor]:  # fmt: skip
     """transformers' sparse-layer weights (router, per-expert projections, shared experts, bias) under our names,
-    the experts stacked, on `device` in `dtype` (the bias in fp32, as both keep it); each is removed from `weights`."""
+    the experts stacked, on `device` in `dtype` (the bias in fp32, as both keep it); each is removed from `weights`.
+    GLM-4.5's multi-token-prediction layers (past num_hidden_layers) are dropped, as its transformers class does."""
     ours: dict[str, torch.Tensor] = {}
+    if cfg.family == "glm4_moe":
+        for name in [n for n in weights if _layer_index(n) >= cfg.n_layers]:
+            del weights[name]
     found: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     for hf_name in [n for n in weights if _HF_EXPERT.fullmatch(n)]:
         layer, expert, proj = _HF_EXPERT.fullmatch(hf_name).groups()  # type: ignore[union-attr]
@@ -210,6 +214,11 @@ def stack_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig, device: st
                 ours[f"layers.{layer}.feed_forward.{mine}"] = tensor
     return {name: t.to(device=device, dtype=torch.float32 if name.endswith("expert_bias") else dtype)
             for name, t in ours.items()}
+
+
+def _layer_index(hf_name: str) -> int:
+    parts = hf_name.split(".")
+    return int(parts[2]) if hf_name.startswith("model.layers.") and parts[2].isdigit() else -1
 
 
 def zero_balancing(model: nn.Module, device: str | torch.device) -> None:
