@@ -43,6 +43,7 @@ def _trained_balance(cfg: ModelConfig) -> Llama:
 @pytest.mark.parametrize("cfg, family", [
     (replace(DEEPSEEK_ROUTED, qk_norm=True, wo_bias=True), "dots1"),
     (DEEPSEEK_ROUTED, "glm4_moe"),
+    (replace(DEEPSEEK_ROUTED, qk_norm=True, wo_bias=True, n_shared_experts=0, first_k_dense=0), "dots1"),
     (replace(BASE, route_norm=True, sliding_window=8), "mixtral"),
 ])
 def test_our_moe_exports_to_the_class_that_routes_the_same(cfg: ModelConfig, family: str, tmp_path: Path,
