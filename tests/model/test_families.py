@@ -21,7 +21,8 @@ from autarky.model.sampling import SamplingParams
 from fixtures.families import COMMON, FAMILY_CONFIGS, FAMILY_VOCAB, build_family
 
 CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-           "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+           "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+           "dots1": "Dots1ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM"}
 
 
 @pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))

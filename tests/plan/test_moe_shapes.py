@@ -31,3 +31,20 @@ def test_qwen3_moe_config_json_plans_as_the_model(tmp_path: Path) -> None:
     dense_two = from_hf_config(path)
     per_layer = 128 * 3 * 2048 * 768 + 2048 * 128 - 3 * 2048 * 6144
     assert dense_two.params == 30_532_122_624 - 2 * per_layer
+
+
+def test_mixtral_dots1_and_glm4_moe_config_json_plan_as_transformers_counts(tmp_path: Path) -> None:
+    """Mixtral (intermediate_size is an expert's), dots1 (q/k norms, shared experts, dense first layer) and
+    GLM-4.5 (q/k/v biases without an output bias) count exactly as transformers builds them."""
+    import transformers
+
+    from fixtures.families import FAMILY_CONFIGS
+
+    for name in ("mixtral", "dots1", "glm4-moe"):
+        config = FAMILY_CONFIGS[name]()
+        config.to_json_file(tmp_path / f"{name}.json")
+        with torch.device("meta"):
+            hf = transformers.AutoModelForCausalLM.from_config(config)
+        shape = from_hf_config(tmp_path / f"{name}.json")
+        assert shape.params == hf.num_parameters(), name
+        assert shape.experts == config.num_local_experts and shape.active_experts == config.num_experts_per_tok

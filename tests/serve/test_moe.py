@@ -1,5 +1,6 @@
 """Serving a mixture of experts: the fused decode blocks decline the MoE layers (dense layers keep them), and the
-engine's greedy tokens equal transformers' own Qwen3-MoE and are the same alone or batched."""
+engine's greedy tokens equal transformers' own Qwen3-MoE, Mixtral (with its sliding window), dots1 and GLM-4.5
+(sigmoid routers with a balancing bias, shared experts) and are the same alone or batched."""
 
 from __future__ import annotations
 
@@ -63,7 +64,17 @@ def test_decode_kernels_decline_moe_blocks(moe_folder) -> None:
 
 @pytest.mark.parametrize("kernels", [False, True], ids=["eager", "decode_kernels"])
 def test_moe_serves_transformers_tokens_alone_or_batched(moe_folder, kernels: bool) -> None:
-    hf, folder = moe_folder
+    _serves_transformers_tokens(*moe_folder, kernels)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "dots1", "glm4-moe"])
+def test_other_moe_families_serve_transformers_tokens_alone_or_batched(family: str, tiny_data_dir: Path,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    hf = build_family(FAMILY_CONFIGS[family](), tmp_path / "hf", tokenizer_dir=tiny_data_dir)
+    _serves_transformers_tokens(hf, tmp_path / "hf", kernels=True)
+
+
+def _serves_transformers_tokens(hf: torch.nn.Module, folder: Path, kernels: bool) -> None:
     model, _ = load_hf_folder(folder)
     if kernels and not use_decode_kernels(model):
         pytest.skip("the compiled decode kernels are unavailable here")

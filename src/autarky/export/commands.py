@@ -21,8 +21,10 @@ def register(app: typer.Typer, model_app: typer.Typer) -> None:
         merge: bool = typer.Option(False, "--merge", help="a LoRA fine-tune: write the base with the adapters "
                                    "merged (in fp32) as a plain HF folder, instead of the PEFT adapter"),
     ) -> None:
-        """Write a run's checkpoint as a Hugging Face LlamaForCausalLM folder (transformers and vLLM load it); a
-        LoRA fine-tune's run as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
+        """Write a run's checkpoint as a Hugging Face folder of its family's class (LlamaForCausalLM for our own
+        dense models; a mixture of experts as the transformers MoE class whose routing is exactly its own), which
+        transformers and vLLM load; a LoRA fine-tune's run as a PEFT adapter folder (adapter_config.json +
+        adapter_model.safetensors)."""
         from autarky.export.hf_folder import export_run, parse_dtype
 
         folder, step_done = export_run(run_dir, out, step, parse_dtype(dtype), merge=merge)

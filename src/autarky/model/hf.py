@@ -1,9 +1,9 @@
 """To and from Hugging Face folders: config.json, model.safetensors, tokenizer, generation config.
 
 Our Llama uses HF's rotate-half RoPE and the same weight layout, so conversion is a rename. Loading accepts the
-families our model implements (FAMILIES: Llama 2/3.x and SmolLM2, Mistral, Qwen2/2.5, Qwen3, Qwen3-MoE), each read the way
-its transformers class reads config.json, and refuses any other feature with a UserError naming the field instead
-of producing wrong logits. Export writes the family's own `architectures`/`model_type` and fields back.
+families our model implements (FAMILIES: Llama 2/3.x and SmolLM2, Mistral, Qwen2/2.5, Qwen3, and the MoEs of
+autarky.model.hf_moe), each read the way its transformers class reads config.json, and refuses any other feature
+with a UserError naming the field instead of producing wrong logits. Export writes the family's own `architectures`/`model_type` and fields back.
 """
 
 from __future__ import annotations
@@ -72,14 +72,17 @@ def from_hf_name(name: str) -> str:
 
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                  "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+                  "dots1": "Dots1ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM"}
 _LLAMA3_ROPE = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int | list[int] | None,
                    dtype: torch.dtype) -> dict:
     """config.json for `cfg` as its family's transformers class reads it; UserError when the family cannot
-    express one of the model's features (e.g. a sliding window written as Llama)."""
+    express one of the model's features (e.g. a sliding window written as Llama). A model of our own (family
+    "llama") with experts is written as the first MoE family that expresses it."""
+    cfg = hf_moe.written_as(cfg)
     dtype_name = str(dtype).removeprefix("torch.")
     rope: dict = {"rope_type": "default"}
     if cfg.rope_scaling is not None:
@@ -116,10 +119,10 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int | None, eos_token_id: int
         "qwen3": (cfg.qk_norm and cfg.qkv_bias == cfg.wo_bias and cfg.sliding_window is None,
                   {"attention_bias": cfg.qkv_bias, "use_sliding_window": False, "sliding_window": None,
                    "max_window_layers": cfg.n_layers}),
-        "qwen3_moe": hf_moe.qwen3_moe_fits(cfg),
+        **{family: hf_moe.moe_fits(cfg) for family in hf_moe.MOE_FAMILIES},
     }
     ok, fields = fits[cfg.family]
-    ok = ok and (cfg.family == "qwen3_moe" or not cfg.n_experts)
+    ok = ok and (cfg.family in hf_moe.MOE_FAMILIES or not cfg.n_experts)
     if not ok:
         features = {k: getattr(cfg, k) for k in ("qkv_bias", "wo_bias", "qk_norm", "sliding_window", "n_experts",
                                                  "n_shared_experts", "score_func", "route_scale")}
@@ -171,15 +174,14 @@ def _features(hf: dict, family: str, source: str) -> dict:
                         "supported; only Mistral's window on every layer is")
     bias = bool(hf.get("attention_bias", False))
     window = hf.get("sliding_window") if family == "mistral" else None
-    if family == "qwen3_moe":
-        return {"qkv_bias": bias, "wo_bias": bias, "qk_norm": True, **hf_moe.qwen3_moe_fields(hf, source)}
+    if family in hf_moe.MOE_FAMILIES:
+        return hf_moe.moe_features(hf, family, source)
     return {
         "llama": {"qkv_bias": bias, "wo_bias": bias},
         "mistral": {"sliding_window": int(window) if window else None},
         "qwen2": {"qkv_bias": True},
         "qwen3": {"qkv_bias": bias, "wo_bias": bias, "qk_norm": True},
     }[family]
-
 
 
 def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
@@ -287,16 +289,14 @@ def write_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 
 def hf_state_dict(model: Llama, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The model's weights under transformers' names (the tied output projection left out)."""
-    state = {}
+    state: dict[str, torch.Tensor] = {}
+    cfg = hf_moe.written_as(model.config)
     for name, tensor in model.state_dict().items():
-        if model.config.tie_embeddings and name == "output.weight":
-            continue
-        if name.endswith(("expert_bias", ".experts.w1", ".experts.w2", ".experts.w3")):
-            state.update(hf_moe.expert_weights(name, tensor, _ARCHITECTURES[model.config.family], dtype))
-            continue
-        state[to_hf_name(name)] = tensor.detach().to("cpu", dtype).contiguous()
+        if hf_moe.is_sparse_weight(name, cfg):
+            state.update(hf_moe.sparse_weights(name, tensor, cfg, dtype))
+        elif not (cfg.tie_embeddings and name == "output.weight"):
+            state[to_hf_name(name)] = tensor.detach().to("cpu", dtype).contiguous()
     return state
-
 
 
 def check_output_folder(out_dir: Path) -> Path:
@@ -355,7 +355,7 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
     cfg = read_model_config(folder)
     weights = _read_weights(folder)
-    state = {name: t.to(device=device, dtype=dtype) for name, t in hf_moe.stack_experts(weights, cfg).items()}
+    state = hf_moe.stack_experts(weights, cfg, device, dtype)
     for hf_name, tensor in weights.items():
         if cfg.tie_embeddings and hf_name == "lm_head.weight":
             continue  # some savers write the tied copy too
@@ -364,19 +364,20 @@ def load_hf_folder(path: Path, dtype: torch.dtype = torch.float32, device: str |
         state[from_hf_name(hf_name)] = tensor.to(device=device, dtype=dtype)
     with torch.device("meta"):
         model = Llama(cfg)
-    expected = {n for n in model.state_dict()
-                if not (cfg.tie_embeddings and n == "output.weight") and not n.endswith("expert_bias")}
+    expected = {n for n in model.state_dict() if not (cfg.tie_embeddings and n == "output.weight")
+                and not (n.endswith("expert_bias") and not hf_moe.has_bias(cfg.family))}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         hint = " (biases: attention_bias / the family's q/k/v biases)" if any(
             n.endswith(".bias") for n in missing | unexpected) else ""
         raise UserError(f"{folder}: weights do not match config.json (missing {sorted(missing)[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]}){hint}")
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(model.get_parameter(name).shape):
+        if tuple(tensor.shape) != shapes[name]:
             raise UserError(f"{folder}: weight {name} has shape {tuple(tensor.shape)}, config.json implies "
-                            f"{tuple(model.get_parameter(name).shape)} (hidden_size {cfg.dim}, head_dim "
-                            f"{cfg.head_dim}, vocab_size {cfg.vocab_size})")
+                            f"{shapes[name]} (hidden_size {cfg.dim}, head_dim {cfg.head_dim}, vocab_size "
+                            f"{cfg.vocab_size})")
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight

@@ -24,7 +24,7 @@ from torch import nn
 from autarky.model.moe import FeedForward, MoE
 from autarky.model.rope import RopeScaling, apply_rope, rope_tables
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")  # Hugging Face model_type each config is read from / written as
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "dots1", "glm4_moe")  # Hugging Face model_type each config is read from / written as
 
 
 @dataclass(frozen=True)

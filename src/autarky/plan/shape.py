@@ -109,13 +109,15 @@ def from_hf_config(path: Path, seq_len: int | None = None) -> ModelShape:
         model_type = str(raw.get("model_type") or "")
         bias = bool(raw.get("attention_bias"))
         qkv_bias_always = model_type in ("qwen2", "qwen2_moe")  # their q/k/v projections always have biases
+        no_wo_bias = qkv_bias_always or model_type == "glm4_moe"  # attention_bias: q/k/v only
+        qk_norm = model_type.startswith("qwen3") or model_type == "dots1" or bool(raw.get("use_qk_norm"))
         cfg = ModelConfig(
             vocab_size=int(raw["vocab_size"]), dim=hidden, n_layers=layers, n_heads=heads,
             n_kv_heads=int(raw.get("num_key_value_heads") or heads), ffn_dim=int(raw["intermediate_size"]),
             max_seq_len=int(raw.get("max_position_embeddings", 2048)),
             tie_embeddings=bool(raw.get("tie_word_embeddings", False)), head_dim=int(raw.get("head_dim") or 0),
-            qkv_bias=bias or qkv_bias_always, wo_bias=bias and not qkv_bias_always,
-            qk_norm=model_type.startswith("qwen3"), **_moe_fields(raw, layers))
+            qkv_bias=bias or qkv_bias_always, wo_bias=bias and not no_wo_bias, qk_norm=qk_norm,
+            **_moe_fields(raw, layers))
     except KeyError as exc:
         raise UserError(f"--hf-config {path} lacks {exc.args[0]!r}; a Llama-style config.json is needed") from None
     except (TypeError, ValueError) as exc:
