@@ -178,3 +178,24 @@ def test_z_loss_from_the_config_trains(tiny_data_dir: Path, tmp_path: Path) -> N
     from autarky.train import load_model_from_run
 
     assert load_model_from_run(tmp_path / "run")[1].z_loss_coef == 0.001
+
+
+def test_a_trained_moe_nano_exports_with_its_balancing_bias(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """train → `autarky export` → transformers: the trained router bias travels (GLM-4.5's
+    e_score_correction_bias) and transformers routes every token as we do (logits to 1e-4)."""
+    import transformers
+    from typer.testing import CliRunner
+
+    from autarky.cli import app
+    from autarky.train import load_model_from_run
+
+    _moe_run(tiny_data_dir, tmp_path / "run", **{"model.balance_rate": 0.05})
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    ours, cfg, _, _ = load_model_from_run(tmp_path / "run")
+    assert any(b.abs().max() > 0 for name, b in ours.named_buffers() if name.endswith("expert_bias"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.model_type == "glm4_moe"
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= 1e-4

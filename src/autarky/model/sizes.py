@@ -61,10 +61,13 @@ PRESETS: dict[str, ModelConfig] = {
                             max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, head_dim=128, qk_norm=True,
                             family="qwen3"),
     # Mixtures of experts. moe-nano is torchtitan's DeepSeek-V3 debugmodel in our architecture: 8 routed experts,
-    # top 3, plus 2 shared, the first layer dense; ~12M parameters (~7M active), trains on 2 CPU cores.
+    # top 3, plus 2 shared, the first layer dense; ~12M parameters (~7M active), trains on 2 CPU cores. Its router
+    # is DeepSeek-V3's (sigmoid scores, chosen ones renormalised, the balancing bias), which transformers'
+    # GLM-4.5 MoE class expresses exactly, so a trained moe-nano exports with its bias.
     "moe-nano": ModelConfig(vocab_size=4096, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=1024,
                             max_seq_len=256, rope_theta=10_000.0, tie_embeddings=True, n_experts=8,
-                            n_active_experts=3, n_shared_experts=2, moe_ffn_dim=256, first_k_dense=1),
+                            n_active_experts=3, n_shared_experts=2, moe_ffn_dim=256, first_k_dense=1,
+                            score_func="sigmoid", route_norm=True),
     # Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B as published (config.json): 128 experts, top 8 renormalised.
     "qwen3-30b-a3b": ModelConfig(vocab_size=151_936, dim=2048, n_layers=48, n_heads=32, n_kv_heads=4, ffn_dim=6144,
                                  max_seq_len=40_960, rope_theta=1_000_000.0, norm_eps=1e-6, head_dim=128,
