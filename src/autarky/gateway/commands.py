@@ -37,9 +37,12 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         if store:  # --store wins over the config's store, as everywhere
             cfg = cfg.model_copy(update={"store": store})
-        typer.echo(f"autarky gateway: {len(cfg.models)} models, {len(cfg.tasks)} tasks on http://{host}:{port}/v1 "
-                   f"(store {cfg.store.split('@')[-1]}); Ctrl-C drains and flushes the ledger", err=True)
-        run_gateway(cfg, host, port, log_level)
+
+        def banner() -> None:  # once it serves: a start-up error is the only line, never after a banner
+            typer.echo(f"autarky gateway: {len(cfg.models)} models, {len(cfg.tasks)} tasks on http://{host}:{port}/v1"
+                       f" (store {cfg.store.split('@')[-1]}); Ctrl-C drains and flushes the ledger", err=True)
+
+        run_gateway(cfg, host, port, log_level, on_started=banner)
 
     keys = typer.Typer(help="Virtual API keys for the gateway (stored only as hashes).", no_args_is_help=True)
     app.add_typer(keys, name="keys")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autarky.contracts.catalog import read_gateway_toml
 from autarky.errors import UserError
 from autarky.paths import default_store_url
+from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S
 
 # Ordered from least to most sensitive: a provider cleared for a class is cleared for every class before it.
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -138,6 +139,9 @@ class GatewayConfig(_Strict):
     default_max_tokens: int = Field(1024, gt=0)  # Anthropic egress requires max_tokens
     max_body_bytes: int = Field(16 * 2**20, gt=0)  # larger request bodies are a 413
     body_timeout_s: float = Field(30.0, gt=0)  # a body not received within this is a 408 and the connection closes
+    # A request's headers not received within this (from its first byte, or from the connection's opening) close
+    # the connection: a trickle of header bytes cannot hold sockets open (serve.connections).
+    header_timeout_s: float = Field(DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     policy: PolicyConfig = PolicyConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()

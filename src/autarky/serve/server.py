@@ -11,6 +11,7 @@ from collections.abc import Callable
 import uvicorn
 
 from autarky.serve.api import create_app
+from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S, header_deadline_protocol
 from autarky.serve.options import DEFAULT_MAX_BODY_MB
 from autarky.serve.registry import ModelRegistry
 
@@ -28,6 +29,7 @@ class Server:
         exit_on_load_failure: bool = False,
         api_key: str | None = None,
         max_body_mb: float = DEFAULT_MAX_BODY_MB,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -38,7 +40,9 @@ class Server:
         self.port = self.sock.getsockname()[1]
         on_failure = self._exit if exit_on_load_failure else None
         app = create_app(registry, on_ready, on_failure, api_key, max_body_mb)
-        config = uvicorn.Config(app, log_level=log_level, access_log=False)
+        # Request headers must arrive within header_timeout_s (serve.connections): no slowloris.
+        config = uvicorn.Config(app, log_level=log_level, access_log=False,
+                                http=header_deadline_protocol(header_timeout_s))
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,47 @@
+"""`autarky serve` cuts off request headers sent a byte at a time (serve.connections, shared with the gateway),
+while other clients are served."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from fixtures.slowloris import trickle_headers
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_slow_headers_are_closed_at_the_deadline_while_others_are_served(tiny_hf_model_dir):
+    from autarky.serve.registry import ModelRegistry, ServedModelSpec
+    from autarky.serve.server import Server
+
+    spec = ServedModelSpec(source=str(tiny_hf_model_dir), name="tiny", max_batch=4, max_queue=16)
+    server = Server(ModelRegistry([spec]), header_timeout_s=1.5).start()
+    try:
+        result: list[float | None] = []
+        slow = threading.Thread(target=lambda: result.extend(trickle_headers(server.port, 40, 0.3, 10,
+                                                                              path="/v1/completions")))
+        slow.start()
+        served = []
+        while slow.is_alive():
+            r = httpx.post(f"{server.url}/v1/completions", timeout=30,
+                           json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+            served.append(r.status_code)
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    assert None not in result, f"{result.count(None)} of 40 trickling connections still open after 10 s"
+    assert 1.4 <= min(result) and max(result) <= 4.0, result
+    assert served and set(served) == {200}
+
+
+def test_the_header_deadline_must_be_positive():
+    from autarky.serve.connections import header_deadline_protocol
+
+    assert header_deadline_protocol(2.5).header_timeout_s == 2.5
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            header_deadline_protocol(bad)
