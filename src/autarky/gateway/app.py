@@ -59,7 +59,8 @@ class Gateway:
         self.engine = open_store(config.store)
         audit.check_key(self.engine)  # before a port opens: never extend a keyed chain without its key
         self.metrics = Metrics()
-        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits())
+        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits(),
+                             reservation_ttl_s=config.reservation_ttl_s)
         self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
         self.router = Router(config, self.routes)
         self.keys = KeyCache(self.engine, config.key_cache_ttl_s)

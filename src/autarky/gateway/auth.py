@@ -35,7 +35,7 @@ from sqlalchemy import Engine, select, text
 from autarky.errors import UserError
 from autarky.gateway import audit
 from autarky.gateway.errors import budget_exceeded, rate_limited
-from autarky.store.gateway_tables import gateway_keys
+from autarky.store.gateway_tables import gateway_keys, gateway_reservations
 
 KEY_PREFIX = "sk-ak-"
 
@@ -261,12 +261,15 @@ class Limiter:
         if not shared:
             claim_local_store(engine)
 
-    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0,
+                    request_id: str | None = None) -> Admission:
+        """Check the limits and reserve; in shared mode the budget reservation is a row under `request_id`."""
         now = time.time()
         if not key.limited:
             return Admission(0.0, _minute(now))
         if self.shared:
-            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, estimate_tokens, now)
+            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, estimate_tokens, now,
+                                           request_id or secrets.token_hex(12))
         return self._admit_local(key, estimate_usd, estimate_tokens, now)
 
     def _admit_local(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
@@ -303,7 +306,8 @@ class Limiter:
         if win is not None and win[0] == admission.window:
             win[2] += tokens - admission.reserved_tokens
 
-    def _admit_shared(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
+    def _admit_shared(self, key: KeyRecord, estimate: float, tokens: int, now: float,  # noqa: PLR0913
+                      request_id: str) -> Admission:
         minute = _minute(now)
         held_tokens = tokens if key.tpm is not None else 0
         with self.engine.begin() as conn:
@@ -338,4 +342,8 @@ class Limiter:
                     spent, held = (now_row.spent_usd or 0.0, now_row.reserved_usd or 0.0) if now_row else (0.0, 0.0)
                     # Raising rolls back the window increment above: a refused request does not count.
                     raise budget_refusal(key, spent, held, estimate)
+                # In the same transaction: the reservation exists exactly when its row does (ledger.Ledger
+                # releases it by deleting the row, after a crash too).
+                conn.execute(gateway_reservations.insert(), {"request_id": request_id, "key_id": key.id,
+                                                             "usd": estimate, "created_at": now})
         return Admission(estimate if key.budget_usd is not None else 0.0, minute, held_tokens)

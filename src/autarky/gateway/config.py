@@ -142,6 +142,9 @@ class GatewayConfig(_Strict):
     # A request's headers not received within this (from its first byte, or from the connection's opening) close
     # the connection: a trickle of header bytes cannot hold sockets open (serve.connections).
     header_timeout_s: float = Field(DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    # A budget reservation (shared limits) older than this is released even if no gateway settled it: the
+    # backstop for a gateway killed on a host where none restarts. Longer than any request may take.
+    reservation_ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False)
     policy: PolicyConfig = PolicyConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
