@@ -130,8 +130,9 @@ class Gateway:
         except GatewayError as exc:
             return exc.response()
         now = int(time.time())
-        data = [{"id": name, "object": "model", "created": now, "owned_by": m.provider}
-                for name, m in self.config.models.items()]
+        # A model deployed on several providers is owned by each of them, in failover order.
+        data = [{"id": name, "object": "model", "created": now,
+                 "owned_by": ",".join(p.provider for p in m.placements())} for name, m in self.config.models.items()]
         tasks = set(self.config.tasks) | set(self.routes.current().tasks)
         data += [{"id": f"task:{t}", "object": "model", "created": now, "owned_by": "autarky"} for t in sorted(tasks)]
         return json_response({"object": "list", "data": data})

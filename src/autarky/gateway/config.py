@@ -56,10 +56,15 @@ class ProviderConfig(_Strict):
 
 
 class Deployment(_Strict):
-    """One more place a model is deployed: another provider (its own breaker) and the id it knows it by."""
+    """One more place a model is deployed: another provider (its own breaker), the id it knows it by, and what
+    differs there: its prices (the ledger charges the deployment that answered) and its context window. Unset
+    fields are the model's own."""
 
     provider: str
     upstream_id: str | None = None
+    usd_per_1m_input: float | None = Field(None, ge=0, allow_inf_nan=False)
+    usd_per_1m_output: float | None = Field(None, ge=0, allow_inf_nan=False)
+    context_window: int | None = Field(None, gt=0)
 
 
 class ModelEntry(_Strict):
@@ -81,8 +86,9 @@ class ModelEntry(_Strict):
     def placements(self) -> list[ModelEntry]:
         """This entry once per deployment (the first is `provider` itself), each with no further deployments."""
         first = self.model_copy(update={"deployments": []}) if self.deployments else self
-        return [first] + [self.model_copy(update={"provider": d.provider, "upstream_id": d.upstream_id,
-                                                  "deployments": []}) for d in self.deployments]
+        return [first] + [self.model_copy(update={"deployments": [], "provider": d.provider, "upstream_id": d.upstream_id,
+                                                  **{k: v for k, v in d.model_dump().items() if v is not None}})
+                          for d in self.deployments]
 
     def usd_per_1k(self) -> float:
         return (self.usd_per_1m_input + self.usd_per_1m_output) / 2 / 1000
