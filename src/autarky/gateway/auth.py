@@ -35,9 +35,12 @@ from sqlalchemy import Engine, select, text
 from autarky.errors import UserError
 from autarky.gateway import audit
 from autarky.gateway.errors import budget_exceeded, rate_limited
+from autarky.gateway.intake import MAX_NAME_CHARS
 from autarky.store.gateway_tables import gateway_keys, gateway_reservations
 
 KEY_PREFIX = "sk-ak-"
+MAX_TEAM_CHARS = 128  # gateway_keys.team and gateway_usage.team
+MAX_KEY_MODELS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +85,19 @@ def _record(row) -> KeyRecord:  # noqa: ANN001
     )
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A client's value as error messages show it: bounded, since they travel into logs and responses."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _limit_value(name: str, value: object, integer: bool) -> float | int | None:
     """A budget or rate limit as given on the CLI or the admin API: None, or a finite number >= 0 (a whole
     number for rpm and tpm). nan would compare false against everything, which is to say unlimited."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"--{name} must be a number, got {value!r}")
+        raise UserError(f"--{name} must be a number, got {_shown(value)}")
     if not math.isfinite(value):
         raise UserError(f"--{name} must be a finite number, got {value!r}")
     if value < 0:
@@ -103,8 +112,10 @@ def _limit_value(name: str, value: object, integer: bool) -> float | int | None:
 def _model_list(models: object) -> list[str] | None:
     if models is None:
         return None
-    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in models):
-        raise UserError(f"--models must be a list of model names, got {models!r}")
+    if (not isinstance(models, (list, tuple)) or len(models) > MAX_KEY_MODELS
+            or not all(isinstance(m, str) and m.strip() and len(m) <= MAX_NAME_CHARS for m in models)):
+        raise UserError(f"--models must be a list of at most {MAX_KEY_MODELS} model names of at most "
+                        f"{MAX_NAME_CHARS} characters, got {_shown(models)}")
     return [m.strip() for m in models]
 
 
@@ -116,9 +127,11 @@ def create_key(
     config's teams), is the set the key's team must belong to."""
     if not isinstance(team, str) or not team.strip():
         raise UserError("a key needs a team: pass --team NAME")
+    if len(team) > MAX_TEAM_CHARS:  # the ledger's and the key table's team columns hold this much
+        raise UserError(f"--team: at most {MAX_TEAM_CHARS} characters")
     if teams is not None and team not in teams:
         known = ", ".join(sorted(teams)) or "none"
-        raise UserError(f"team {team!r} is not in the config's [teams] (known: {known}); add it there first")
+        raise UserError(f"team {_shown(team)} is not in the config's [teams] (known: {known}); add it there first")
     budget_usd = _limit_value("budget-usd", budget_usd, integer=False)
     rpm = _limit_value("rpm", rpm, integer=True)
     tpm = _limit_value("tpm", tpm, integer=True)
