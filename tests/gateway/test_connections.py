@@ -4,6 +4,7 @@ cannot start (the banner comes only once it serves)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -62,6 +63,33 @@ def test_a_connection_that_never_sends_is_closed_and_a_kept_alive_one_is_timed_p
         assert time.monotonic() - started < 3
 
 
+def _send(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(10)
+        try:
+            s.sendall(data)
+        except OSError:  # closed while we were still sending: read what it answered
+            pass
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+        return answer
+
+
+def test_headers_over_the_limit_are_431_and_bodies_are_not_counted_as_headers(make_gateway, faults):
+    _, url = make_gateway(max_header_bytes=8192)
+    port = int(url.rsplit(":", 1)[1])
+    for head in (b"X-Big: " + b"y" * 2_000_000 + b"\r\n", b"".join(b"X-%d: v\r\n" % i for i in range(5000))):
+        answer = _send(port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+        assert b"request_header_fields_too_large" in answer
+    # A body many times the header limit, sent with its headers in one go, is a body: served.
+    big = {"model": "small", "messages": [{"role": "user", "content": "x" * 20_000}]}  # within its context
+    assert httpx.post(url + "/v1/chat/completions", json=big, timeout=20).status_code == 200
+    assert httpx.get(url + "/health", headers={"x-pad": "p" * 6000}).status_code == 200
+
+
 def test_header_timeout_is_validated(make_gateway, faults):
     from autarky.errors import UserError
     from autarky.gateway.config import parse_config
@@ -69,6 +97,9 @@ def test_header_timeout_is_validated(make_gateway, faults):
     for bad in (0, -1, float("nan"), float("inf"), "soon"):
         with pytest.raises(UserError, match="header_timeout_s"):
             parse_config({"header_timeout_s": bad})
+    for bad in (0, -5, 1.5, "big"):
+        with pytest.raises(UserError, match="max_header_bytes"):
+            parse_config({"max_header_bytes": bad})
 
 
 # ---- `autarky gateway` start-up: every check first, the banner only once it serves ----------------------------

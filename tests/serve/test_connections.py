@@ -3,6 +3,8 @@ while other clients are served."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 
@@ -19,7 +21,7 @@ def test_slow_headers_are_closed_at_the_deadline_while_others_are_served(tiny_hf
     from autarky.serve.server import Server
 
     spec = ServedModelSpec(source=str(tiny_hf_model_dir), name="tiny", max_batch=4, max_queue=16)
-    server = Server(ModelRegistry([spec]), header_timeout_s=1.5).start()
+    server = Server(ModelRegistry([spec]), header_timeout_s=1.5, max_header_bytes=8192).start()
     try:
         result: list[float | None] = []
         slow = threading.Thread(target=lambda: result.extend(trickle_headers(server.port, 40, 0.3, 10,
@@ -31,6 +33,11 @@ def test_slow_headers_are_closed_at_the_deadline_while_others_are_served(tiny_hf
                            json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
             served.append(r.status_code)
             time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", server.port)) as s:  # 2 MB of headers: 431, not read whole
+            s.settimeout(10)
+            with contextlib.suppress(OSError):
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 2_000_000 + b"\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 431")
     finally:
         server.stop()
     assert None not in result, f"{result.count(None)} of 40 trickling connections still open after 10 s"
@@ -38,10 +45,13 @@ def test_slow_headers_are_closed_at_the_deadline_while_others_are_served(tiny_hf
     assert served and set(served) == {200}
 
 
-def test_the_header_deadline_must_be_positive():
-    from autarky.serve.connections import header_deadline_protocol
+def test_the_header_limits_must_be_positive():
+    from autarky.serve.connections import bounded_headers_protocol
 
-    assert header_deadline_protocol(2.5).header_timeout_s == 2.5
+    protocol = bounded_headers_protocol(2.5, 1000)
+    assert (protocol.header_timeout_s, protocol.max_header_bytes) == (2.5, 1000)
     for bad in (0, -1, float("nan")):
         with pytest.raises(ValueError, match="positive"):
-            header_deadline_protocol(bad)
+            bounded_headers_protocol(bad)
+        with pytest.raises(ValueError, match="positive"):
+            bounded_headers_protocol(1.0, bad)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autarky.contracts.catalog import read_gateway_toml
 from autarky.errors import UserError
 from autarky.paths import default_store_url
-from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S
+from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES
 
 # Ordered from least to most sensitive: a provider cleared for a class is cleared for every class before it.
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -148,6 +148,7 @@ class GatewayConfig(_Strict):
     # A request's headers not received within this (from its first byte, or from the connection's opening) close
     # the connection: a trickle of header bytes cannot hold sockets open (serve.connections).
     header_timeout_s: float = Field(DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, gt=0)  # larger request headers are a 431
     # A budget reservation (shared limits) older than this is released even if no gateway settled it: the
     # backstop for a gateway killed on a host where none restarts. Longer than any request may take.
     reservation_ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False)

@@ -18,15 +18,20 @@ import uvicorn
 from autarky.errors import UserError
 from autarky.gateway.app import Gateway
 from autarky.gateway.config import GatewayConfig, load_config
-from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S, header_deadline_protocol
+from autarky.serve.connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    bounded_headers_protocol,
+)
 
 
 def _uvicorn_config(app, host: str, port: int, log_level: str, graceful_s: float = 30,  # noqa: ANN001
-                    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> uvicorn.Config:
+                    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> uvicorn.Config:
     # No access log and no proxy-header rewriting: each is a per-request cost we do not need on the hot path.
-    # httptools with a deadline on request headers (serve.connections): a trickle of header bytes is closed.
+    # httptools with a deadline and a size limit on request headers (serve.connections).
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, loop="uvloop",
-                          http=header_deadline_protocol(header_timeout_s), lifespan="on",
+                          http=bounded_headers_protocol(header_timeout_s, max_header_bytes), lifespan="on",
                           timeout_graceful_shutdown=graceful_s, proxy_headers=False, server_header=False)
 
 
@@ -71,7 +76,8 @@ def run_gateway(config: GatewayConfig | str | Path, host: str = "127.0.0.1", por
     try:
         gateway = Gateway(config)
         server = _AnnouncingServer(
-            _uvicorn_config(gateway.app, host, port, log_level, header_timeout_s=config.header_timeout_s), on_started)
+            _uvicorn_config(gateway.app, host, port, log_level, header_timeout_s=config.header_timeout_s,
+                            max_header_bytes=config.max_header_bytes), on_started)
         server.run(sockets=[sock])
     finally:
         sock.close()
@@ -90,10 +96,11 @@ class ServerThread:
     gracefully (lifespan shutdown included). Usable as a context manager."""
 
     def __init__(self, app, port: int | None = None, log_level: str = "warning",  # noqa: ANN001
-                 graceful_s: float = 30, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
+                 graceful_s: float = 30, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self.port = port or free_port()
         self.server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", self.port, log_level, graceful_s,
-                                                     header_timeout_s))
+                                                     header_timeout_s, max_header_bytes))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"server-{self.port}")
 
@@ -129,7 +136,8 @@ def start_gateway(config: GatewayConfig | str | Path, port: int | None = None) -
     if not isinstance(config, GatewayConfig):
         config = load_config(config)
     gateway = Gateway(config)
-    return gateway, ServerThread(gateway.app, port, header_timeout_s=config.header_timeout_s).start()
+    return gateway, ServerThread(gateway.app, port, header_timeout_s=config.header_timeout_s,
+                                 max_header_bytes=config.max_header_bytes).start()
 
 
 def wait_for_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:

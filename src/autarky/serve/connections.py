@@ -1,13 +1,16 @@
-"""HTTP connections a slow sender cannot hold open: uvicorn's httptools protocol with a deadline on the headers.
+"""HTTP connections a slow or bloated request head cannot hold: uvicorn's httptools protocol with a deadline and a
+size limit on each request's headers.
 
 uvicorn times out idle keep-alive connections but not a request whose headers arrive one byte at a time, nor a
-connection that never sends a byte: 300 such connections held a server's sockets and memory indefinitely (a
-"slowloris"). Every connection here must complete a request's headers within `timeout_s` of its first byte (or,
-for a new connection, of its opening); otherwise it is closed. Bodies are the application's business: the
-gateway answers a slow body with a 408 (`body_timeout_s`), serve with a 413 past its size limit.
+connection that never sends a byte (300 such connections held a server's sockets indefinitely: a "slowloris"),
+and httptools buffers headers of any size (an 8 MB header was read whole and answered). Here every request must
+complete its headers within `timeout_s` of its first byte (for a new connection, of its opening), or the
+connection is closed; and headers larger than `max_bytes` are a 431 (as Envoy's 60 KiB and NGINX's 32 KiB
+limits) and the connection is closed. Bodies are the application's business: the gateway answers a slow body
+with a 408 (`body_timeout_s`), both servers a large one with a 413.
 
 One implementation for both servers: `autarky serve` (serve.server) and `autarky gateway` (gateway.server) pass
-`http=header_deadline_protocol(timeout_s)` to `uvicorn.Config`. It imports uvicorn only, no torch.
+`http=bounded_headers_protocol(timeout_s, max_bytes)` to `uvicorn.Config`. It imports uvicorn only, no torch.
 """
 
 from __future__ import annotations
@@ -15,20 +18,33 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Envoy's and NGINX's defaults are 15-60 s for a request's headers; legitimate clients send them in one packet.
 DEFAULT_HEADER_TIMEOUT_S = 20.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+LINGER_S = 2.0
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol whose connections are closed when a request's headers are not complete in time."""
+class _HeadTooLarge(Exception):
+    pass
+
+
+class BoundedHeadersProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol whose connections are closed when a request's headers are late or too large."""
 
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._reading_headers = True
+        self._header_bytes = 0
+        self._refused = False
+        self._head_bytes = 0  # exact: URL and headers as parsed
+        self._too_large = False
 
     def _arm(self) -> None:
         if self._header_deadline is None:
@@ -49,12 +65,64 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm()  # a connection that never sends a byte is held to the same deadline
 
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a 431: what the client still sends is dropped unread
+        super().data_received(data)
+        # A head still incomplete after this read is measured by the bytes received (the parser would buffer a
+        # huge header whole before handing it over). Counted after parsing, so a read that completes the headers
+        # and carries body bytes is not held against them (only a pipelined request whose body and the next
+        # request's head share one read can overcount).
+        if self._reading_headers and not self._refused and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse_large_headers()
+
+    def _refuse_large_headers(self) -> None:
+        body = orjson.dumps({"error": {
+            "message": f"request headers larger than {self.max_header_bytes} bytes", "type": "invalid_request_error",
+            "param": None, "code": "request_header_fields_too_large"}})
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        # A lingering close (as NGINX's): closing with the client's bytes unread would send a reset that can
+        # destroy the answer in flight, so half-close, drop what still comes, and close shortly after.
+        self._refused = True
+        self._disarm()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._reading_headers = True
+        self._head_bytes = 0
         self._arm()  # the next request on a kept-alive connection: its first byte starts the clock
+
+    # A head that arrives whole in one read is measured exactly, as the parser hands over its parts.
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self.max_header_bytes:
+            self._too_large = True
+            raise _HeadTooLarge  # the parser stops; uvicorn answers a parse error with send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_large_headers()
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._reading_headers = False
+        self._header_bytes = 0
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -62,9 +130,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def header_deadline_protocol(timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for `uvicorn.Config(http=...)` with this deadline (uvicorn builds the protocol itself,
-    so the setting travels as a class attribute)."""
+def bounded_headers_protocol(timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                             max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> type[BoundedHeadersProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)` with these limits (uvicorn builds the protocol itself,
+    so the settings travel as class attributes)."""
     if not timeout_s > 0:
         raise ValueError(f"header timeout must be positive, not {timeout_s!r}")
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": float(timeout_s)})
+    if not max_bytes > 0:
+        raise ValueError(f"header size limit must be positive, not {max_bytes!r}")
+    return type("BoundedHeadersProtocol", (BoundedHeadersProtocol,),
+                {"header_timeout_s": float(timeout_s), "max_header_bytes": int(max_bytes)})

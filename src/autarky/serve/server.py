@@ -11,7 +11,11 @@ from collections.abc import Callable
 import uvicorn
 
 from autarky.serve.api import create_app
-from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S, header_deadline_protocol
+from autarky.serve.connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    bounded_headers_protocol,
+)
 from autarky.serve.options import DEFAULT_MAX_BODY_MB
 from autarky.serve.registry import ModelRegistry
 
@@ -30,6 +34,7 @@ class Server:
         api_key: str | None = None,
         max_body_mb: float = DEFAULT_MAX_BODY_MB,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -40,9 +45,9 @@ class Server:
         self.port = self.sock.getsockname()[1]
         on_failure = self._exit if exit_on_load_failure else None
         app = create_app(registry, on_ready, on_failure, api_key, max_body_mb)
-        # Request headers must arrive within header_timeout_s (serve.connections): no slowloris.
+        # Request headers: within header_timeout_s and max_header_bytes (serve.connections).
         config = uvicorn.Config(app, log_level=log_level, access_log=False,
-                                http=header_deadline_protocol(header_timeout_s))
+                                http=bounded_headers_protocol(header_timeout_s, max_header_bytes))
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
