@@ -133,3 +133,11 @@ def test_admin_api_errors_never_echo_unbounded_values(make_gateway, faults, fiel
 def test_cli_refuses_a_team_too_long_for_the_store(tmp_path):
     result = CliRunner().invoke(app, ["keys", "create", "--team", "t" * 200, "--store", f"sqlite:///{tmp_path}/k.db"])
     assert result.exit_code == 2 and "--team: at most 128 characters" in result.output
+
+
+def test_keys_list_on_a_bad_store_prints_only_the_error(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    result = CliRunner().invoke(app, ["keys", "list", "--store", f"sqlite:///{tmp_path}/notes.db"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output

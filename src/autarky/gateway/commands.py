@@ -78,9 +78,10 @@ def register(app: typer.Typer) -> None:
         from autarky.gateway.auth import list_keys
         from autarky.store.database import open_store
 
+        records = list_keys(open_store(choose_store(store, config)))  # before any output: an error is the only line
         # Plain tab-separated lines: easy to read and to grep or cut in scripts.
         typer.echo("\t".join(("id", "prefix", "team", "budget_usd", "spent_usd", "rpm", "tpm", "models", "status")))
-        for k in list_keys(open_store(choose_store(store, config))):
+        for k in records:
             typer.echo("\t".join((k["id"], k["prefix"] + "...", str(k["team"]), _num(k["budget_usd"]),
                                   f"{k['spent_usd'] or 0.0:.6f}", _num(k["rpm"]), _num(k["tpm"]),
                                   ",".join(k["models"] or ["*"]), "revoked" if k["revoked"] else "active")))
