@@ -62,6 +62,21 @@ class Usage:
 
 
 _ROW_FIELDS = [c.name for c in gateway_usage.columns if c.name != "id"]
+# Text columns and their lengths (None: unbounded). A value the database refuses would fail its whole batch
+# again and again, and every row queued behind it: PostgreSQL refuses a NUL character in text (an upstream's
+# error message can carry one) and a string longer than its column.
+_TEXT_FIELDS = {c.name: getattr(c.type, "length", None) for c in gateway_usage.columns
+                if c.name != "id" and c.type.python_type is str}
+
+
+def _storable(row: dict) -> dict:
+    for name, length in _TEXT_FIELDS.items():
+        value = row[name]
+        if value is not None:
+            if "\x00" in value:
+                value = value.replace("\x00", "\ufffd")
+            row[name] = value[:length] if length else value
+    return row
 # The row of a request the gateway was killed under (found in flight in a dead gateway's journal): no answer
 # went out, so it costs nothing, and the budget and tokens it had reserved are released with it.
 STOPPED_STATUS = 500
@@ -213,7 +228,7 @@ class Ledger:
                 tokens[(u.key_id, u.window)] += u.prompt_tokens + u.completion_tokens - u.reserved_tokens
         with self.engine.begin() as conn:
             if rows:
-                conn.execute(gateway_usage.insert(), [{f: getattr(u, f) for f in _ROW_FIELDS} for u in rows])
+                conn.execute(gateway_usage.insert(), [_storable({f: getattr(u, f) for f in _ROW_FIELDS}) for u in rows])
             if self.shared:  # local mode reserves in memory only
                 for key_id, usd in self._release(conn, [u.request_id for u in rows if u.key_id is not None]):
                     spend[key_id][1] += usd
