@@ -63,6 +63,28 @@ def test_a_connection_that_never_sends_is_closed_and_a_kept_alive_one_is_timed_p
         assert time.monotonic() - started < 3
 
 
+def test_a_body_the_gateway_did_not_read_cannot_be_trickled_forever(make_gateway, faults):
+    _, url = make_gateway(header_timeout_s=1.0)
+    port = int(url.rsplit(":", 1)[1])
+    for head in (b"GET /health", b"POST /no-such-route", b"GET /v1/models"):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(0.3)
+            s.sendall(head + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+            started, answer, closed = time.monotonic(), b"", False
+            while time.monotonic() - started < 6 and not closed:
+                try:
+                    s.sendall(b" ")  # the rest of the body, a byte at a time
+                    chunk = s.recv(65536)
+                    answer += chunk
+                    closed = chunk == b""
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+            assert closed and time.monotonic() - started < 3, head
+            assert answer.startswith(b"HTTP/1.1 "), answer[:50]  # it was answered first
+
+
 def _send(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.settimeout(10)

@@ -3,9 +3,10 @@ size limit on each request's headers.
 
 uvicorn times out idle keep-alive connections but not a request whose headers arrive one byte at a time, nor a
 connection that never sends a byte (300 such connections held a server's sockets indefinitely: a "slowloris"),
-and httptools buffers headers of any size (an 8 MB header was read whole and answered). Here every request must
-complete its headers within `timeout_s` of its first byte (for a new connection, of its opening), or the
-connection is closed; and headers larger than `max_bytes` are a 431 (as Envoy's 60 KiB and NGINX's 32 KiB
+nor the rest of a body the app answered without reading; and httptools buffers headers of any size (an 8 MB
+header was read whole and answered). Here every request must complete its headers within `timeout_s` of its
+first byte (for a new connection, of its opening), and a body left unread when the response went out must end
+within `timeout_s` of it, or the connection is closed; and headers larger than `max_bytes` are a 431 (as Envoy's 60 KiB and NGINX's 32 KiB
 limits) and the connection is closed. Bodies are the application's business: the gateway answers a slow body
 with a 408 (`body_timeout_s`), both servers a large one with a 413.
 
@@ -124,6 +125,19 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._header_bytes = 0
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            # Answered without reading the whole body (a 404, /health): uvicorn would wait for the rest, its
+            # keep-alive timer reset by every byte, so a trickled body would hold the connection forever. The
+            # rest must arrive within the header deadline.
+            self._arm()
+
+    def on_message_complete(self) -> None:
+        if self.cycle is not None and self.cycle.response_complete:
+            self._disarm()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
