@@ -25,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # Envoy's and NGINX's defaults are 15-60 s for a request's headers; legitimate clients send them in one packet.
 DEFAULT_HEADER_TIMEOUT_S = 20.0
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0  # autarky serve's; the gateway times bodies itself (body_timeout_s, also 30 s)
 LINGER_S = 2.0
 
 
@@ -37,6 +38,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    body_timeout_s: float | None = None  # None: the app times bodies itself (the gateway answers a 408 of its own)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,20 +49,30 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # exact: URL and headers as parsed
         self._too_large = False
 
-    def _arm(self) -> None:
+    def _arm(self, timeout_s: float | None = None) -> None:
         if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+            self._header_deadline = self.loop.call_later(timeout_s or self.header_timeout_s, self._too_slow)
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _headers_too_slow(self) -> None:
+    def _too_slow(self) -> None:
         self._header_deadline = None
-        if not self.transport.is_closing():
-            # No response: the request never reached the app, and a client this slow is not waiting for one.
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if not self._reading_headers and cycle is not None and not cycle.response_started:
+            # A body still arriving past body_timeout_s, the app waiting on it: a 408, then the connection closes
+            # (the app sees a disconnect; its own answer is dropped). Headers too slow get no answer: the request
+            # never reached the app, and a client this slow is not waiting for one.
+            body = orjson.dumps({"error": {
+                "message": f"request body not received within {self.body_timeout_s:g} s", "type": "invalid_request_error",
+                "param": None, "code": "request_timeout"}})
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,6 +137,8 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._header_bytes = 0
         super().on_headers_complete()
+        if self.body_timeout_s is not None:
+            self._arm(self.body_timeout_s)  # disarmed when the body is complete
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -135,8 +149,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._arm()
 
     def on_message_complete(self) -> None:
-        if self.cycle is not None and self.cycle.response_complete:
-            self._disarm()
+        self._disarm()  # the body is complete: its deadline, or the deadline on its unread rest, is met
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -144,13 +157,15 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def bounded_headers_protocol(timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-                             max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> type[BoundedHeadersProtocol]:
+def bounded_headers_protocol(timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                             body_timeout_s: float | None = None) -> type[BoundedHeadersProtocol]:
     """The protocol class for `uvicorn.Config(http=...)` with these limits (uvicorn builds the protocol itself,
-    so the settings travel as class attributes)."""
-    if not timeout_s > 0:
-        raise ValueError(f"header timeout must be positive, not {timeout_s!r}")
-    if not max_bytes > 0:
-        raise ValueError(f"header size limit must be positive, not {max_bytes!r}")
+    so the settings travel as class attributes). `body_timeout_s`: a body not complete this long after its
+    headers is a 408 and the connection closes (for apps that do not time their bodies)."""
+    for what, value in (("header timeout", timeout_s), ("header size limit", max_bytes),
+                        ("body timeout", 1 if body_timeout_s is None else body_timeout_s)):
+        if not value > 0:
+            raise ValueError(f"{what} must be positive, not {value!r}")
     return type("BoundedHeadersProtocol", (BoundedHeadersProtocol,),
-                {"header_timeout_s": float(timeout_s), "max_header_bytes": int(max_bytes)})
+                {"header_timeout_s": float(timeout_s), "max_header_bytes": int(max_bytes),
+                 "body_timeout_s": None if body_timeout_s is None else float(body_timeout_s)})
