@@ -71,12 +71,11 @@ def test_sigkill_mid_burst_loses_no_acknowledged_row(tmp_path, backend, request)
     assert all(by_id[rid].status == 200 and by_id[rid].cost_usd > 0 for rid in acknowledged)
     # Spend is settled exactly once per row, replayed rows included.
     assert key["spent_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
-    # Requests in flight at the kill: their rows say so, cost nothing, and hold no reservation any more.
+    # Requests in flight at the kill (if any: test_reservations.py kills with some surely in flight): their rows
+    # say so, cost nothing, and hold no reservation any more.
     stopped = [r for r in rows if r.error == STOPPED_ERROR]
     assert all(r.status == STOPPED_STATUS and r.cost_usd == 0 for r in stopped)
     assert all(r.status != 0 for r in rows)
-    if backend != "sqlite":  # reservations in the store (sqlite: in the killed process's memory)
-        assert stopped, "no request was in flight at the kill"
     assert key["reserved_usd"] == pytest.approx(0.0, abs=1e-9), "a crash left budget reserved for good"
     print(f"\n{backend}: {len(acknowledged)} acknowledged before SIGKILL, {len(rows)} rows ({len(stopped)} in "
           f"flight), 0 lost, reserved after restart ${key['reserved_usd']:.6f}")

@@ -5,6 +5,7 @@ the expiry sweep; and a gateway starting beside a live one never releases the li
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 
@@ -13,11 +14,12 @@ import pytest
 from sqlalchemy import select
 
 from autarky.gateway.auth import Limiter, create_key, list_keys
-from autarky.gateway.ledger import Ledger, Usage
+from autarky.gateway.ledger import STOPPED_ERROR, STOPPED_STATUS, Ledger, Usage
+from autarky.gateway.server import start_gateway_process
 from autarky.store.database import open_store
-from autarky.store.gateway_tables import gateway_reservations
+from autarky.store.gateway_tables import gateway_reservations, gateway_usage
 
-from .conftest import wait_for_ledger
+from .conftest import base_config, merge, to_toml, wait_for_ledger
 
 
 def reserved(engine) -> float:
@@ -71,3 +73,52 @@ def test_a_gateway_starting_beside_a_live_one_leaves_its_reservations_alone(make
     wait_for_ledger(a, 1)
     [k] = list_keys(a.engine)
     assert k["reserved_usd"] == pytest.approx(0.0) and k["spent_usd"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite-shared", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigkill_with_requests_in_flight_releases_their_reservations(upstream_server, faults, tmp_path, backend,
+                                                                     request):
+    server, _ = upstream_server
+    store = f"sqlite:///{tmp_path}/k.db" if backend != "postgres" else request.getfixturevalue("pg_store")
+    config = tmp_path / "gw.toml"
+    config.write_text(to_toml(merge(base_config(server.url, store), {"require_keys": True, "limits": "shared"})))
+    engine = open_store(store)
+    key, _ = create_key(engine, "t", budget_usd=100.0)
+    env = {"AUTARKY_HOME": str(tmp_path / "home")}
+    faults.default["gpt-up"] = "latency:1.5"  # every request held at the upstream when the kill comes
+    gateway, url = start_gateway_process(config, env=env)
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    clients = [threading.Thread(target=lambda: _post_quietly(url, body, key)) for _ in range(5)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 10
+    while held_rows(engine) < 5 and time.monotonic() < deadline:  # all five admitted, none answered yet
+        time.sleep(0.02)
+    held = reserved(engine)
+    gateway.send_signal(signal.SIGKILL)
+    gateway.wait()
+    for c in clients:
+        c.join()
+    assert held > 0 and held_rows(engine) == 5
+    again, _ = start_gateway_process(config, env=env)  # its start-up replays the killed one's journal
+    again.send_signal(signal.SIGTERM)
+    again.wait(60)
+    [k] = list_keys(engine)
+    assert k["reserved_usd"] == pytest.approx(0.0, abs=1e-9) and k["spent_usd"] == 0.0
+    with engine.connect() as conn:
+        assert conn.execute(select(gateway_reservations)).all() == []
+        rows = conn.execute(select(gateway_usage)).all()
+    assert len(rows) == 5 and all(r.status == STOPPED_STATUS and r.error == STOPPED_ERROR for r in rows)
+
+
+def held_rows(engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(gateway_reservations)).all())
+
+
+def _post_quietly(url: str, body: dict, key: str) -> None:
+    try:
+        httpx.post(url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
+    except httpx.TransportError:
+        pass  # the gateway was killed under it
