@@ -115,7 +115,8 @@ def make_gateway(upstream_server, tmp_path, monkeypatch):
     def factory(store: str | None = None, accounting=None, **overrides) -> tuple[Gateway, str]:
         cfg = merge(base_config(server.url, store or f"sqlite:///{tmp_path}/gw-{len(running)}.db"), overrides)
         gateway = Gateway(parse_config(cfg), accounting)
-        thread = ServerThread(gateway.app, log_level="critical").start()
+        thread = ServerThread(gateway.app, log_level="critical", header_timeout_s=gateway.config.header_timeout_s,
+                              max_header_bytes=gateway.config.max_header_bytes).start()
         running.append(thread)
         return gateway, thread.url
 

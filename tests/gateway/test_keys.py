@@ -117,3 +117,27 @@ def test_anthropic_sdk_authenticates_with_x_api_key(make_gateway, faults):
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=url, api_key="sk-ak-wrong", max_retries=0).messages.create(
             model="small", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("budget_usd", "x" * 100_000), ("team", "t" * 100_000), ("models", ["m" * 100_000]),
+    ("models", ["m"] * 5000), ("f" * 100_000, 1),
+])
+def test_admin_api_errors_never_echo_unbounded_values(make_gateway, faults, field, value):
+    _, url = make_gateway()  # no [teams] in the config: any team name, but a bounded one (the column holds 128)
+    body = {"team": "t", field: value}
+    r = httpx.post(url + "/admin/keys", json=body, headers={"authorization": f"Bearer {MASTER}"}, timeout=20)
+    assert r.status_code == 400 and len(r.content) < 1000, r.content[:200]
+
+
+def test_cli_refuses_a_team_too_long_for_the_store(tmp_path):
+    result = CliRunner().invoke(app, ["keys", "create", "--team", "t" * 200, "--store", f"sqlite:///{tmp_path}/k.db"])
+    assert result.exit_code == 2 and "--team: at most 128 characters" in result.output
+
+
+def test_keys_list_on_a_bad_store_prints_only_the_error(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    result = CliRunner().invoke(app, ["keys", "list", "--store", f"sqlite:///{tmp_path}/notes.db"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output

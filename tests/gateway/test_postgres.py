@@ -118,3 +118,22 @@ def test_tpm_is_shared_across_replicas(make_gateway, faults, pg_store):
     assert chat(url_b, key) == 200
     wait_for_ledger(b, 1)
     assert chat(url_a, key) == 429 and chat(url_b, key) == 429
+
+
+def test_a_row_postgres_would_refuse_does_not_stall_the_ledger(make_gateway, faults, pg_store):
+    # PostgreSQL refuses NUL in text and strings longer than their column; such a row used to fail its batch
+    # forever, and every row queued behind it.
+    from autarky.gateway.ledger import Usage
+
+    gw, url = make_gateway(store=pg_store, require_keys=True, teams={"recorder": {"store_prompts": True}})
+    key, _ = create_key(gw.engine, "recorder")
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "small", "messages": [{"role": "user", "content": "a\u0000b"}], "max_tokens": 8}
+    assert httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=20).status_code == 200
+    gw.ledger.record(Usage("nul-row", time.time(), "chat", 502, error="upstream said \x00", provider="p" * 500))
+    assert chat(url, key) == 200
+    wait_for_ledger(gw, 3)
+    assert gw.ledger.failed_batches == 0
+    with gw.engine.connect() as conn:
+        row = conn.execute(select(gateway_usage).where(gateway_usage.c.request_id == "nul-row")).one()
+    assert row.error == "upstream said \ufffd" and len(row.provider) == 128

@@ -27,5 +27,6 @@ __all__, __getattr__ = public(__name__, {
     "load_routing_table": "routes",
     "write_routing_table": "routes",
     "CatalogEntry": "catalog",
+    "CatalogDeployment": "catalog",
     "read_catalog": "catalog",
 })

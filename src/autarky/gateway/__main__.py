@@ -5,7 +5,8 @@ import typer
 
 from autarky.gateway.commands import register
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+# Plain click output, as `autarky`: a UserError is one `Error: ...` line, not a Rich box.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False)
 register(app)
 
 if __name__ == "__main__":

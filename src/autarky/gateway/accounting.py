@@ -17,9 +17,10 @@ from autarky.gateway.ledger import Ledger, Usage
 
 
 class Accounting(Protocol):
-    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0,
+                    request_id: str | None = None) -> Admission:
         """Check the key's rate limits and reserve `estimate_usd` of its budget and `estimate_tokens` of its
-        token rate (the request's worst case); raises GatewayError (429)."""
+        token rate (the request's worst case), under `request_id`; raises GatewayError (429)."""
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         """Turn the reservation into the actual cost and count the tokens (cost 0 and no tokens: a release)."""
@@ -39,8 +40,9 @@ class LedgerAccounting:
         self.limiter = limiter
         self.ledger = ledger
 
-    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
-        return await self.limiter.admit(key, estimate_usd, estimate_tokens)
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0,
+                    request_id: str | None = None) -> Admission:
+        return await self.limiter.admit(key, estimate_usd, estimate_tokens, request_id)
 
     def settle(self, key: KeyRecord, admission: Admission, cost_usd: float, tokens: int) -> None:
         # Keys without an id (anonymous, master) have no counters; shared limits settle from the ledger row.
@@ -68,7 +70,8 @@ class MemoryAccounting:
     checkpoints: list[str] = field(default_factory=list)  # request ids, in order
     open_reservations: int = 0
 
-    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0,
+                    request_id: str | None = None) -> Admission:
         if self.refuse is not None:
             raise self.refuse
         self.open_reservations += 1

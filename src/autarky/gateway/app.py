@@ -59,7 +59,8 @@ class Gateway:
         self.engine = open_store(config.store)
         audit.check_key(self.engine)  # before a port opens: never extend a keyed chain without its key
         self.metrics = Metrics()
-        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits())
+        self.ledger = Ledger(self.engine, config.ledger_flush_s, shared=config.shared_limits(),
+                             reservation_ttl_s=config.reservation_ttl_s)
         self.routes = RoutesWatcher(config.routes, on_reload=self._on_reload)
         self.router = Router(config, self.routes)
         self.keys = KeyCache(self.engine, config.key_cache_ttl_s)
@@ -129,8 +130,9 @@ class Gateway:
         except GatewayError as exc:
             return exc.response()
         now = int(time.time())
-        data = [{"id": name, "object": "model", "created": now, "owned_by": m.provider}
-                for name, m in self.config.models.items()]
+        # A model deployed on several providers is owned by each of them, in failover order.
+        data = [{"id": name, "object": "model", "created": now,
+                 "owned_by": ",".join(p.provider for p in m.placements())} for name, m in self.config.models.items()]
         tasks = set(self.config.tasks) | set(self.routes.current().tasks)
         data += [{"id": f"task:{t}", "object": "model", "created": now, "owned_by": "autarky"} for t in sorted(tasks)]
         return json_response({"object": "list", "data": data})

@@ -35,9 +35,12 @@ from sqlalchemy import Engine, select, text
 from autarky.errors import UserError
 from autarky.gateway import audit
 from autarky.gateway.errors import budget_exceeded, rate_limited
-from autarky.store.gateway_tables import gateway_keys
+from autarky.gateway.intake import MAX_NAME_CHARS
+from autarky.store.gateway_tables import gateway_keys, gateway_reservations
 
 KEY_PREFIX = "sk-ak-"
+MAX_TEAM_CHARS = 128  # gateway_keys.team and gateway_usage.team
+MAX_KEY_MODELS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +85,19 @@ def _record(row) -> KeyRecord:  # noqa: ANN001
     )
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A client's value as error messages show it: bounded, since they travel into logs and responses."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _limit_value(name: str, value: object, integer: bool) -> float | int | None:
     """A budget or rate limit as given on the CLI or the admin API: None, or a finite number >= 0 (a whole
     number for rpm and tpm). nan would compare false against everything, which is to say unlimited."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"--{name} must be a number, got {value!r}")
+        raise UserError(f"--{name} must be a number, got {_shown(value)}")
     if not math.isfinite(value):
         raise UserError(f"--{name} must be a finite number, got {value!r}")
     if value < 0:
@@ -103,8 +112,10 @@ def _limit_value(name: str, value: object, integer: bool) -> float | int | None:
 def _model_list(models: object) -> list[str] | None:
     if models is None:
         return None
-    if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in models):
-        raise UserError(f"--models must be a list of model names, got {models!r}")
+    if (not isinstance(models, (list, tuple)) or len(models) > MAX_KEY_MODELS
+            or not all(isinstance(m, str) and m.strip() and len(m) <= MAX_NAME_CHARS for m in models)):
+        raise UserError(f"--models must be a list of at most {MAX_KEY_MODELS} model names of at most "
+                        f"{MAX_NAME_CHARS} characters, got {_shown(models)}")
     return [m.strip() for m in models]
 
 
@@ -116,9 +127,11 @@ def create_key(
     config's teams), is the set the key's team must belong to."""
     if not isinstance(team, str) or not team.strip():
         raise UserError("a key needs a team: pass --team NAME")
+    if len(team) > MAX_TEAM_CHARS:  # the ledger's and the key table's team columns hold this much
+        raise UserError(f"--team: at most {MAX_TEAM_CHARS} characters")
     if teams is not None and team not in teams:
         known = ", ".join(sorted(teams)) or "none"
-        raise UserError(f"team {team!r} is not in the config's [teams] (known: {known}); add it there first")
+        raise UserError(f"team {_shown(team)} is not in the config's [teams] (known: {known}); add it there first")
     budget_usd = _limit_value("budget-usd", budget_usd, integer=False)
     rpm = _limit_value("rpm", rpm, integer=True)
     tpm = _limit_value("tpm", tpm, integer=True)
@@ -261,12 +274,15 @@ class Limiter:
         if not shared:
             claim_local_store(engine)
 
-    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0) -> Admission:
+    async def admit(self, key: KeyRecord, estimate_usd: float, estimate_tokens: int = 0,
+                    request_id: str | None = None) -> Admission:
+        """Check the limits and reserve; in shared mode the budget reservation is a row under `request_id`."""
         now = time.time()
         if not key.limited:
             return Admission(0.0, _minute(now))
         if self.shared:
-            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, estimate_tokens, now)
+            return await asyncio.to_thread(self._admit_shared, key, estimate_usd, estimate_tokens, now,
+                                           request_id or secrets.token_hex(12))
         return self._admit_local(key, estimate_usd, estimate_tokens, now)
 
     def _admit_local(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
@@ -303,7 +319,8 @@ class Limiter:
         if win is not None and win[0] == admission.window:
             win[2] += tokens - admission.reserved_tokens
 
-    def _admit_shared(self, key: KeyRecord, estimate: float, tokens: int, now: float) -> Admission:
+    def _admit_shared(self, key: KeyRecord, estimate: float, tokens: int, now: float,  # noqa: PLR0913
+                      request_id: str) -> Admission:
         minute = _minute(now)
         held_tokens = tokens if key.tpm is not None else 0
         with self.engine.begin() as conn:
@@ -338,4 +355,8 @@ class Limiter:
                     spent, held = (now_row.spent_usd or 0.0, now_row.reserved_usd or 0.0) if now_row else (0.0, 0.0)
                     # Raising rolls back the window increment above: a refused request does not count.
                     raise budget_refusal(key, spent, held, estimate)
+                # In the same transaction: the reservation exists exactly when its row does (ledger.Ledger
+                # releases it by deleting the row, after a crash too).
+                conn.execute(gateway_reservations.insert(), {"request_id": request_id, "key_id": key.id,
+                                                             "usd": estimate, "created_at": now})
         return Admission(estimate if key.budget_usd is not None else 0.0, minute, held_tokens)

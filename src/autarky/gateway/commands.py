@@ -37,9 +37,12 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         if store:  # --store wins over the config's store, as everywhere
             cfg = cfg.model_copy(update={"store": store})
-        typer.echo(f"autarky gateway: {len(cfg.models)} models, {len(cfg.tasks)} tasks on http://{host}:{port}/v1 "
-                   f"(store {cfg.store.split('@')[-1]}); Ctrl-C drains and flushes the ledger", err=True)
-        run_gateway(cfg, host, port, log_level)
+
+        def banner() -> None:  # once it serves: a start-up error is the only line, never after a banner
+            typer.echo(f"autarky gateway: {len(cfg.models)} models, {len(cfg.tasks)} tasks on http://{host}:{port}/v1"
+                       f" (store {cfg.store.split('@')[-1]}); Ctrl-C drains and flushes the ledger", err=True)
+
+        run_gateway(cfg, host, port, log_level, on_started=banner)
 
     keys = typer.Typer(help="Virtual API keys for the gateway (stored only as hashes).", no_args_is_help=True)
     app.add_typer(keys, name="keys")
@@ -75,9 +78,10 @@ def register(app: typer.Typer) -> None:
         from autarky.gateway.auth import list_keys
         from autarky.store.database import open_store
 
+        records = list_keys(open_store(choose_store(store, config)))  # before any output: an error is the only line
         # Plain tab-separated lines: easy to read and to grep or cut in scripts.
         typer.echo("\t".join(("id", "prefix", "team", "budget_usd", "spent_usd", "rpm", "tpm", "models", "status")))
-        for k in list_keys(open_store(choose_store(store, config))):
+        for k in records:
             typer.echo("\t".join((k["id"], k["prefix"] + "...", str(k["team"]), _num(k["budget_usd"]),
                                   f"{k['spent_usd'] or 0.0:.6f}", _num(k["rpm"]), _num(k["tpm"]),
                                   ",".join(k["models"] or ["*"]), "revoked" if k["revoked"] else "active")))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autarky.contracts.catalog import read_gateway_toml
 from autarky.errors import UserError
 from autarky.paths import default_store_url
+from autarky.serve.connections import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES
 
 # Ordered from least to most sensitive: a provider cleared for a class is cleared for every class before it.
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -55,10 +56,15 @@ class ProviderConfig(_Strict):
 
 
 class Deployment(_Strict):
-    """One more place a model is deployed: another provider (its own breaker) and the id it knows it by."""
+    """One more place a model is deployed: another provider (its own breaker), the id it knows it by, and what
+    differs there: its prices (the ledger charges the deployment that answered) and its context window. Unset
+    fields are the model's own."""
 
     provider: str
     upstream_id: str | None = None
+    usd_per_1m_input: float | None = Field(None, ge=0, allow_inf_nan=False)
+    usd_per_1m_output: float | None = Field(None, ge=0, allow_inf_nan=False)
+    context_window: int | None = Field(None, gt=0)
 
 
 class ModelEntry(_Strict):
@@ -80,8 +86,9 @@ class ModelEntry(_Strict):
     def placements(self) -> list[ModelEntry]:
         """This entry once per deployment (the first is `provider` itself), each with no further deployments."""
         first = self.model_copy(update={"deployments": []}) if self.deployments else self
-        return [first] + [self.model_copy(update={"provider": d.provider, "upstream_id": d.upstream_id,
-                                                  "deployments": []}) for d in self.deployments]
+        return [first] + [self.model_copy(update={"deployments": [], "provider": d.provider, "upstream_id": d.upstream_id,
+                                                  **{k: v for k, v in d.model_dump().items() if v is not None}})
+                          for d in self.deployments]
 
     def usd_per_1k(self) -> float:
         return (self.usd_per_1m_input + self.usd_per_1m_output) / 2 / 1000
@@ -138,6 +145,13 @@ class GatewayConfig(_Strict):
     default_max_tokens: int = Field(1024, gt=0)  # Anthropic egress requires max_tokens
     max_body_bytes: int = Field(16 * 2**20, gt=0)  # larger request bodies are a 413
     body_timeout_s: float = Field(30.0, gt=0)  # a body not received within this is a 408 and the connection closes
+    # A request's headers not received within this (from its first byte, or from the connection's opening) close
+    # the connection: a trickle of header bytes cannot hold sockets open (serve.connections).
+    header_timeout_s: float = Field(DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, gt=0)  # larger request headers are a 431
+    # A budget reservation (shared limits) older than this is released even if no gateway settled it: the
+    # backstop for a gateway killed on a host where none restarts. Longer than any request may take.
+    reservation_ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False)
     policy: PolicyConfig = PolicyConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()

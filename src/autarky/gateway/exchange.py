@@ -129,7 +129,11 @@ class Exchange:
     async def admit(self, estimate_usd: float, estimate_tokens: int = 0) -> None:
         """Rate limits and the budget (and token) reservation for the authenticated key; raises GatewayError."""
         assert self.key is not None, "authenticate before admitting"
-        self.admission = await self.accounting.admit(self.key, estimate_usd, estimate_tokens)
+        # Journaled in flight (status 0) before anything is reserved: if the gateway dies before the row is
+        # final, the next start-up writes it as stopped and releases its reservation (if one was taken), so a
+        # crash cannot shrink a budget for good.
+        self.accounting.checkpoint(self.usage)
+        self.admission = await self.accounting.admit(self.key, estimate_usd, estimate_tokens, self.request_id)
         self.usage.reserved_usd, self.usage.window = self.admission.reserved_usd, self.admission.window
         self.usage.reserved_tokens = self.admission.reserved_tokens
 

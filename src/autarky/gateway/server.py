@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,13 +18,34 @@ import uvicorn
 from autarky.errors import UserError
 from autarky.gateway.app import Gateway
 from autarky.gateway.config import GatewayConfig, load_config
+from autarky.serve.connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    bounded_headers_protocol,
+)
 
 
-def _uvicorn_config(app, host: str, port: int, log_level: str, graceful_s: float = 30) -> uvicorn.Config:  # noqa: ANN001
+def _uvicorn_config(app, host: str, port: int, log_level: str, graceful_s: float = 30,  # noqa: ANN001
+                    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> uvicorn.Config:
     # No access log and no proxy-header rewriting: each is a per-request cost we do not need on the hot path.
+    # httptools with a deadline and a size limit on request headers (serve.connections).
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, loop="uvloop",
-                          http="httptools", lifespan="on", timeout_graceful_shutdown=graceful_s, proxy_headers=False,
-                          server_header=False)
+                          http=bounded_headers_protocol(header_timeout_s, max_header_bytes), lifespan="on",
+                          timeout_graceful_shutdown=graceful_s, proxy_headers=False, server_header=False)
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server that calls `on_started` once it is really serving (after the app's start-up)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -45,13 +67,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_gateway(config: GatewayConfig | str | Path, host: str = "127.0.0.1", port: int = 4000,
-                log_level: str = "warning") -> None:
-    """Serve until SIGINT/SIGTERM; shutdown waits for in-flight requests and flushes the ledger."""
+                log_level: str = "warning", on_started: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; shutdown waits for in-flight requests and flushes the ledger. `on_started`
+    runs once the gateway serves (every check passed): the CLI prints its banner there, never before an error."""
     if not isinstance(config, GatewayConfig):
         config = load_config(config)
     sock = bind(host, port)  # before anything else starts: a bad or busy port is one Error line
-    gateway = Gateway(config)
-    uvicorn.Server(_uvicorn_config(gateway.app, host, port, log_level)).run(sockets=[sock])
+    try:
+        gateway = Gateway(config)
+        server = _AnnouncingServer(
+            _uvicorn_config(gateway.app, host, port, log_level, header_timeout_s=config.header_timeout_s,
+                            max_header_bytes=config.max_header_bytes), on_started)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:  # the app's start-up failed: uvicorn has logged why
+        raise UserError(f"the gateway on {host}:{port} did not start (see the log above)")
 
 
 def free_port() -> int:
@@ -65,9 +96,11 @@ class ServerThread:
     gracefully (lifespan shutdown included). Usable as a context manager."""
 
     def __init__(self, app, port: int | None = None, log_level: str = "warning",  # noqa: ANN001
-                 graceful_s: float = 30) -> None:
+                 graceful_s: float = 30, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self.port = port or free_port()
-        self.server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", self.port, log_level, graceful_s))
+        self.server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", self.port, log_level, graceful_s,
+                                                     header_timeout_s, max_header_bytes))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"server-{self.port}")
 
@@ -103,7 +136,8 @@ def start_gateway(config: GatewayConfig | str | Path, port: int | None = None) -
     if not isinstance(config, GatewayConfig):
         config = load_config(config)
     gateway = Gateway(config)
-    return gateway, ServerThread(gateway.app, port).start()
+    return gateway, ServerThread(gateway.app, port, header_timeout_s=config.header_timeout_s,
+                                 max_header_bytes=config.max_header_bytes).start()
 
 
 def wait_for_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:

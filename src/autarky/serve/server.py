@@ -11,6 +11,12 @@ from collections.abc import Callable
 import uvicorn
 
 from autarky.serve.api import create_app
+from autarky.serve.connections import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    bounded_headers_protocol,
+)
 from autarky.serve.options import DEFAULT_MAX_BODY_MB
 from autarky.serve.registry import ModelRegistry
 
@@ -28,6 +34,9 @@ class Server:
         exit_on_load_failure: bool = False,
         api_key: str | None = None,
         max_body_mb: float = DEFAULT_MAX_BODY_MB,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -38,7 +47,10 @@ class Server:
         self.port = self.sock.getsockname()[1]
         on_failure = self._exit if exit_on_load_failure else None
         app = create_app(registry, on_ready, on_failure, api_key, max_body_mb)
-        config = uvicorn.Config(app, log_level=log_level, access_log=False)
+        # Request heads within header_timeout_s and max_header_bytes, bodies within body_timeout_s (a 408):
+        # a slow sender cannot hold a connection (serve.connections).
+        config = uvicorn.Config(app, log_level=log_level, access_log=False,
+                                http=bounded_headers_protocol(header_timeout_s, max_header_bytes, body_timeout_s))
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -30,6 +30,18 @@ gateway_rate_windows = Table(
     Column("tokens", Integer, nullable=False, default=0),
 )
 
+# One row per budget reservation held in the store (shared limits), by request: settling or releasing deletes
+# the row and subtracts exactly what it held, so a reservation is released once, whoever releases it (the
+# gateway that took it, the start-up after a crash, or the expiry sweep).
+gateway_reservations = Table(
+    "gateway_reservations",
+    metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("usd", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 gateway_usage = Table(
     "gateway_usage",
     metadata,
