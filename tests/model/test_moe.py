@@ -36,6 +36,16 @@ def test_grouped_matmul_equals_the_loop(dtype: torch.dtype) -> None:
                                rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-2)
 
 
+def test_compiled_fp32_moe_on_cpu_equals_eager() -> None:
+    """inductor lowers _grouped_mm only in bf16 on CPU: a compiled fp32 MoE (train --compile) takes the loop."""
+    torch.manual_seed(0)
+    moe = MoE(SPARSE)
+    for w in moe.parameters():
+        torch.nn.init.normal_(w, std=0.1)
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(torch.compile(moe)(x), moe(x), rtol=0, atol=1e-5)
+
+
 def test_model_with_experts_builds_counts_and_routes_every_token() -> None:
     model = Llama(SPARSE)
     model.init_weights(seed=0)

@@ -75,7 +75,8 @@ def _grouped_mm_fits(x: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.bfloat16)
+        # Eager takes fp32 and bf16; inductor lowers only bf16 (torch 2.13), so a compiled fp32 model loops.
+        return x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and not torch.compiler.is_compiling())
     # CUDA's kernel is bf16 on Hopper and later (sm90+).
     return x.device.type == "cuda" and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
 
