@@ -32,7 +32,7 @@ from torch import nn
 
 from autarky.model.llama import Block, KVCache, sliding_window_mask
 from autarky.model.moe import MoE
-from autarky.serve.cache import SlotKVCache
+from autarky.serve.cache import PagedKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
     bf16_packing_supported,
@@ -159,7 +159,7 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     h = _rows(h).unsqueeze(1)  # (B, 1, D) with the same strides every step
     q, k, v = _block_head(block, h, cos, sin)
     k, v, mask = cache.update(block.attention.layer, k, v)
-    assert mask is not None, "decode_block needs a cache in decode mode (begin_decode)"
+    assert mask is not None, "decode_block needs a cache in decode mode (begin)"
     window = block.attention.sliding_window
     if window is not None:
         mask = sliding_window_mask(mask, 1, k.shape[1], window, mask.device)
@@ -189,7 +189,7 @@ class DecodeBlock(Block):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
     ) -> torch.Tensor:
-        fused = isinstance(cache, SlotKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS
+        fused = isinstance(cache, PagedKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS
         if fused and not (self.lora is not None and self.lora.active):
             return decode_block(self, x, cos, sin, cache)
         return super().forward(x, cos, sin, cache)
