@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from autarky.model.sampling import SamplingParams
-from autarky.serve.engine import BLOCK_SIZE
+from autarky.serve.cache import BLOCK_SIZE
 from autarky.serve.registry import ModelRegistry, ServedModelSpec
 from autarky.serve.server import Server
 from fixtures.engine_runs import assert_same, blocks_for, engine_for, greedy, prompts, run

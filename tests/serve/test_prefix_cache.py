@@ -8,7 +8,7 @@ import pytest
 
 from autarky.model.sampling import SamplingParams
 from autarky.serve.blocks import BlockPool, block_hashes
-from autarky.serve.engine import BLOCK_SIZE
+from autarky.serve.cache import BLOCK_SIZE
 from fixtures.engine_runs import assert_same, blocks_for, engine_for, greedy, prompts, run
 
 pytestmark = pytest.mark.timeout(300)

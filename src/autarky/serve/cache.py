@@ -18,6 +18,18 @@ from collections.abc import Sequence
 
 import torch
 
+BLOCK_SIZE = 16  # positions per block (vLLM's default)
+DEFAULT_KV_CACHE_GB = 1.0  # the pool when --kv-cache-gb is not given and max_batch x max_model_len needs more
+
+
+def kv_cache_blocks(kv_cache_gb: float | None, bytes_per_block: int, max_batch: int, max_model_len: int) -> int:
+    """Blocks in a pool of kv_cache_gb (default: the smaller of DEFAULT_KV_CACHE_GB and what max_batch sequences
+    of max_model_len need); at least one."""
+    need = max_batch * -(-max_model_len // BLOCK_SIZE)
+    if kv_cache_gb is None:
+        return max(1, min(need, int(DEFAULT_KV_CACHE_GB * 1e9) // bytes_per_block))
+    return max(1, int(kv_cache_gb * 1e9) // bytes_per_block)
+
 
 class PagedKVCache:
     def __init__(

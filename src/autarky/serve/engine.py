@@ -10,7 +10,6 @@ event loop stays responsive while the engine computes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
@@ -24,9 +23,9 @@ from autarky.model.llama import Attention, Llama
 from autarky.model.sampling import History, SamplingParams, sample_rows, token_logprobs
 from autarky.model.tokenizer import IncrementalText
 from autarky.serve.blocks import BlockPool
-from autarky.serve.cache import PagedKVCache
+from autarky.serve.cache import BLOCK_SIZE, PagedKVCache, kv_cache_blocks
 from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, KVCacheTooSmall, NotReady, QueueFull
-from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
+from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs, deliver
 from autarky.serve.lora import LoraManager
 from autarky.serve.metrics import ServeMetrics
 from autarky.serve.options import DEFAULTS
@@ -35,10 +34,6 @@ from autarky.serve.structured import GrammarCompiler
 from autarky.serve.text import TextCodec
 
 log = logging.getLogger("autarky.serve")
-
-BLOCK_SIZE = 16  # positions per KV cache block (vLLM's default)
-DEFAULT_KV_CACHE_GB = 1.0  # the pool when --kv-cache-gb is not given and max_batch x max_model_len needs more
-
 
 class Engine:
     def __init__(
@@ -211,7 +206,7 @@ class Engine:
         if group:
             self._prefill(group, out)
         self._free_finished()
-        self._deliver(out)
+        deliver(out)
         self._stepping = []  # nothing here may outlive the step: a request keeps its LoRA adapter's slot
 
     def _new_sequence(self, request: Request) -> Sequence:
@@ -338,8 +333,7 @@ class Engine:
 
     def _emit(self, s: Sequence, token: int, lp: float | None, top: TopLogprobs | None, now: float,
               out: list) -> None:
-        request, params = s.request, s.request.params
-        m = self.metrics
+        request, m = s.request, self.metrics
         if m:
             if s.generated == 0 and s.choice == 0:
                 m.time_to_first_token.observe(now - request.arrival)
@@ -348,29 +342,10 @@ class Engine:
                 m.time_per_output_token.observe(now - s.last_time)
             m.generation_tokens.inc()
         s.last_time = now
-        s.generated += 1
-        finish = None
-        complete = False  # the grammar can take no further token: the output is done
-        if s.matcher is not None:
-            if not s.matcher.consume_token(token):
-                raise RuntimeError(f"the grammar rejected token {token}: {s.matcher.get_error()}")
-            complete = s.matcher.is_stopped()
-        if token in self.codec.eos_token_ids and not params.ignore_eos:
-            text, finish = s.text.finish(), "stop"
-        else:
-            text, stopped = s.text.push(token)
-            if stopped:
-                finish = "stop"
-            elif complete:
-                text, finish = text + s.text.finish(), "stop"
-            elif s.generated >= params.max_tokens or len(s.tokens) >= self.max_model_len:
-                finish = "length"
-                text += s.text.finish()
+        text, finish = s.take(token, self.codec.eos_token_ids, self.max_model_len)
         index = request.index + s.choice
         out.append((request, TokenEvent(index, token, text, lp, top)))
-        if not finish:
-            s.tokens.append(token)  # computed by the next step
-        else:
+        if finish:
             out.append((request, TokenEvent(index, None, "", finish_reason=finish)))
             s.finished = True  # freed by _free_finished after the whole step
             if m:
@@ -409,7 +384,7 @@ class Engine:
         for seq in [w for w in waiting if isinstance(w, Sequence) and w.request in failed]:
             waiting.remove(seq)
         self._stepping = []
-        self._deliver([(r, ErrorEvent(message)) for r in failed])
+        deliver([(r, ErrorEvent(message)) for r in failed])
 
     def _update_gauges(self) -> None:
         if self.metrics:
@@ -417,29 +392,3 @@ class Engine:
             self.metrics.num_running.set(len({id(s.request) for s in running}))
             self.metrics.num_waiting.set(self._queued)
             self.metrics.kv_cache(self.pool.stats())
-
-    @staticmethod
-    def _deliver(out: list[tuple[Request, Event]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-        for request, event in out:
-            if not request.cancelled:
-                by_loop.setdefault(request.loop, []).append((request.sink, event))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop closed under a client that went away
-                pass
-
-
-def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
-    for sink, event in items:
-        sink.put_nowait(event)
-
-
-def kv_cache_blocks(kv_cache_gb: float | None, bytes_per_block: int, max_batch: int, max_model_len: int) -> int:
-    """Blocks in a pool of kv_cache_gb (default: the smaller of DEFAULT_KV_CACHE_GB and what max_batch sequences
-    of max_model_len need); at least one."""
-    need = max_batch * -(-max_model_len // BLOCK_SIZE)
-    if kv_cache_gb is None:
-        return max(1, min(need, int(DEFAULT_KV_CACHE_GB * 1e9) // bytes_per_block))
-    return max(1, int(kv_cache_gb * 1e9) // bytes_per_block)

@@ -14,7 +14,7 @@ Each step (vLLM V1's scheduler, recompute preemption):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +40,27 @@ class Sequence:
     matcher: object | None = None  # llguidance.LLMatcher of a constrained sequence
     scheduled: bool = False  # has been given work once (queue time is measured to then)
     cached_tokens: int = 0  # prompt tokens the prefix cache held at admission
+
+    def take(self, token: int, eos_token_ids: Collection[int], max_model_len: int) -> tuple[str, str | None]:
+        """Append a sampled token: the text it releases, and why the sequence finishes with it (or None)."""
+        params = self.request.params
+        self.generated += 1
+        complete = False  # the grammar can take no further token: the output is done
+        if self.matcher is not None:
+            if not self.matcher.consume_token(token):  # type: ignore[attr-defined]
+                raise RuntimeError(f"the grammar rejected token {token}: {self.matcher.get_error()}")  # type: ignore[attr-defined]
+            complete = self.matcher.is_stopped()  # type: ignore[attr-defined]
+        if token in eos_token_ids and not params.ignore_eos:
+            return self.text.finish(), "stop"
+        text, stopped = self.text.push(token)
+        if stopped:
+            return text, "stop"
+        if complete:
+            return text + self.text.finish(), "stop"
+        if self.generated >= params.max_tokens or len(self.tokens) >= max_model_len:
+            return text + self.text.finish(), "length"
+        self.tokens.append(token)  # computed by the next step
+        return text, None
 
     @property
     def work(self) -> int:
