@@ -103,5 +103,11 @@ def test_a_request_larger_than_the_whole_cache_is_a_400(tiny_hf_model_dir):
         ok = httpx.post(f"{server.url}/v1/completions", timeout=60,
                         json={"model": "tiny", "prompt": "hello", "max_tokens": 4})
         assert ok.status_code == 200
+        metrics = httpx.get(f"{server.url}/metrics", timeout=60).text
+        for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
+                     "vllm:kv_cache_usage_perc", "vllm:request_queue_time_seconds_count",
+                     "autarky:kv_cache_blocks_used", "autarky:kv_cache_blocks_free"):
+            assert f'{name}{{model_name="tiny"}}' in metrics
+        assert f'autarky:kv_cache_blocks_free{{model_name="tiny"}} {engine.pool.n_blocks}.0' in metrics
     finally:
         server.stop()

@@ -131,7 +131,9 @@ class Engine:
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise ContextLengthExceeded(ContextOverflow(self.max_model_len, len(prompt_ids), params.max_tokens))
         capacity = self.pool.n_blocks * BLOCK_SIZE
-        if len(prompt_ids) + params.max_tokens > capacity:
+        # n choices share the prompt's blocks but each copies its partial last one when they fork.
+        forks = (params.n - 1) * BLOCK_SIZE if len(prompt_ids) % BLOCK_SIZE else 0
+        if len(prompt_ids) + max(params.max_tokens, forks) > capacity:
             raise KVCacheTooSmall(len(prompt_ids), params.max_tokens, capacity)
 
     def submit(self, request: Request) -> None:
