@@ -5,8 +5,8 @@ of the pool; `autarky.serve.blocks.BlockPool` decides which blocks a sequence ho
 nothing else: it is known at start-up and never grows.
 
 Before each forward the engine says, per row, which positions the step writes (`begin`); every layer then stores
-its new keys/values at their slots and attends over the row's whole context, gathered from the pool once per
-layer. Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
+its new keys/values at their slots and attends over the row's whole context, gathered from the pool (decode steps on
+CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
 read from it, and the boolean mask hides them from every real query (masked scores get zero weight, which is why
 batched output equals unbatched output). A step whose rows all start at position 0 attends to its own keys with
 plain causal attention (no gather).
@@ -94,12 +94,21 @@ class PagedKVCache:
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        k_pool, v_pool, slots, mask = self.store(layer, k, v)
+        if self._fresh:
+            return k, v, None  # prompts from position 0 attend causally to themselves only
+        return k_pool[slots], v_pool[slots], mask
+
+    def store(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store this step's keys/values (B, T, K, E); return the layer's pools (N, K, E), the slots (B, S) each
+        row attends to and the mask (B, 1, T, S): attention that reads the pool in place needs no gathered copy
+        (autarky.serve.decode_kernels.paged_attention)."""
         assert self._write is not None, "begin() first"
         self.k[layer][self._write] = k
         self.v[layer][self._write] = v
-        if self._fresh:
-            return k, v, None  # prompts from position 0 attend causally to themselves only
-        return self.k[layer][self._read], self.v[layer][self._read], self._mask
+        return self.k[layer], self.v[layer], self._read, self._mask
 
     def copy_block(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of block src into block dst (a choice's own copy of a shared
