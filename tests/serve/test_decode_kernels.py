@@ -30,6 +30,7 @@ def _paged_cache(cfg, rows: int, length: int = 32, block_size: int = 4) -> tuple
     that no row's blocks are contiguous)."""
     per_row = length // block_size
     cache = PagedKVCache(cfg.n_layers, rows * per_row, block_size, cfg.n_kv_heads, cfg.head_dim, torch.float32)
+    cache.k.zero_(), cache.v.zero_()  # the pools start uninitialised; the tests compare them whole
     blocks = list(range(rows * per_row))[::-1]
     return cache, [blocks[r * per_row : (r + 1) * per_row] for r in range(rows)]
 

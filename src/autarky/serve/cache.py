@@ -45,9 +45,13 @@ class PagedKVCache:
         self.n_blocks = n_blocks
         self.block_size = block_size
         # One block more than the pool: the scratch block that padded positions write to and read from.
+        # Uninitialised: a slot is read only after it is written (or masked and in the scratch block), and pages
+        # the pool has not used yet take no memory.
         shape = (n_layers, (n_blocks + 1) * block_size, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k[:, n_blocks * block_size :] = 0  # finite: padded keys are read (with zero weight)
+        self.v[:, n_blocks * block_size :] = 0
         self.device = self.k.device
         self._write: torch.Tensor | None = None  # (B, T) slots of this step's new keys
         self._read: torch.Tensor | None = None  # (B, S) slots of every key a row attends to
