@@ -1,5 +1,6 @@
 """A served random-weights model with room for tool prompts and long constrained outputs.
 
+`tiny_model`: the tiny model and its codec as loaded, and with the compiled decode kernels (module scope, both).
 `served_tiny_long`: the tiny model's shape and tokenizer (random weights, seed 0) with a 2048-token context, served
 under the name "tiny-long". The weights would write garbage: whatever parses in its output is the grammar's doing.
 """
@@ -40,3 +41,15 @@ def served_tiny_long(tiny_long_hf_model_dir: Path) -> Iterator[ServedEndpoint]:
         yield ServedEndpoint(server.url, "tiny-long", tiny_long_hf_model_dir)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=["eager", "decode_kernels"])
+def tiny_model(tiny_hf_model_dir: Path, request: pytest.FixtureRequest) -> tuple:
+    from autarky.model.hf import load_hf_folder
+    from autarky.serve.decode_kernels import use_decode_kernels
+    from autarky.serve.text import TextCodec
+
+    model, _ = load_hf_folder(tiny_hf_model_dir)
+    if request.param == "decode_kernels":
+        assert use_decode_kernels(model)
+    return model, TextCodec.from_folder(tiny_hf_model_dir)

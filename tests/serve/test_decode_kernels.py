@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from autarky.model.hf import load_hf_folder
 from autarky.serve import decode_kernels
-from autarky.serve.cache import SlotKVCache
+from autarky.serve.cache import PagedKVCache
 from autarky.serve.decode_kernels import (
     DecodeBlock,
     DecodeLinear,
@@ -23,6 +23,16 @@ from autarky.serve.quantize import Int8Linear
 from autarky.serve.registry import ServedModelSpec, load_served_model
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def _paged_cache(cfg, rows: int, length: int = 32, block_size: int = 4) -> tuple[PagedKVCache, list[list[int]]]:
+    """A paged cache with `rows` sequences of `length` positions, each on its own blocks (in reverse order, so
+    that no row's blocks are contiguous)."""
+    per_row = length // block_size
+    cache = PagedKVCache(cfg.n_layers, rows * per_row, block_size, cfg.n_kv_heads, cfg.head_dim, torch.float32)
+    cache.k.zero_(), cache.v.zero_()  # the pools start uninitialised; the tests compare them whole
+    blocks = list(range(rows * per_row))[::-1]
+    return cache, [blocks[r * per_row : (r + 1) * per_row] for r in range(rows)]
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4])
@@ -71,10 +81,10 @@ def test_decode_block_equals_the_blocks_own_forward(tiny_hf_model_dir: Path, row
     outputs = []
     with torch.inference_mode():
         for model, step in ((eager, None), (fused, decode_block)):
-            cache = SlotKVCache(cfg.n_layers, rows, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
-            cache.begin_prefill(0, 6)
+            cache, tables = _paged_cache(cfg, rows)
+            cache.begin(tables, [0] * rows, [6] * rows)
             model(prompt, cache=cache)
-            cache.begin_decode(positions)
+            cache.begin(tables, positions.tolist(), [1] * rows)
             cos, sin = model.rope_cos[positions][:, None], model.rope_sin[positions][:, None]
             h = model.tok_embeddings(prompt[:, :1])
             for block in model.layers.values():
@@ -101,11 +111,11 @@ def test_the_models_own_forward_takes_the_decode_blocks(tiny_hf_model_dir: Path,
     logits = []
     with torch.inference_mode():
         for model in (eager, fused):
-            cache = SlotKVCache(cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
-            cache.begin_prefill(0, 6)
+            cache, tables = _paged_cache(cfg, 1)
+            cache.begin(tables, [0], [6])
             first = model(prompt[:, :6], cache=cache, logits_at=[5])
             positions = torch.tensor([6])
-            cache.begin_decode(positions)
+            cache.begin(tables, [6], [1])
             logits.append((first, model(prompt[:, 6:], positions[:, None], cache, logits_at=[0])))
     (first_eager, step_eager), (first_fused, step_fused) = logits
     assert len(fused_calls) == cfg.n_layers  # the decode step only
@@ -187,11 +197,11 @@ def test_decode_blocks_compute_the_family_features(family, tmp_path: Path):
     logits = []
     with torch.inference_mode():
         for model in (eager, fused):
-            cache = SlotKVCache(cfg.n_layers, 1, cfg.n_kv_heads, cfg.head_dim, 32, torch.float32)
-            cache.begin_prefill(0, 6)
+            cache, tables = _paged_cache(cfg, 1)
+            cache.begin(tables, [0], [6])
             steps = [model(tokens[:, :6], cache=cache, logits_at=[5])]
             for t in range(6, 16):  # past the window of 8
-                cache.begin_decode(torch.tensor([t]))
+                cache.begin(tables, [t], [1])
                 steps.append(model(tokens[:, t:t + 1], torch.tensor([[t]]), cache, logits_at=[0]))
             logits.append(torch.stack(steps))
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)

@@ -14,11 +14,12 @@ from autarky.model.hf import load_hf_folder
 from autarky.model.sampling import SamplingParams
 from autarky.serve.decode_kernels import use_decode_kernels
 from autarky.serve.engine import Engine
-from autarky.serve.events import ErrorEvent, PromptEvent, Request, TokenEvent
+from autarky.serve.events import Request, TokenEvent
 from autarky.serve.packed import PackedBF16Linear, bf16_packing_supported
 from autarky.serve.quantize import Int8Linear, quantize_int8
 from autarky.serve.registry import ServedModelSpec, load_served_model
 from autarky.serve.text import TextCodec
+from fixtures.engine_runs import collect, greedy, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,52 +43,6 @@ def engine(tiny):
     eng.start()
     yield eng
     eng.shutdown(timeout=30)
-
-
-async def _collect(sink: asyncio.Queue, n: int) -> dict:
-    """Per choice index: token ids, logprobs, text, finish reason; plus prompt logprobs if any."""
-    out: dict = {"prompt": None, "error": None}
-    done = 0
-    while done < n:
-        event = await asyncio.wait_for(sink.get(), 60)
-        if isinstance(event, ErrorEvent):
-            out["error"] = event.message
-            return out
-        if isinstance(event, PromptEvent):
-            out["prompt"] = event
-            continue
-        choice = out.setdefault(event.index, {"ids": [], "lps": [], "text": "", "finish": None})
-        if event.finish_reason:
-            choice["finish"] = event.finish_reason
-            done += 1
-        else:
-            choice["ids"].append(event.token_id)
-            choice["lps"].append(event.logprob)
-            choice["text"] += event.text
-    return out
-
-
-def run(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], stagger_after: int = 0) -> list[dict]:
-    """Submit jobs together (or the rest once the first has produced `stagger_after` tokens) and collect all."""
-
-    async def main() -> list[dict]:
-        loop = asyncio.get_running_loop()
-        sinks = [asyncio.Queue() for _ in jobs]
-        first = Request(jobs[0][0], jobs[0][1], sinks[0], loop)
-        engine.submit(first)
-        while sinks[0].qsize() < stagger_after:  # nobody reads sink 0 yet, so its size counts events
-            await asyncio.sleep(0.001)
-        tasks = [asyncio.ensure_future(_collect(sinks[0], jobs[0][1].n))]
-        for (ids, params), sink in zip(jobs[1:], sinks[1:], strict=True):
-            engine.submit(Request(ids, params, sink, loop))
-            tasks.append(asyncio.ensure_future(_collect(sink, params.n)))
-        return list(await asyncio.gather(*tasks))
-
-    return asyncio.run(main())
-
-
-def greedy(max_tokens: int, **kw) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=0, **kw)
 
 
 def test_greedy_decode_matches_the_reference_generator(tiny, engine):
@@ -325,7 +280,7 @@ def test_one_batched_prefill_equals_separate_prefills(tiny, engine):
         for (ids, params), sink in zip(jobs, sinks, strict=True):
             engine.submit(Request(ids, params, sink, loop))
         gate.set()
-        return list(await asyncio.gather(*[_collect(sk, p.n) for sk, (_, p) in zip(sinks, jobs, strict=True)]))
+        return list(await asyncio.gather(*[collect(sk, p.n) for sk, (_, p) in zip(sinks, jobs, strict=True)]))
 
     together = asyncio.run(main())
     assert prefills[:3] == [1, 1, 3]  # the blocker; then the echo alone; then the other three in one forward

@@ -278,3 +278,15 @@ def test_a_bad_lora_option_is_one_error_line(tiny_hf_model_dir, arg, message):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+
+
+def test_a_cached_prefix_is_shared_only_within_one_adapter(served, tiny_hf_model_dir, adapter_dirs):
+    """Prefix caching is on by default: the base's blocks of a prompt must not serve the same prompt under an
+    adapter (its keys and values differ), nor one adapter's another's."""
+    engine, codec, adapters = served
+    ids = codec.encode(PROMPTS[2] * 8)[:70]  # four full blocks and a partial one
+    base = run(engine, [(ids, greedy(6), None)])[0]
+    for name in ("alpha", "beta"):
+        assert run(engine, [(ids, greedy(6), adapters[name])])[0] == reference(tiny_hf_model_dir, adapter_dirs[name],
+                                                                             ids, 6)
+    assert run(engine, [(ids, greedy(6), None)])[0] == base == reference(tiny_hf_model_dir, None, ids, 6)

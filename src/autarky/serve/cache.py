@@ -1,91 +1,122 @@
-"""A preallocated key/value cache with one slot per running sequence.
+"""The serving KV cache: one pool of fixed-size blocks, preallocated at start-up (vLLM's paged layout).
 
-Slots are kept compact: the rows of a decode step are slots 0..B-1, so each layer reads a view of the cache
-(no gather). Rows sit at different positions; the boolean mask hides each row's unused tail exactly (masked
-scores get zero weight), which is why batched output equals unbatched output. The sequence axis grows on demand
-so memory follows what is in use rather than max_batch × max_model_len.
+Keys and values of position p of a sequence live at slot `table[p // block_size] * block_size + p % block_size`
+of the pool; `autarky.serve.blocks.BlockPool` decides which blocks a sequence holds. Memory is the pool's and
+nothing else: it is known at start-up and never grows.
+
+Before each forward the engine says, per row, which positions the step writes (`begin`); every layer then stores
+its new keys/values at their slots and attends over the row's whole context, gathered from the pool (decode steps on
+CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
+read from it, and the boolean mask hides them from every real query (masked scores get zero weight, which is why
+batched output equals unbatched output). A step whose rows all start at position 0 attends to its own keys with
+plain causal attention (no gather).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-GROW_STEP = 256
+BLOCK_SIZE = 16  # positions per block (vLLM's default)
+DEFAULT_KV_CACHE_GB = 1.0  # the pool when --kv-cache-gb is not given and max_batch x max_model_len needs more
 
 
-class SlotKVCache:
+def kv_cache_blocks(kv_cache_gb: float | None, bytes_per_block: int, max_batch: int, max_model_len: int) -> int:
+    """Blocks in a pool of kv_cache_gb (default: the smaller of DEFAULT_KV_CACHE_GB and what max_batch sequences
+    of max_model_len need); at least one."""
+    need = max_batch * -(-max_model_len // BLOCK_SIZE)
+    if kv_cache_gb is None:
+        return max(1, min(need, int(DEFAULT_KV_CACHE_GB * 1e9) // bytes_per_block))
+    return max(1, int(kv_cache_gb * 1e9) // bytes_per_block)
+
+
+class PagedKVCache:
     def __init__(
         self,
         n_layers: int,
-        max_batch: int,
+        n_blocks: int,
+        block_size: int,
         n_kv_heads: int,
         head_dim: int,
-        max_len: int,
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.max_len = max_len
-        self.capacity = min(GROW_STEP, max_len)
-        shape = (n_layers, max_batch, self.capacity, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self._prefill_slot: int | None = None
-        self._rows: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
-        self._batch = 0
-        self._span = 0
+        self.n_blocks = n_blocks
+        self.block_size = block_size
+        # One block more than the pool: the scratch block that padded positions write to and read from.
+        # Uninitialised: a slot is read only after it is written (or masked and in the scratch block), and pages
+        # the pool has not used yet take no memory.
+        shape = (n_layers, (n_blocks + 1) * block_size, n_kv_heads, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k[:, n_blocks * block_size :] = 0  # finite: padded keys are read (with zero weight)
+        self.v[:, n_blocks * block_size :] = 0
+        self.device = self.k.device
+        self._write: torch.Tensor | None = None  # (B, T) slots of this step's new keys
+        self._read: torch.Tensor | None = None  # (B, S) slots of every key a row attends to
+        self._mask: torch.Tensor | None = None  # (B, 1, T, S)
+        self._fresh = False  # every row starts at position 0: its keys are exactly this step's
+        self._decoding = False
 
-    def reserve(self, length: int) -> None:
-        """Make room for `length` positions per slot (grows in steps; never beyond max_len)."""
-        if length <= self.capacity:
-            return
-        if length > self.max_len:
-            raise ValueError(f"length {length} exceeds the cache's max_len {self.max_len}")
-        new_cap = min(self.max_len, -(-length // GROW_STEP) * GROW_STEP)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            grown = old.new_zeros(*old.shape[:2], new_cap, *old.shape[3:])
-            grown[:, :, : self.capacity] = old
-            setattr(self, name, grown)
-        self.capacity = new_cap
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
-    def begin_prefill(self, slot: int, length: int) -> None:
-        """The next forward writes B prompts of `length` tokens (padded) into slots slot..slot+B-1 from
-        position 0."""
-        self.reserve(length)
-        self._prefill_slot = slot
+    @staticmethod
+    def bytes_per_block(n_layers: int, block_size: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * n_layers * block_size * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def begin_decode(self, positions: torch.Tensor) -> None:
-        """The next forward writes one token per row b (slot b) at positions[b]."""
-        span = int(positions.max()) + 1
-        self.reserve(span)
-        self._prefill_slot = None
-        self._batch = positions.shape[0]
-        self._span = span
-        self._rows = torch.arange(self._batch, device=positions.device)
-        self._positions = positions
-        keys = torch.arange(span, device=positions.device)
-        self._mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    def begin(self, tables: Sequence[Sequence[int]], starts: Sequence[int], lengths: Sequence[int]) -> None:
+        """The next forward writes lengths[b] new tokens of row b at positions starts[b].. (row b's block table
+        tables[b] covering them), padded to the longest."""
+        T = max(lengths)
+        S = max(s + n for s, n in zip(starts, lengths, strict=True))
+        bs, scratch = self.block_size, self.n_blocks
+        width = -(-S // bs)
+        table = torch.tensor([list(t[:width]) + [scratch] * (width - len(t[:width])) for t in tables],
+                             device=self.device)  # (B, W)
+        slots = (table[:, :, None] * bs + torch.arange(bs, device=self.device)).flatten(1)[:, :S]  # (B, S)
+        start = torch.tensor(starts, device=self.device)[:, None]
+        end = start + torch.tensor(lengths, device=self.device)[:, None]
+        keys = torch.arange(S, device=self.device)[None]
+        slots = torch.where(keys < end, slots, scratch * bs + keys % bs)
+        queries = start + torch.arange(T, device=self.device)[None]  # (B, T) positions
+        self._write = torch.where(queries < end, slots.gather(1, queries.clamp(max=S - 1)),
+                                  scratch * bs + queries % bs)
+        self._fresh = not any(starts)
+        self._decoding = T == 1
+        self._read = slots
+        # Key s is visible to the query at position q when s <= q (pads see real keys, so no row is all -inf).
+        self._mask = None if self._fresh else (keys[:, None, :] <= queries[:, :, None])[:, None]  # (B, 1, T, S)
 
     @property
     def decoding(self) -> bool:
-        """Whether the next forward is a decode step (one new token per row), not a prefill."""
-        return self._prefill_slot is None and self._mask is not None
+        """Whether the next forward is a decode step (one new token per row) over cached keys."""
+        return self._decoding and not self._fresh
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if self._prefill_slot is not None:
-            slot, (batch, length) = self._prefill_slot, k.shape[:2]
-            self.k[layer, slot : slot + batch, :length] = k
-            self.v[layer, slot : slot + batch, :length] = v
+        k_pool, v_pool, slots, mask = self.store(layer, k, v)
+        if self._fresh:
             return k, v, None  # prompts from position 0 attend causally to themselves only
-        self.k[layer].index_put_((self._rows, self._positions), k[:, 0])
-        self.v[layer].index_put_((self._rows, self._positions), v[:, 0])
-        return self.k[layer, : self._batch, : self._span], self.v[layer, : self._batch, : self._span], self._mask
+        return k_pool[slots], v_pool[slots], mask
 
-    def copy_slot(self, src: int, dst: int, length: int) -> None:
-        if src != dst and length > 0:
-            self.k[:, dst, :length] = self.k[:, src, :length]
-            self.v[:, dst, :length] = self.v[:, src, :length]
+    def store(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store this step's keys/values (B, T, K, E); return the layer's pools (N, K, E), the slots (B, S) each
+        row attends to and the mask (B, 1, T, S): attention that reads the pool in place needs no gathered copy
+        (autarky.serve.decode_kernels.paged_attention)."""
+        assert self._write is not None, "begin() first"
+        self.k[layer][self._write] = k
+        self.v[layer][self._write] = v
+        return self.k[layer], self.v[layer], self._read, self._mask
+
+    def copy_block(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of block src into block dst (a choice's own copy of a shared
+        partial block)."""
+        bs = self.block_size
+        self.k[:, dst * bs : dst * bs + length] = self.k[:, src * bs : src * bs + length]
+        self.v[:, dst * bs : dst * bs + length] = self.v[:, src * bs : src * bs + length]

@@ -62,6 +62,10 @@ def register(app: typer.Typer) -> None:
         quantize: str | None = _opt("quantize", "--quantize"),
         device: str = _opt("device", "--device"),
         decode_kernels: bool = _opt("decode_kernels", "--decode-kernels/--no-decode-kernels"),
+        kv_cache_gb: float | None = _opt("kv_cache_gb", "--kv-cache-gb", min=0.0001),
+        enable_prefix_caching: bool = _opt("enable_prefix_caching",
+                                           "--enable-prefix-caching/--no-enable-prefix-caching"),
+        max_num_batched_tokens: int = _opt("max_num_batched_tokens", "--max-num-batched-tokens", min=1),
         lora: list[str] = typer.Option(
             [], "--lora", metavar="NAME=PATH",
             help="Serve a PEFT LoRA adapter folder as model NAME over the (single) MODEL; repeat for several. "
@@ -96,7 +100,9 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         options = dict(dtype=dtype, quantize=quantize, max_batch=max_batch, max_queue=max_queue,
                        max_model_len=max_model_len, device=device,
-                       decode_kernels=decode_kernels, loras=loras, max_loras=max_loras,
+                       decode_kernels=decode_kernels, kv_cache_gb=kv_cache_gb,
+                       enable_prefix_caching=enable_prefix_caching, max_num_batched_tokens=max_num_batched_tokens,
+                       loras=loras, max_loras=max_loras,
                        max_lora_rank=max_lora_rank, lora_runtime_updates=enable_lora_runtime_updates)
         specs = [ServedModelSpec.parse(m, **options) for m in models]
         if name:

@@ -32,7 +32,7 @@ from torch import nn
 
 from autarky.model.llama import Block, KVCache, sliding_window_mask
 from autarky.model.moe import MoE
-from autarky.serve.cache import SlotKVCache
+from autarky.serve.cache import PagedKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
     bf16_packing_supported,
@@ -142,15 +142,36 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     return (weights[..., None] * values).sum(-2).reshape(B, 1, H * E)  # (B, K, H/K, E) → (B, 1, H·E)
 
 
+def _paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """_one_query_attention over the keys/values at `slots` (B, S) of a paged cache's pools (N, K, E): compiled,
+    the indexing becomes indirect loads inside the attention loops, so no row's keys are copied out of the pool
+    (a gather per layer per step would move every row's whole context through memory once more)."""
+    return _one_query_attention(q, k_pool[slots], v_pool[slots], mask)
+
+
+_paged_attention_serial = torch.compile(_paged_attention, dynamic=True, options=_OPTIONS)
+_paged_attention_parallel = torch.compile(_paged_attention, dynamic=True)
+
+
+def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """One query per row (B, 1, H, E) over the pool in place → (B, 1, H·E); all threads only when the keys and
+    values read are worth an OpenMP start-up (see PARALLEL_BYTES)."""
+    read = 2 * slots.numel() * k_pool[0].numel() * k_pool.element_size()
+    kernel = _paged_attention_parallel if read >= PARALLEL_BYTES else _paged_attention_serial
+    return kernel(q, k_pool, v_pool, slots, mask)
+
+
 @torch.compile(dynamic=True, options=_OPTIONS)
-def _block_tail(block: Block, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    h = h + block.attention.wo(_one_query_attention(q, k, v, mask))
+def _block_tail(block: Block, h: torch.Tensor, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    h = h + block.attention.wo(_paged_attention(q, k_pool, v_pool, slots, mask))
     return h + block.feed_forward(block.ffn_norm(h))
 
 
 def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 cache: KVCache) -> torch.Tensor:  # fmt: skip
+                 cache: PagedKVCache) -> torch.Tensor:  # fmt: skip
     """Block.forward for a decode step of at most MAX_ROWS rows, in two compiled pieces around the cache
     update: norms, rotary, attention and the SwiGLU are fused with the matrix–vector kernels, and a layer
     costs 2 compiled calls instead of about 30 eager ones. The family features go through the same pieces:
@@ -158,12 +179,18 @@ def decode_block(block: Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     window narrows the cache's mask between the two."""
     h = _rows(h).unsqueeze(1)  # (B, 1, D) with the same strides every step
     q, k, v = _block_head(block, h, cos, sin)
-    k, v, mask = cache.update(block.attention.layer, k, v)
-    assert mask is not None, "decode_block needs a cache in decode mode (begin_decode)"
+    return _block_tail(block, h, q, *_stored(block, k, v, cache))
+
+
+def _stored(block: Block, k: torch.Tensor, v: torch.Tensor,
+            cache: PagedKVCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """cache.store for a decode step, the mask narrowed to the block's sliding window if it has one."""
+    k_pool, v_pool, slots, mask = cache.store(block.attention.layer, k, v)
+    assert mask is not None, "decode steps need a cache in decode mode (begin)"
     window = block.attention.sliding_window
     if window is not None:
-        mask = sliding_window_mask(mask, 1, k.shape[1], window, mask.device)
-    return _block_tail(block, h, q, k, v, mask)
+        mask = sliding_window_mask(mask, 1, slots.shape[1], window, mask.device)
+    return k_pool, v_pool, slots, mask
 
 
 class KernelSwitch:
@@ -173,8 +200,9 @@ class KernelSwitch:
 
 
 class DecodeBlock(Block):
-    """A Block whose decode steps of at most MAX_ROWS rows run `decode_block`; everything else (prefill, bigger
-    decode batches, other caches) is the Block's own computation. It takes over the block's submodules, so
+    """A Block whose decode steps of at most MAX_ROWS rows run `decode_block`, and whose bigger decode steps attend
+    with `paged_attention` (the pool read in place); everything else (prefill, other caches) is the Block's own
+    computation. It takes over the block's submodules, so
     parameter names and weights stay those of the model."""
 
     # Serving LoRA (autarky.serve.lora.LoraRows) sets this: the fused path reads the projections inside compiled
@@ -189,10 +217,14 @@ class DecodeBlock(Block):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
     ) -> torch.Tensor:
-        fused = isinstance(cache, SlotKVCache) and cache.decoding and x.shape[0] <= MAX_ROWS
-        if fused and not (self.lora is not None and self.lora.active):
+        if not (isinstance(cache, PagedKVCache) and cache.decoding):
+            return super().forward(x, cos, sin, cache)
+        if x.shape[0] <= MAX_ROWS and not (self.lora is not None and self.lora.active):
             return decode_block(self, x, cos, sin, cache)
-        return super().forward(x, cos, sin, cache)
+        # More rows (or adapter rows): the block's own projections, attention reading the pool in place.
+        q, k, v = self.attention.project(self.attention_norm(x), cos, sin)
+        h = x + self.attention.wo(paged_attention(q, *_stored(self, k, v, cache)))
+        return h + self.feed_forward(self.ffn_norm(h))
 
 
 class DecodeLinear(nn.Module):

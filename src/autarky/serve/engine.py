@@ -1,21 +1,20 @@
-"""The inference engine: prefill + decode over a slot KV cache, with continuous batching, in its own thread.
+"""The inference engine: continuous batching over a paged KV cache with prefix caching, in its own thread.
 
-Between decode steps the loop drops cancelled and finished sequences and admits waiting requests (one prefill
-each), so requests join and leave a running batch at token granularity. Results go back to asyncio through
+Each step the scheduler (autarky.serve.scheduler) picks the work: one token of every decoding sequence, and
+chunks of prompts (new, partly computed or preempted) under a token budget; the engine runs it as one decode
+forward and one or more prefill forwards, samples where a sequence's tokens are complete, and drops cancelled and
+finished sequences, so requests join and leave a running batch at token granularity. Results go back to asyncio through
 `loop.call_soon_threadsafe`, once per step for all rows. torch releases the GIL inside kernels, so the HTTP
 event loop stays responsive while the engine computes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
@@ -23,32 +22,18 @@ from autarky.contracts.wire import ContextOverflow
 from autarky.model.llama import Attention, Llama
 from autarky.model.sampling import History, SamplingParams, sample_rows, token_logprobs
 from autarky.model.tokenizer import IncrementalText
-from autarky.serve.cache import SlotKVCache
-from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, NotReady, QueueFull
-from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs
+from autarky.serve.blocks import BlockPool
+from autarky.serve.cache import BLOCK_SIZE, PagedKVCache, kv_cache_blocks
+from autarky.serve.errors import ContextLengthExceeded, InvalidRequest, KVCacheTooSmall, NotReady, QueueFull
+from autarky.serve.events import ErrorEvent, Event, PromptEvent, Request, TokenEvent, TopLogprobs, deliver
 from autarky.serve.lora import LoraManager
 from autarky.serve.metrics import ServeMetrics
+from autarky.serve.options import DEFAULTS
+from autarky.serve.scheduler import Chunk, Plan, Scheduler, Sequence
 from autarky.serve.structured import GrammarCompiler
 from autarky.serve.text import TextCodec
 
 log = logging.getLogger("autarky.serve")
-
-MAX_PREFILL_TOKENS = 4096  # padded prompt tokens per batched prefill
-
-
-@dataclass(eq=False)
-class Sequence:
-    request: Request
-    choice: int
-    generator: torch.Generator
-    text: IncrementalText
-    next_token: int = 0  # sampled, not yet fed to the model
-    position: int = 0  # where next_token goes in the cache
-    generated: int = 0
-    last_time: float = 0.0
-    finished: bool = False
-    matcher: object | None = None  # llguidance.LLMatcher of a constrained sequence
-
 
 class Engine:
     def __init__(
@@ -62,6 +47,9 @@ class Engine:
         metrics: ServeMetrics | None = None,
         name: str = "model",
         lora: LoraManager | None = None,
+        kv_cache_gb: float | None = DEFAULTS.kv_cache_gb,
+        enable_prefix_caching: bool = DEFAULTS.enable_prefix_caching,
+        max_num_batched_tokens: int = DEFAULTS.max_num_batched_tokens,
     ) -> None:
         cfg = model.config
         self.model = model.eval()
@@ -81,14 +69,19 @@ class Engine:
                 module.share_kv_heads = self.device.type == "cpu"
         # Inference tensors from the start, like the ones the cache grows into later inside the engine thread:
         # compiled kernels would recompile for the change of tensor kind.
+        per_block = PagedKVCache.bytes_per_block(cfg.n_layers, BLOCK_SIZE, cfg.n_kv_heads, cfg.head_dim,
+                                                 param.dtype)
+        n_blocks = kv_cache_blocks(kv_cache_gb, per_block, max_batch, self.max_model_len)
         with torch.inference_mode():
-            self.cache = SlotKVCache(
-                cfg.n_layers, max_batch, cfg.n_kv_heads, cfg.head_dim, self.max_model_len, param.dtype, self.device
-            )
+            self.cache = PagedKVCache(cfg.n_layers, n_blocks, BLOCK_SIZE, cfg.n_kv_heads, cfg.head_dim, param.dtype,
+                                      self.device)
+        self.pool = BlockPool(n_blocks, BLOCK_SIZE, caching=enable_prefix_caching)
+        self.scheduler = Scheduler(self.pool, max_batch, max(max_num_batched_tokens, 1))
+        log.info("%s: KV cache of %d blocks x %d tokens = %d tokens, %.3f GB; prefix caching %s, %d tokens per "
+                 "step", name, n_blocks, BLOCK_SIZE, n_blocks * BLOCK_SIZE, n_blocks * per_block / 1e9,
+                 "on" if enable_prefix_caching else "off", max_num_batched_tokens)
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
-        self._waiting: deque[Request] = deque()
-        self._running: list[Sequence] = []  # row b of a decode step is slot b
-        self._admitted: list[Request] = []  # admitted in the current step
+        self._stepping: list[Sequence] = []  # this step's sequences (failed along with it if it raises)
         self._lock = threading.Lock()
         self._queued = 0  # submitted, not yet admitted
         self._accepting = True
@@ -108,16 +101,21 @@ class Engine:
         """One tiny prefill and decode step before serving: the first calls into the math libraries and the
         first allocations are slow, and that cost belongs to startup, not to the first client."""
         with torch.inference_mode():
-            self.cache.begin_prefill(0, 2)
-            self._forward(torch.zeros(1, 2, dtype=torch.long, device=self.device),
-                          torch.arange(2, device=self.device)[None], logits_at=[1])
-            # One row (the compiled kernels) and two (oneDNN), at a position whose length matches no other size
-            # of the model: the compiler would otherwise assume the two stay equal.
-            for rows in (1, 2)[: self.max_batch]:
-                positions = torch.full((rows,), min(12, self.max_model_len - 1), device=self.device)
-                self.cache.begin_decode(positions)
-                self._forward(torch.zeros(rows, 1, dtype=torch.long, device=self.device), positions[:, None],
-                              logits_at=[0] * rows)
+            end = min(13, self.max_model_len)
+            blocks = [self.pool.allocate() for _ in range(-(-end // BLOCK_SIZE))]
+            try:
+                self.cache.begin([blocks], [0], [2])
+                self._forward(torch.zeros(1, 2, dtype=torch.long, device=self.device),
+                              torch.arange(2, device=self.device)[None], logits_at=[1])
+                # One row (the compiled kernels) and two (oneDNN), at a position whose length matches no other
+                # size of the model: the compiler would otherwise assume the two stay equal.
+                for rows in (1, 2)[: self.max_batch]:
+                    positions = torch.full((rows,), end - 1, device=self.device)
+                    self.cache.begin([blocks] * rows, [end - 1] * rows, [1] * rows)
+                    self._forward(torch.zeros(rows, 1, dtype=torch.long, device=self.device), positions[:, None],
+                                  logits_at=[0] * rows)
+            finally:
+                self.pool.release(blocks)
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reject what can never run, before anything is queued."""
@@ -132,6 +130,11 @@ class Engine:
             raise InvalidRequest(f"n={params.n} exceeds this server's --max-batch {self.max_batch}", param="n")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise ContextLengthExceeded(ContextOverflow(self.max_model_len, len(prompt_ids), params.max_tokens))
+        capacity = self.pool.n_blocks * BLOCK_SIZE
+        # n choices share the prompt's blocks but each copies its partial last one when they fork.
+        forks = (params.n - 1) * BLOCK_SIZE if len(prompt_ids) % BLOCK_SIZE else 0
+        if len(prompt_ids) + max(params.max_tokens, forks) > capacity:
+            raise KVCacheTooSmall(len(prompt_ids), params.max_tokens, capacity)
 
     def submit(self, request: Request) -> None:
         self.check(request.prompt_ids, request.params)
@@ -154,15 +157,16 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self.scheduler.running)
 
     # ---- the engine thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
-                self._drain_inbox(block=not self._running and not self._waiting)
-                if self._stopping and not self._running and not self._waiting:
+                idle = not self.scheduler.running and not self.scheduler.waiting
+                self._drain_inbox(block=idle)
+                if self._stopping and idle:
                     return
                 try:
                     self._step()
@@ -181,57 +185,75 @@ class Engine:
             if item is None:
                 self._stopping = True
             else:
-                self._waiting.append(item)
+                self.scheduler.waiting.append(item)
 
     def _step(self) -> None:
         out: list[tuple[Request, Event]] = []
         self._drop_cancelled()
-        admitted, free = [], self.max_batch - len(self._running)
-        while self._waiting and self._waiting[0].params.n <= free:
-            request = self._waiting.popleft()
-            with self._lock:
-                self._queued -= 1
-            if not request.cancelled:
-                admitted.append(request)
-                free -= request.params.n
-        self._admitted = admitted  # failed along with the running rows if this step raises
-        group: list[Request] = []
-        for request in admitted:
-            if request.params.prompt_logprobs is not None:  # needs logits at every prompt position: alone
-                self._prefill([request], out)
+        plan = self.scheduler.schedule(self._new_sequence)
+        self._stepping = [c.seq for c in plan.decode + plan.prefill]
+        self._account(plan)
+        if plan.decode:
+            self._decode(plan.decode, out)
+        group: list[Chunk] = []
+        for chunk in plan.prefill:
+            if chunk.seq.needs_all_logits:  # logits at every prompt position: alone
+                self._prefill([chunk], out)
                 continue
-            longest = max(len(request.prompt_ids), *(len(r.prompt_ids) for r in group)) if group else 0
-            if group and (len(group) + 1) * longest > MAX_PREFILL_TOKENS:
+            longest = max(chunk.length, *(c.length for c in group)) if group else 0
+            if group and (len(group) + 1) * longest > self.scheduler.token_budget:
                 self._prefill(group, out)
                 group = []
-            group.append(request)
+            group.append(chunk)
         if group:
             self._prefill(group, out)
-        if self._running:
-            self._decode(out)
-        self._deliver(out)
-        self._admitted = []  # nothing here may outlive the step: a request keeps its LoRA adapter's slot
+        self._free_finished()
+        deliver(out)
+        self._stepping = []  # nothing here may outlive the step: a request keeps its LoRA adapter's slot
+
+    def _new_sequence(self, request: Request) -> Sequence:
+        return self._sequence(request, 0)
+
+    def _account(self, plan: Plan) -> None:
+        """Queue and prefix-cache figures of the requests this step admits for the first time."""
+        now, m = time.perf_counter(), self.metrics
+        for chunk in plan.prefill:
+            seq = chunk.seq
+            if seq.scheduled:
+                continue
+            seq.scheduled = True
+            if seq.choice == 0 and seq.generated == 0:
+                with self._lock:
+                    self._queued -= 1
+                if m:
+                    m.queue_time.observe(now - seq.request.arrival)
+                    m.prompt_tokens.inc(len(seq.request.prompt_ids))
+                    m.prefix_cache_queries.inc(len(seq.request.prompt_ids))
+                    m.prefix_cache_hits.inc(seq.cached_tokens)
+        if m and plan.preempted:
+            m.num_preemptions.inc(len(plan.preempted))
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, logits_at: list[int] | None = None,
                  rows: list[Request] | None = None) -> torch.Tensor:  # fmt: skip
-        """The model over the slot cache: float logits (B, V) at logits_at[b] of each row, or (B, T, V).
-        `rows` are the requests of the rows, whose LoRA adapters the model applies (None: base only)."""
+        """The model over the paged cache (`cache.begin` first): float logits (B, V) at logits_at[b] of each
+        row, or (B, T, V). `rows` are the requests of the rows, whose LoRA adapters the model applies."""
         if self.lora is not None:
             self.lora.set_rows([r.adapter for r in rows] if rows else None)
         return self.model(tokens, positions, self.cache, logits_at=logits_at).float()
 
-    def _prefill(self, requests: list[Request], out: list) -> None:
-        """One forward over the prompts of `requests`, right-padded into consecutive slots. Padding sits after
-        each prompt, so plain causal attention is exact for the real tokens; the pads' keys land in cache
-        positions that decode overwrites before any mask lets them be read."""
-        base, lengths = len(self._running), [len(r.prompt_ids) for r in requests]
+    def _prefill(self, chunks: list[Chunk], out: list) -> None:
+        """One forward over prompt chunks, right-padded (pads write to and read from the cache's scratch block,
+        hidden from real tokens by the mask); sequences whose tokens are complete then sample."""
+        seqs, lengths, starts = [c.seq for c in chunks], [c.length for c in chunks], [c.start for c in chunks]
         width = max(lengths)
-        tokens = torch.tensor([r.prompt_ids + [0] * (width - len(r.prompt_ids)) for r in requests],
-                              device=self.device)
-        positions = torch.arange(width, device=self.device)[None].expand(len(requests), width)
-        self.cache.begin_prefill(base, width)
+        tokens = torch.tensor([s.tokens[c.start : c.start + c.length] + [0] * (width - c.length)
+                               for s, c in zip(seqs, chunks, strict=True)], device=self.device)
+        positions = (torch.tensor(starts, device=self.device)[:, None] + torch.arange(width, device=self.device)
+                     ).clamp(max=self.max_model_len - 1)
+        requests = [s.request for s in seqs]
+        self.cache.begin([s.blocks for s in seqs], starts, lengths)
         first = requests[0]
-        if first.params.prompt_logprobs is not None:  # alone (see _step)
+        if seqs[0].needs_all_logits:  # alone (see _step), from position 0
             logits = self._forward(tokens, positions, rows=requests)[0]  # (T, V)
             lp = torch.log_softmax(logits[:-1], dim=-1)
             chosen, top = token_logprobs(lp, tokens[0, 1:], first.params.prompt_logprobs)
@@ -240,50 +262,53 @@ class Engine:
             last_logits = logits[-1:]
         else:
             last_logits = self._forward(tokens, positions, [n - 1 for n in lengths], requests)  # (B, V)
-        if self.metrics:
-            self.metrics.prompt_tokens.inc(sum(lengths))
-        # Place each request's first choice compactly (only ever moving a slot down), then extra choices after.
-        seqs, rows, extra = [], [], []
-        for i, request in enumerate(requests):
-            params = request.params
-            if params.max_tokens == 0:
-                for choice in range(params.n):
+        for chunk in chunks:
+            self.scheduler.computed(chunk)
+        rows, at = [], []
+        for i, chunk in enumerate(chunks):
+            seq, request = chunk.seq, chunk.seq.request
+            if not chunk.completes:
+                continue
+            if seq.generated or seq.choice:  # recomputed after a preemption: it samples on
+                rows.append(seq)
+                at.append(i)
+                continue
+            if request.params.max_tokens == 0:
+                for choice in range(request.params.n):
                     out.append((request, TokenEvent(request.index + choice, None, "", finish_reason="length")))
                 self._record_end(request)
+                seq.finished = True
                 continue
-            request.open_choices = params.n
-            slot = base + len(seqs)
-            self.cache.copy_slot(base + i, slot, lengths[i])
-            seqs.append(self._sequence(request, 0, lengths[i]))
-            rows.append(i)
-            extra += [(request, choice, slot, i) for choice in range(1, params.n)]
-        for request, choice, src, i in extra:
-            self.cache.copy_slot(src, base + len(seqs), lengths[i])
-            seqs.append(self._sequence(request, choice, lengths[i]))
-            rows.append(i)
-        if seqs:
-            self._running.extend(seqs)
-            self._accept_rows(seqs, last_logits[rows], out)
-            self._free_finished()
+            request.open_choices = request.params.n
+            choices = [seq]
+            for choice in range(1, request.params.n):  # the other choices share the prompt's blocks
+                child = self._sequence(request, choice)
+                self.scheduler.fork(seq, child, self.cache.copy_block)
+                child.scheduled = True
+                choices.append(child)
+            rows += choices
+            at += [i] * len(choices)
+        if rows:
+            self._accept_rows(rows, last_logits[at], out)
 
-    def _sequence(self, request: Request, choice: int, position: int) -> Sequence:
+    def _sequence(self, request: Request, choice: int) -> Sequence:
         params = request.params
         text = IncrementalText(self.codec.decode, params.stop)
         matcher = self.grammars.matcher(request.grammar) if request.grammar else None
-        return Sequence(request, choice, params.generator(choice, self.device), text, position=position,
+        return Sequence(request, choice, params.generator(choice, self.device), text, list(request.prompt_ids),
                         matcher=matcher)
 
-    def _decode(self, out: list) -> None:
-        rows = self._running
-        tokens = torch.tensor([[s.next_token] for s in rows], device=self.device)
-        positions = torch.tensor([s.position for s in rows], device=self.device)
-        self.cache.begin_decode(positions)
+    def _decode(self, chunks: list[Chunk], out: list) -> None:
+        rows = [c.seq for c in chunks]
+        starts = [c.start for c in chunks]
+        tokens = torch.tensor([[s.tokens[c.start]] for s, c in zip(rows, chunks, strict=True)], device=self.device)
+        positions = torch.tensor(starts, device=self.device)
+        self.cache.begin([s.blocks for s in rows], starts, [1] * len(rows))
         masks = self._masker.submit(self._masks, rows) if any(s.matcher for s in rows) else None
         logits = self._forward(tokens, positions[:, None], [0] * len(rows), [s.request for s in rows])  # (B, V)
-        for s in rows:
-            s.position += 1
+        for chunk in chunks:
+            self.scheduler.computed(chunk)
         self._accept_rows(rows, logits, out, masks)
-        self._free_finished()
 
     def _masks(self, rows: list[Sequence]) -> dict[int, torch.Tensor]:
         return self.grammars.masks([s.matcher for s in rows])
@@ -310,8 +335,7 @@ class Engine:
 
     def _emit(self, s: Sequence, token: int, lp: float | None, top: TopLogprobs | None, now: float,
               out: list) -> None:
-        request, params = s.request, s.request.params
-        m = self.metrics
+        request, m = s.request, self.metrics
         if m:
             if s.generated == 0 and s.choice == 0:
                 m.time_to_first_token.observe(now - request.arrival)
@@ -320,25 +344,7 @@ class Engine:
                 m.time_per_output_token.observe(now - s.last_time)
             m.generation_tokens.inc()
         s.last_time = now
-        s.generated += 1
-        s.next_token = token
-        finish = None
-        complete = False  # the grammar can take no further token: the output is done
-        if s.matcher is not None:
-            if not s.matcher.consume_token(token):
-                raise RuntimeError(f"the grammar rejected token {token}: {s.matcher.get_error()}")
-            complete = s.matcher.is_stopped()
-        if token in self.codec.eos_token_ids and not params.ignore_eos:
-            text, finish = s.text.finish(), "stop"
-        else:
-            text, stopped = s.text.push(token)
-            if stopped:
-                finish = "stop"
-            elif complete:
-                text, finish = text + s.text.finish(), "stop"
-            elif s.generated >= params.max_tokens or s.position >= self.max_model_len:
-                finish = "length"
-                text += s.text.finish()
+        text, finish = s.take(token, self.codec.eos_token_ids, self.max_model_len)
         index = request.index + s.choice
         out.append((request, TokenEvent(index, token, text, lp, top)))
         if finish:
@@ -348,20 +354,21 @@ class Engine:
                 m.request_success.labels(model_name=self.name, finished_reason=finish).inc()
 
     def _free_finished(self) -> None:
-        for seq in [s for s in self._running if s.finished]:
+        for seq in [s for s in self.scheduler.running if s.finished]:
             self._release(seq)
 
     def _drop_cancelled(self) -> None:
-        for seq in [s for s in self._running if s.request.cancelled]:
+        for seq in [s for s in self.scheduler.running if s.request.cancelled]:
             self._release(seq)
+        waiting = self.scheduler.waiting
+        for item in [w for w in waiting if (w.request if isinstance(w, Sequence) else w).cancelled]:
+            waiting.remove(item)
+            if isinstance(item, Request):
+                with self._lock:
+                    self._queued -= 1
 
     def _release(self, seq: Sequence) -> None:
-        """Free seq's slot, moving the last row into it so slots stay compact."""
-        slot = self._running.index(seq)
-        last = self._running.pop()
-        if last is not seq:
-            self.cache.copy_slot(len(self._running), slot, last.position)
-            self._running[slot] = last
+        self.scheduler.release(seq)
         request = seq.request
         request.open_choices -= 1
         if request.open_choices == 0:
@@ -372,29 +379,18 @@ class Engine:
             self.metrics.e2e_latency.observe(time.perf_counter() - request.arrival)
 
     def _fail_all(self, message: str) -> None:
-        failed = {s.request for s in self._running} | set(self._admitted)
-        self._running.clear()
-        self._admitted = []
-        self._deliver([(r, ErrorEvent(message)) for r in failed])
+        failed = {s.request for s in self.scheduler.running + self._stepping}
+        for seq in list(self.scheduler.running):
+            self.scheduler.release(seq)
+        waiting = self.scheduler.waiting
+        for seq in [w for w in waiting if isinstance(w, Sequence) and w.request in failed]:
+            waiting.remove(seq)
+        self._stepping = []
+        deliver([(r, ErrorEvent(message)) for r in failed])
 
     def _update_gauges(self) -> None:
         if self.metrics:
-            self.metrics.num_running.set(len({id(s.request) for s in self._running}))
+            running = self.scheduler.running
+            self.metrics.num_running.set(len({id(s.request) for s in running}))
             self.metrics.num_waiting.set(self._queued)
-
-    @staticmethod
-    def _deliver(out: list[tuple[Request, Event]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-        for request, event in out:
-            if not request.cancelled:
-                by_loop.setdefault(request.loop, []).append((request.sink, event))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop closed under a client that went away
-                pass
-
-
-def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
-    for sink, event in items:
-        sink.put_nowait(event)
+            self.metrics.kv_cache(self.pool.stats())

@@ -34,6 +34,17 @@ class ContextLengthExceeded(ServeError):
         self.overflow = overflow
 
 
+class KVCacheTooSmall(InvalidRequest):
+    """Prompt plus requested completion need more KV cache than the whole pool: it could never run."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, capacity: int) -> None:
+        super().__init__(
+            f"This request needs {prompt_tokens + max_tokens} tokens of KV cache ({prompt_tokens} in the prompt, "
+            f"{max_tokens} to generate), more than this server's whole cache of {capacity} tokens; send a "
+            f"shorter prompt or fewer max_tokens, or start the server with a larger --kv-cache-gb.",
+            param="max_tokens", code="kv_cache_too_small")
+
+
 class Unauthorized(ServeError):
     def __init__(self) -> None:
         super().__init__("Missing or invalid API key; send `Authorization: Bearer <key>`.")

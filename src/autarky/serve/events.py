@@ -65,3 +65,21 @@ class Request:
 
     def cancel(self) -> None:
         self.cancelled = True  # read by the engine thread between steps
+
+
+def deliver(out: list[tuple[Request, Event]]) -> None:
+    """Hand events to their requests' asyncio loops: one call_soon_threadsafe per loop for a whole step."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+    for request, event in out:
+        if not request.cancelled:
+            by_loop.setdefault(request.loop, []).append((request.sink, event))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the loop closed under a client that went away
+            pass
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for sink, event in items:
+        sink.put_nowait(event)

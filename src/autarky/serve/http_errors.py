@@ -15,6 +15,7 @@ from autarky.serve.errors import (
     ContextLengthExceeded,
     GenerationFailed,
     InvalidRequest,
+    KVCacheTooSmall,
     ModelNotFound,
     NotReady,
     QueueFull,
@@ -27,6 +28,7 @@ log = logging.getLogger("autarky.serve")
 # Each domain error's status, OpenAI error type and code.
 HTTP: dict[type[ServeError], tuple[int, str, str | None]] = {
     InvalidRequest: (400, "invalid_request_error", None),
+    KVCacheTooSmall: (400, "invalid_request_error", "kv_cache_too_small"),
     Unauthorized: (401, "authentication_error", "invalid_api_key"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     QueueFull: (429, "rate_limit_error", "queue_full"),

@@ -23,6 +23,16 @@ class ServeOptions(BaseModel):
                                                    "twice as fast; needs a C++ compiler, else falls back by itself).")
     max_loras: int = Field(4, ge=1, description="LoRA adapters loaded at once (startup and runtime).")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have (vLLM's default).")
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="Memory for the KV cache in GB (10^9 bytes), allocated in blocks of 16 tokens at "
+                                "start-up and never exceeded; requests wait for room. Default: what --max-batch "
+                                "sequences of --max-model-len need, at most 1 GB.")
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes seen before (whole blocks of 16 tokens, per "
+                          "model and adapter): a shared system prompt is computed once.")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="Tokens computed per engine step: long prompts are prefilled in chunks of at most "
+                               "this, between the decode steps of running requests.")
     lora_runtime_updates: bool = Field(
         False, description="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes).")
 

@@ -43,6 +43,9 @@ class ServedModelSpec:
     max_model_len: int | None = DEFAULTS.max_model_len
     device: str = DEFAULTS.device
     decode_kernels: bool = DEFAULTS.decode_kernels  # CPU: few-row matmuls through autarky.serve.decode_kernels
+    kv_cache_gb: float | None = DEFAULTS.kv_cache_gb  # the paged KV cache's memory (None: see ServeOptions)
+    enable_prefix_caching: bool = DEFAULTS.enable_prefix_caching
+    max_num_batched_tokens: int = DEFAULTS.max_num_batched_tokens  # per step: prompts are prefilled in chunks
     loras: tuple[tuple[str, str], ...] = ()  # (name, PEFT adapter folder) served over this model
     max_loras: int = DEFAULTS.max_loras
     max_lora_rank: int = DEFAULTS.max_lora_rank
@@ -130,7 +133,9 @@ class ModelRegistry:
                     lora = LoraManager(model, max_loras=spec.max_loras, max_lora_rank=spec.max_lora_rank,
                                        runtime_updates=spec.lora_runtime_updates)
                 self.add(spec.served_name(), model, codec, spec.source, max_batch=spec.max_batch,
-                         max_queue=spec.max_queue, max_model_len=spec.max_model_len, lora=lora)
+                         max_queue=spec.max_queue, max_model_len=spec.max_model_len, lora=lora,
+                         kv_cache_gb=spec.kv_cache_gb, enable_prefix_caching=spec.enable_prefix_caching,
+                         max_num_batched_tokens=spec.max_num_batched_tokens)
                 for adapter_name, path in spec.loras:
                     self.add_adapter(spec.served_name(), adapter_name, path)
                 log.info("loaded %s from %s in %.1fs", spec.served_name(), spec.source,
