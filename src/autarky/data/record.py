@@ -37,6 +37,7 @@ def _filters(scans: list[dict], selection: Selection) -> dict[str, int]:
         removed.update(scan["filtered"])
     removed["exact_duplicates"] = sum(s["duplicates"] for s in scans) + selection.exact_duplicates
     removed["near_duplicates"] = selection.near_duplicates
+    removed["forgotten"] = selection.forgotten
     removed["oversized_skipped"] = sum(s["oversized_skipped"] for s in scans)
     return dict(removed)
 
@@ -51,6 +52,7 @@ def assemble_manifest(
     scans: list[dict],
     encoded: list[dict],
     selection: Selection,
+    forgotten: list[dict],
 ) -> dict:
     mixture = cfg.mixture()
     sources = {
@@ -94,7 +96,7 @@ def assemble_manifest(
         "sources": sources,
         "filters": _filters(scans, selection),
         "pii": {"mode": cfg.pii.mode, "matches": dict(sum((Counter(s["pii"]) for s in scans), Counter()))},
-        "deletions": [],
+        "deletions": forgotten,  # `data forget` records: left out of this build and of every later one
         "documents": documents,
         "config": cfg.model_dump(mode="json"),
         "provenance": {
