@@ -86,7 +86,10 @@ def select_documents(cfg: DataConfig, tasks: list[Task], work: Path, forgotten: 
     """
     forgotten_names = {f["relpath"] for f in forgotten}
     forgotten_shas = {f["sha256"] for f in forgotten}
-    rows = [sum(1 for _ in index_rows(work, t.index)) for t in tasks]
+    rows = []
+    for task in tasks:
+        with task_file(work, "scan", task.index, "idx.jsonl").open("rb") as f:
+            rows.append(sum(1 for _ in f))
     offsets = np.concatenate(([0], np.cumsum(rows))).astype(np.int64)
     keys = np.zeros((int(offsets[-1]), 2), dtype=np.uint64)
     removed = np.zeros(int(offsets[-1]), dtype=bool)
