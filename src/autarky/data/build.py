@@ -51,7 +51,7 @@ from autarky.data.manifest import (
     verify_data_dir,
 )
 from autarky.data.readers import Task, identity_digest, plan_source
-from autarky.data.record import assemble_manifest
+from autarky.data.record import write_manifest
 from autarky.data.select import Selection, index_rows, read_texts, select_documents
 from autarky.data.shards import join_parts
 from autarky.data.shards import write_shard as _write_shard
@@ -226,7 +226,7 @@ def _tokenize_task(index: int, work: Path, tokenizer_path: str, dtype_name: str,
     keep_sha = hashlib.sha256(keep).hexdigest()  # a later `forget` changes what survives, not the task's input
     if (result := read_done(done)) is not None and (result["tokenizer"], result.get("keep")) == (tokenizer_sha,
                                                                                                    keep_sha):
-        return {**result, "resumed": True}
+        return {**_summary(result), "resumed": True}
     tokenizer = Tokenizer.from_file(tokenizer_path)
     result = {"tokenizer": tokenizer_sha, "keep": keep_sha, "parts": {}, "tokens": {}, "documents": 0,
               "text_bytes": 0}
@@ -240,14 +240,21 @@ def _tokenize_task(index: int, work: Path, tokenizer_path: str, dtype_name: str,
             result["parts"][split], result["tokens"][split] = info, counts
             result["documents"] += len(counts)
     write_json_atomic(done, result)
-    return {**result, "resumed": False}
+    return {**_summary(result), "resumed": False}
+
+
+def _summary(result: dict) -> dict:
+    """A tokenize task's result without its per-document counts: the parent reads those from disk, task by task."""
+    return {k: v for k, v in result.items() if k != "tokens"}
 
 
 def build_dataset(
-    cfg: DataConfig, progress: bool = True, *, workers: int | None = None, ray_address: str | None = None
+    cfg: DataConfig, progress: bool = True, *, workers: int | None = None, ray_address: str | None = None,
+    documents: bool = True,
 ) -> dict:
     """Build (or reuse) the data dir `cfg.out`; returns its manifest plus "reused": whether nothing was rebuilt.
 
+    documents=False leaves out the manifest's document list (read back from disk otherwise: O(documents) memory).
     `workers` (default: one per CPU, at most one per task) and `ray_address` change where tasks run, never
     what they produce; "resumed_tasks" in the result counts tasks a killed earlier run had already finished.
     """
@@ -259,7 +266,7 @@ def build_dataset(
     reused_tokenizer = prepare_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     fingerprint = _fingerprint(cfg, tasks, reused_tokenizer.sha256 if reused_tokenizer else None)
     if (existing := _up_to_date(out, fingerprint)) is not None:
-        return {**existing, "reused": True}
+        return {**{k: v for k, v in existing.items() if documents or k != "documents"}, "reused": True}
     workers = workers or min(os.cpu_count() or 1, len(tasks))
 
     work_name = f"tasks-{fingerprint[:16]}"
@@ -289,11 +296,10 @@ def build_dataset(
             files[shard_file(split)] = join_parts(
                 (task_file(work, "tok", t.index, f"{split}.bin") for t in tasks), staging / shard_file(split)
             )
-        manifest = assemble_manifest(cfg, tasks, work, fingerprint, tokenizer, files, scans, encoded, selection,
-                                     forgotten)
-        with (staging / MANIFEST_FILE).open("w") as f:
-            json.dump(manifest, f, indent=1)
-            f.write("\n")
+        manifest = write_manifest(staging / MANIFEST_FILE, cfg, tasks, work, fingerprint, tokenizer, files, scans,
+                                  selection, forgotten)
         _commit(staging, out)
     resumed = sum(1 for r in [*scans, *encoded] if r.get("resumed"))
+    if documents:
+        manifest = read_manifest(out)
     return {**manifest, "reused": False, "resumed_tasks": resumed}
