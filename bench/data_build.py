@@ -12,9 +12,11 @@ same BPE), in LocalPipelineExecutor(workers=2). datatrove has no separate exact-
 byte-identical documents have identical signatures and fall to MinHash. datatrove is installed by this script into
 its own venv under the bench's temp dir, never into the project's environment.
 
-Memory is sampled from /proc every 50 ms over the whole process tree of each run, the same way for both sides:
-"tree" is the largest sum of the RSS of all its processes at one moment, "largest" the largest single process
-(getrusage or sampled, whichever is larger), "worker" the largest process other than the one we started (its parent).
+Memory is sampled from /proc every 50 ms over the whole process tree of each run, the same way for both sides, as
+PSS (proportional set size: a page shared by n processes counts 1/n in each, so the sum over the tree is what
+the tree holds): "tree" is the largest sum over all its processes at one moment, "largest" the largest single
+process, "worker" the largest process other than the one we started (its parent). Plain RSS would count a
+spawned worker, between fork and exec, at its parent's full size.
 --sizes-mb 250 500 1000 runs the pair once per size and ends with the memory curve.
 Usage: .venv/bin/python bench/data_build.py [--size-mb 200 | --sizes-mb 250 500 1000] [--datatrove-python PY]
 """
@@ -36,8 +38,7 @@ import numpy as np
 
 # Runs the command, samples the RSS of its process tree from /proc, prints one JSON line.
 _MEASURE = r"""
-import json, os, resource, subprocess, sys, time
-page = os.sysconf("SC_PAGE_SIZE")
+import json, os, subprocess, sys, time
 
 def tree(root):
     children = {}
@@ -56,11 +57,16 @@ def tree(root):
     return found
 
 def rss(pid):
+    # PSS: shared pages split among the processes that map them, so a child between fork and exec (it still maps
+    # all of its parent) or pages shared by workers are not counted twice
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * page
-    except (OSError, IndexError):
-        return 0
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 peak_tree = peak_worker = peak_single = 0
@@ -72,8 +78,7 @@ while proc.poll() is None:
     time.sleep(0.05)
 if proc.returncode:
     sys.exit(proc.returncode)
-# getrusage misses descendants nobody waited for (datatrove's pool workers), sampling misses short spikes
-largest = max(peak_single, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+largest = peak_single
 print(json.dumps({"tree": peak_tree, "largest": largest, "worker": peak_worker}))
 """
 
