@@ -54,14 +54,14 @@ _SECRET_MARKERS = ("sk-", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xoxa-
 _SECRET_MARKERS_LOWER = ("api_key", "secret_key", "access_token")
 
 
-def _may_hold(kind: str, text: str) -> bool:
+def _may_hold(kind: str, text: str, digits: bool) -> bool:
     if kind == "email":
         return "@" in text
     if kind == "secret":
         return any(m in text for m in _SECRET_MARKERS) or (
             any(m in text.lower() for m in _SECRET_MARKERS_LOWER)
         )
-    return any(d in text for d in _DIGITS) and _NECESSARY[kind].search(text) is not None
+    return digits and _NECESSARY[kind].search(text) is not None
 
 
 def _luhn(digits: str) -> bool:
@@ -85,9 +85,10 @@ _CONFIRM: dict[str, Callable[[str], bool]] = {"credit_card": _is_card}
 def scan_pii(text: str, redact: bool) -> tuple[str, dict[str, int]]:
     """(text with matches replaced by <KIND> when `redact`, matches per kind found)."""
     counts: dict[str, int] = {}
+    digits = any(d in text for d in _DIGITS)  # once per document (a redaction adds none)
     for kind in ("secret", "email", "credit_card", "ip", "phone"):  # most specific first: a key may hold digits
         pattern, confirm = _PATTERNS[kind], _CONFIRM.get(kind)
-        if not _may_hold(kind, text) or not pattern.search(text):
+        if not _may_hold(kind, text, digits) or not pattern.search(text):
             continue
         found = 0
 
