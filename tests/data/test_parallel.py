@@ -116,3 +116,24 @@ def test_ray_builds_what_the_local_pool_builds(corpus: Path, tmp_path: Path, mon
     shutil.rmtree(out)
     on_ray = build_dataset(_config(corpus, out), progress=False, ray_address=ray_cluster)
     assert on_ray["reused"] is False and _files(out) == local
+
+
+_SCRIPT = """
+import sys
+import wave  # stands for the CLI's heavy imports (torch): a worker must not repeat them
+
+from autarky.data.tasks import run_tasks
+
+if __name__ == "__main__":
+    print(run_tasks(eval, [("'wave' in __import__('sys').modules",)] * 2, 2, None, lambda *_: None))
+"""
+
+
+def test_workers_do_not_rerun_the_parent_script(tmp_path: Path) -> None:
+    """A console script (like `autarky`) is the main module by path; spawned workers must not import what it does."""
+    script = tmp_path / "console_script.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[False, False]"

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from autarky.cli import app
 from autarky.data import DataConfig, build_dataset, load_tokenizer, open_tokens, verify_data_dir
 from autarky.data.filters import scan_pii
+from autarky.data.forget import forget_document
 from autarky.errors import UserError
 from fixtures.data import near_copy, texts, write_jsonl
 
@@ -110,6 +111,29 @@ def test_forget_removes_exactly_one_document(tmp_path: Path) -> None:
     assert after["splits"]["train"]["tokens"] == len(expected)
     assert json.loads((out / "manifest.json").read_text())["files"]["val.bin"] == before["files"]["val.bin"]
     with pytest.raises(UserError, match="no document"):
-        from autarky.data.forget import forget_document
-
         forget_document(out, victim["relpath"])
+
+
+def test_a_forgotten_document_stays_out_of_every_later_build(tmp_path: Path) -> None:
+    docs = texts(40, seed=13)
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    out = tmp_path / "out"
+    before = build_dataset(_cfg(corpus, out), progress=False)
+    victim = [d for d in before["documents"] if d["split"] == "train"][3]
+    victim_text = docs[int(victim["relpath"].split(":")[1]) - 1]
+    deletion = forget_document(out, victim["relpath"])
+
+    assert build_dataset(_cfg(corpus, out), progress=False)["reused"]  # same input: nothing to rebuild
+    # the input changes (one more document, and a copy of the forgotten one under another name) but still holds it
+    write_jsonl(corpus, [*docs, *texts(1, seed=14), victim_text])
+    after = build_dataset(_cfg(corpus, out), progress=False)
+    assert not after["reused"]
+    assert victim["sha256"] not in {d["sha256"] for d in after["documents"]}
+    assert len(after["documents"]) == len(before["documents"])  # 40 - 1 forgotten + 1 new; the copy is out too
+    # the copy falls as an exact duplicate of the original (same task) or as forgotten itself (another task)
+    assert after["filters"]["forgotten"] + after["filters"]["exact_duplicates"] == 2
+    assert after["filters"]["forgotten"] >= 1 and after["deletions"] == [deletion]
+    assert victim_text not in _decoded(out)
+    forget_document(out, after["documents"][0]["sha256"])  # a second forget keeps the first one on record
+    assert [d["sha256"] for d in verify_data_dir(out)["deletions"]] == [victim["sha256"],
+                                                                      after["documents"][0]["sha256"]]

@@ -40,16 +40,18 @@ from tokenizers import Tokenizer
 
 from autarky.data.config import DataConfig as DataConfig
 from autarky.data.manifest import (
+    FORGOTTEN_FILE,
     FORMAT,
     MANIFEST_FILE,
     SPLITS,
     TRACKED_FILES,
+    read_forgotten,
     read_manifest,
     shard_file,
     verify_data_dir,
 )
 from autarky.data.readers import Task, identity_digest, plan_source
-from autarky.data.record import assemble_manifest
+from autarky.data.record import write_manifest
 from autarky.data.select import Selection, index_rows, read_texts, select_documents
 from autarky.data.shards import join_parts
 from autarky.data.shards import write_shard as _write_shard
@@ -64,6 +66,7 @@ from autarky.data.tasks import (
 )
 from autarky.data.tokenizer import (
     TOKENIZER_FILE,
+    BuiltTokenizer,
     prepare_tokenizer,
 )
 from autarky.errors import UserError
@@ -102,7 +105,7 @@ def _check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out} is a file; pass a new or existing data dir")
     if out.is_dir():
         entries = {p.name for p in out.iterdir()}
-        if entries and MANIFEST_FILE not in entries and STAGING_DIR not in entries:
+        if entries and not entries & {MANIFEST_FILE, STAGING_DIR, FORGOTTEN_FILE}:
             raise UserError(
                 f"--out {out} exists and is not a data dir (no {MANIFEST_FILE}); pass an empty or new dir"
             )
@@ -209,15 +212,24 @@ def _kept_documents(work: Path, index: int, keep: bytes, split: str) -> Iterator
                 yield Document(str(row), f.read(length).decode("utf-8"), "", length)
 
 
+def _train_tokenizer_task(work: Path, sample: list[tuple[int, int]], vocab_size: int, staging: Path) -> dict:
+    """Train the tokenizer on the sample and write its files into `staging` (run in a short-lived process)."""
+    prepare_tokenizer(None).train(read_texts(work, sample), vocab_size, len(sample), staging)
+    return {}
+
+
 def _tokenize_task(index: int, work: Path, tokenizer_path: str, dtype_name: str, eot_id: int, tokenizer_sha: str
                    ) -> dict:
     """Encode one task's survivors into tok-NNNNN.<split>.bin; done (and resumable) once tok-NNNNN.json exists."""
     done = task_file(work, "tok", index, "json")
-    if (result := read_done(done)) is not None and result["tokenizer"] == tokenizer_sha:
-        return {**result, "resumed": True}
-    tokenizer = Tokenizer.from_file(tokenizer_path)
     keep = task_file(work, "scan", index, "keep").read_bytes()
-    result = {"tokenizer": tokenizer_sha, "parts": {}, "tokens": {}, "documents": 0, "text_bytes": 0}
+    keep_sha = hashlib.sha256(keep).hexdigest()  # a later `forget` changes what survives, not the task's input
+    if (result := read_done(done)) is not None and (result["tokenizer"], result.get("keep")) == (tokenizer_sha,
+                                                                                                   keep_sha):
+        return {**_summary(result), "resumed": True}
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    result = {"tokenizer": tokenizer_sha, "keep": keep_sha, "parts": {}, "tokens": {}, "documents": 0,
+              "text_bytes": 0}
     with Progress(disable=True) as quiet:
         for split in SPLITS:
             docs = _kept_documents(work, index, keep, split)
@@ -228,14 +240,21 @@ def _tokenize_task(index: int, work: Path, tokenizer_path: str, dtype_name: str,
             result["parts"][split], result["tokens"][split] = info, counts
             result["documents"] += len(counts)
     write_json_atomic(done, result)
-    return {**result, "resumed": False}
+    return {**_summary(result), "resumed": False}
+
+
+def _summary(result: dict) -> dict:
+    """A tokenize task's result without its per-document counts: the parent reads those from disk, task by task."""
+    return {k: v for k, v in result.items() if k != "tokens"}
 
 
 def build_dataset(
-    cfg: DataConfig, progress: bool = True, *, workers: int | None = None, ray_address: str | None = None
+    cfg: DataConfig, progress: bool = True, *, workers: int | None = None, ray_address: str | None = None,
+    documents: bool = True,
 ) -> dict:
     """Build (or reuse) the data dir `cfg.out`; returns its manifest plus "reused": whether nothing was rebuilt.
 
+    documents=False leaves out the manifest's document list (read back from disk otherwise: O(documents) memory).
     `workers` (default: one per CPU, at most one per task) and `ray_address` change where tasks run, never
     what they produce; "resumed_tasks" in the result counts tasks a killed earlier run had already finished.
     """
@@ -247,7 +266,7 @@ def build_dataset(
     reused_tokenizer = prepare_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     fingerprint = _fingerprint(cfg, tasks, reused_tokenizer.sha256 if reused_tokenizer else None)
     if (existing := _up_to_date(out, fingerprint)) is not None:
-        return {**existing, "reused": True}
+        return {**{k: v for k, v in existing.items() if documents or k != "documents"}, "reused": True}
     workers = workers or min(os.cpu_count() or 1, len(tasks))
 
     work_name = f"tasks-{fingerprint[:16]}"
@@ -255,16 +274,18 @@ def build_dataset(
         work = staging / work_name
         work.mkdir(exist_ok=True)
         scans = _run_stage(bar, "reading", scan_task, [(t, cfg, work) for t in tasks], workers, ray_address)
-        selection = select_documents(cfg, tasks, work)
+        forgotten = read_forgotten(out)
+        selection = select_documents(cfg, tasks, work, forgotten)
         _check_splits(cfg, tasks, selection)
 
         task = bar.add_task("tokenizer", total=1, rate="")
         if reused_tokenizer is not None:
             tokenizer = reused_tokenizer.install(staging)
         else:
-            tokenizer = prepare_tokenizer(None).train(
-                read_texts(work, selection.sample), cfg.vocab_size, len(selection.sample), staging
-            )
+            # in its own short-lived process: the trainer's memory is the peak of a build's parent otherwise
+            run_tasks(_train_tokenizer_task, [(work, selection.sample, cfg.vocab_size, staging)], 1, ray_address,
+                      lambda *_: None, isolate=True)
+            tokenizer = BuiltTokenizer.trained(staging)
         bar.update(task, completed=1, rate=f"{selection.sample_bytes / _MB:,.1f} MB sample")
 
         jobs = [(t.index, work, str(staging / TOKENIZER_FILE), tokenizer.dtype.name, tokenizer.eot_id,
@@ -275,10 +296,10 @@ def build_dataset(
             files[shard_file(split)] = join_parts(
                 (task_file(work, "tok", t.index, f"{split}.bin") for t in tasks), staging / shard_file(split)
             )
-        manifest = assemble_manifest(cfg, tasks, work, fingerprint, tokenizer, files, scans, encoded, selection)
-        with (staging / MANIFEST_FILE).open("w") as f:
-            json.dump(manifest, f, indent=1)
-            f.write("\n")
+        manifest = write_manifest(staging / MANIFEST_FILE, cfg, tasks, work, fingerprint, tokenizer, files, scans,
+                                  selection, forgotten)
         _commit(staging, out)
     resumed = sum(1 for r in [*scans, *encoded] if r.get("resumed"))
+    if documents:
+        manifest = read_manifest(out)
     return {**manifest, "reused": False, "resumed_tasks": resumed}

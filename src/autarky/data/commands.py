@@ -77,9 +77,10 @@ def register(app: typer.Typer) -> None:
             cfg = DataConfig.from_toml(config, **given)
         else:
             cfg = DataConfig.create(**fields, pii={"mode": pii})
-        manifest = build_dataset(cfg, progress=not quiet and not as_json, workers=workers, ray_address=ray_address)
+        manifest = build_dataset(cfg, progress=not quiet and not as_json, workers=workers, ray_address=ray_address,
+                                 documents=False)
         if as_json:
-            typer.echo(json.dumps({k: v for k, v in manifest.items() if k != "documents"}, indent=2))
+            typer.echo(json.dumps(manifest, indent=2))
             return
         if manifest["reused"]:
             typer.echo(f"{out} is up to date (same config and documents); nothing rebuilt")

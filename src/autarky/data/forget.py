@@ -1,9 +1,11 @@
 """`autarky data forget PATH|SHA`: remove one document from a built data dir, provably.
 
 Only the split file that holds the document is rewritten (streamed, without the document's tokens); the
-tokenizer and the other split are untouched. The manifest loses the document, gains a `deletions` record, and
-has the new size and sha256 of the rewritten file, so `autarky data verify` and every training run that opens
-the data dir check that they read the data set without it. As with a build, the old manifest goes first and
+tokenizer and the other split are untouched. The deletion is also appended to DIR/forgotten.json, which every
+later `data build` of the dir reads: the document (and any exact copy) stays out even when the input still holds
+it. The manifest loses the document, gains a `deletions` record, and has the new size and sha256 of the rewritten
+file, so `autarky data verify` and every training run that opens the data dir check that they read the data set
+without it. As with a build, the old manifest goes first and
 the new one last: an interruption leaves a data dir that refuses to load, never one that lies.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autarky.data.manifest import MANIFEST_FILE, shard_file, verify_data_dir
+from autarky.data.manifest import FORGOTTEN_FILE, MANIFEST_FILE, read_forgotten, shard_file, verify_data_dir
 from autarky.data.record import built_at
 from autarky.data.shards import HashingWriter
 from autarky.errors import UserError
@@ -64,6 +66,11 @@ def forget_document(data_dir: str | Path, key: str) -> dict:
 
     deletion = {"relpath": doc["relpath"], "sha256": doc["sha256"], "split": split, "tokens": doc["tokens"],
                 "source": doc.get("source"), "at": built_at()}
+    # first, so that even an interrupted forget leaves the document out of every later build of this dir
+    forgotten = data_dir / FORGOTTEN_FILE
+    tmp_list = data_dir / f"{FORGOTTEN_FILE}.tmp"
+    tmp_list.write_text(json.dumps([*read_forgotten(data_dir), deletion], indent=1) + "\n")
+    os.replace(tmp_list, forgotten)
     del documents[i]
     manifest["files"][name] = info
     for record in (manifest["splits"][split], manifest.get("sources", {}).get(doc.get("source"), {})):

@@ -19,6 +19,8 @@ from autarky.data.tokenizer import shard_dtype as shard_dtype
 from autarky.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
+# The `data forget` records of a data dir. Not rebuilt by a build: every build of the dir leaves them out again.
+FORGOTTEN_FILE = "forgotten.json"
 FORMAT = "autarky-data/1"
 SPLITS = ("train", "val")
 _REQUIRED_KEYS = ("format", "fingerprint", "vocab_size", "dtype", "files", "splits", "documents", "config")
@@ -85,6 +87,21 @@ def read_manifest(data_dir: str | Path) -> dict:
             f"{path} has format {manifest['format']!r}, expected {FORMAT!r}; {_rebuild_hint(data_dir)}"
         )
     return manifest
+
+
+def read_forgotten(data_dir: Path) -> list[dict]:
+    """The deletions `autarky data forget` recorded in `data_dir` ([] if none)."""
+    path = data_dir / FORGOTTEN_FILE
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON; restore it (it lists the documents `data forget` removed)") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"relpath", "sha256"} <= r.keys()
+                                                for r in records):
+        raise UserError(f"{path} is not a list of forgotten documents; restore it from a backup")
+    return records
 
 
 def _check_file(data_dir: Path, name: str, expected: dict, *, hash_it: bool) -> None:

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from autarky.data.sources import Document
 from autarky.data.tokenizer import EOT_ID, encode_corpus_texts
 
-_ENCODE_BATCH_BYTES = 2_000_000  # big enough for the Rust side to use several cores, small enough to stay bounded
+_ENCODE_BATCH_BYTES = 1_000_000  # big enough for the Rust side to use several cores, small enough to stay bounded
 _COPY_BLOCK = 1 << 22
 
 

@@ -3,7 +3,8 @@
 `scan_task` reads one task's documents as a stream and writes, under the build's work dir:
   scan-NNNNN.txt        kept texts (after quality, PII and in-task exact dedup), UTF-8, back to back
   scan-NNNNN.idx.jsonl  one line per kept text: [name, sha256 of the original, original bytes, offset, length, split]
-  scan-NNNNN.sig        MinHash signatures, one row of uint64 per kept text (near-dup removal on)
+  scan-NNNNN.sig        MinHash signatures, one row of uint32 per kept text (near-dup removal on)
+  scan-NNNNN.bands      LSH band keys, one row of uint64 per kept text (near-dup removal on)
   scan-NNNNN.json       the task's counts, written last and atomically: its presence means the task is done,
                         so a killed build resumes from the tasks it finished.
 A worker holds one document and its signature at a time; its memory does not grow with the task or corpus.
@@ -15,9 +16,11 @@ import hashlib
 import json
 import os
 import socket
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,7 @@ def scan_task(task: Task, cfg: DataConfig, work: Path) -> dict:
         task_file(work, "scan", task.index, "txt").open("wb") as txt,
         task_file(work, "scan", task.index, "idx.jsonl").open("w") as idx,
         task_file(work, "scan", task.index, "sig").open("wb") as sig,
+        task_file(work, "scan", task.index, "bands").open("wb") as bands,
     ):
         for name, text in read_task(task, int(cfg.quality.max_doc_mb * _MB), cfg.quality.oversized == "split", stats):
             data = text.encode("utf-8")
@@ -93,7 +97,9 @@ def scan_task(task: Task, cfg: DataConfig, work: Path) -> dict:
             idx.write(json.dumps([name, digest.hex(), len(data), offset, len(out), split]) + "\n")
             offset += len(out)
             if signer is not None:
-                sig.write(signer.signature(clean).tobytes())
+                signature = signer.signature(clean)
+                sig.write(signature.tobytes())
+                bands.write(signer.band_keys(signature).tobytes())
             kept += 1
     summary = {
         "documents_read": read,
@@ -123,24 +129,52 @@ def check_ray_address(address: str) -> None:
         raise UserError(f"--ray-address {address}: no Ray cluster answers there; start one with `ray start --head`") from None
 
 
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start spawned workers without re-running the parent's main script.
+
+    A spawned child imports the parent's `__main__` by path unless it is a package's __main__; for the `autarky`
+    console script that means the whole CLI, torch included (~250 MB per worker), for task functions that live
+    in this package and need none of it.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def run_tasks(
     fn: Callable[..., dict],
     jobs: list[tuple[Any, ...]],
     workers: int,
     ray_address: str | None,
     on_result: Callable[[int, dict], None],
+    *,
+    isolate: bool = False,
 ) -> list[dict]:
-    """Run fn(*job) for every job; results in job order. Workers only change speed, never the results."""
+    """Run fn(*job) for every job; results in job order. Workers only change speed, never the results.
+
+    isolate=True runs even a single job in a child process (or a Ray task), so its memory is never the caller's.
+    """
     results: list[dict | None] = [None] * len(jobs)
     if ray_address is not None:
         _run_on_ray(fn, jobs, ray_address, results, on_result)
-    elif workers <= 1 or len(jobs) <= 1:
+    elif not isolate and (workers <= 1 or len(jobs) <= 1):
         for i, job in enumerate(jobs):
             results[i] = fn(*job)
             on_result(i, results[i])
     else:
         # spawn, not fork: the Rust tokenizer's thread pool does not survive a fork
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        with (
+            ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=get_context("spawn")) as pool,
+            _without_main_module(),
+        ):
             pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

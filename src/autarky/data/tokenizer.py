@@ -112,6 +112,12 @@ class BuiltTokenizer:
     def dtype(self) -> np.dtype:
         return shard_dtype(self.vocab_size)
 
+    @classmethod
+    def trained(cls, folder: Path) -> BuiltTokenizer:
+        """The tokenizer `TokenizerSource.train` wrote into `folder`."""
+        specials = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+        return cls(Tokenizer.from_file(str(folder / TOKENIZER_FILE)), EOT_ID, _sha256(folder / TOKENIZER_FILE), specials)
+
     def files(self, folder: Path) -> dict[str, dict]:
         return {
             name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
@@ -127,10 +133,8 @@ class TokenizerSource:
     sha256: str | None
 
     def train(self, texts: Iterable[str], vocab_size: int, length: int, staging: Path) -> BuiltTokenizer:
-        tokenizer = train_tokenizer(texts, vocab_size, length=length)
-        write_tokenizer_files(tokenizer, staging)
-        specials = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-        return BuiltTokenizer(tokenizer, EOT_ID, _sha256(staging / TOKENIZER_FILE), specials)
+        write_tokenizer_files(train_tokenizer(texts, vocab_size, length=length), staging)
+        return BuiltTokenizer.trained(staging)
 
     def install(self, staging: Path) -> BuiltTokenizer:
         """Copy the folder's tokenizer files (a base model's) into `staging`; documents end with its EOS."""
