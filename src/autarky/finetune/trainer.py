@@ -23,6 +23,7 @@ from autarky.finetune.config import FinetuneConfig, dump_finetune_config
 from autarky.finetune.packing import PackedBatches
 from autarky.finetune.prepare import MANIFEST_FILE, FinetunePlan, prepare
 from autarky.model.hf import TOKENIZER_FILES, load_hf_folder
+from autarky.model.llama import ModelConfig, active_parameter_count
 from autarky.train.loop import BatchSource, RunSummary, Trainer, run_trainer
 from autarky.train.parallelize import parallelize
 
@@ -42,6 +43,15 @@ def finetune(cfg: FinetuneConfig) -> FinetuneSummary:
 
 class FinetuneTrainer(Trainer):
     plan: FinetunePlan  # type: ignore[assignment]
+
+    def __init__(self, plan: FinetunePlan, mesh: Any) -> None:
+        super().__init__(plan, mesh)  # type: ignore[arg-type]
+        counts, seq_len = plan.counts, self.cfg.data.seq_len
+        share = counts["train_trained_tokens"] / max(1, counts["train_rows"] * seq_len)
+        adapters = 0 if self.cfg.model.method == "full" else sum(
+            p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.flops_per_token = finetune_flops_per_token(plan.model_cfg, seq_len, trained_share=share,
+                                                        adapter_params=adapters, full=self.cfg.model.method == "full")
 
     def build_model(self, mesh: Any) -> torch.nn.Module:
         # Every rank loads the whole base (fine up to a few billion parameters), then FSDP2 shards it.
@@ -77,6 +87,19 @@ class FinetuneTrainer(Trainer):
         if self.cfg.model.method != "full":
             meta["lora"] = lora_config(self.cfg).model_dump(mode="json")
         return meta
+
+
+def finetune_flops_per_token(cfg: ModelConfig, seq_len: int, *, trained_share: float, adapter_params: int,
+                             full: bool) -> float:
+    """Model FLOPs per row token of a fine-tuning step: the numerator of its MFU (PaLM's 6N + 12·L·H·E·T, counted
+    for what the step really computes). The head runs only on the trained share of tokens. A frozen weight costs
+    4 FLOPs per parameter (forward, and backward to its input only: no weight gradient), not 6; the adapters are
+    trained matmuls (6 per parameter). Activation recompute is not counted, as in MFU everywhere."""
+    head = cfg.vocab_size * cfg.dim
+    body = active_parameter_count(cfg, include_embedding=False) - (0 if cfg.tie_embeddings else head)
+    per_param = 6 if full else 4
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return per_param * (body + head * trained_share) + 6 * adapter_params + attention
 
 
 def lora_config(cfg: FinetuneConfig) -> LoraConfig:
