@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from autarky.adapters import LoraConfig, apply_lora
+from autarky.adapters import LoraConfig, apply_lora, fuse_swiglu
 from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
 from autarky.finetune.config import FinetuneConfig, dump_finetune_config
+from autarky.finetune.memory import return_freed_memory
 from autarky.finetune.packing import PackedBatches
 from autarky.finetune.prepare import MANIFEST_FILE, FinetunePlan, prepare
 from autarky.model.hf import TOKENIZER_FILES, load_hf_folder
@@ -36,7 +37,9 @@ class FinetuneSummary:
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneSummary:
-    """Validate, then fine-tune (or resume) the run described by `cfg`; writes only into cfg.run.out."""
+    """Validate, then fine-tune (or resume) the run described by `cfg`; writes only into cfg.run.out. Fixes
+    glibc's malloc thresholds for the process (finetune/memory.py)."""
+    return_freed_memory()
     plan = prepare(cfg)
     return FinetuneSummary(run_trainer(FinetuneTrainer, plan), plan.counts, cfg.model.method)
 
@@ -60,6 +63,7 @@ class FinetuneTrainer(Trainer):
         if self.cfg.model.method != "full":
             model = _with_adapters(model, self.cfg)
         model.to(self.device)
+        lean_activations(model, self.device)
         return parallelize(model, mesh, compile=self.compile, bf16=self.bf16,  # type: ignore[arg-type]
                            activation_checkpointing=self.cfg.parallel.activation_checkpointing)
 
@@ -100,6 +104,20 @@ def finetune_flops_per_token(cfg: ModelConfig, seq_len: int, *, trained_share: f
     per_param = 6 if full else 4
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
     return per_param * (body + head * trained_share) + 6 * adapter_params + attention
+
+
+def lean_activations(model: torch.nn.Module, device: torch.device) -> None:
+    """Keep fewer activations for backward without recomputing any matmul, from outside the model: each SwiGLU
+    keeps its gate and up projections only (adapters/swiglu.py), and on CPU attention shares each key/value head
+    across its query group (SDPA's enable_gqa) instead of keeping repeated copies (CUDA's fused kernels do not all
+    take enable_gqa)."""
+    from autarky.model.llama import Attention
+
+    fuse_swiglu(model)
+    if device.type == "cpu":
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.share_kv_heads = True
 
 
 def lora_config(cfg: FinetuneConfig) -> LoraConfig:
