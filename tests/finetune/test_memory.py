@@ -61,7 +61,8 @@ def test_lean_activations_change_no_value_or_gradient_and_keep_less() -> None:
 
 def test_freed_memory_goes_back_to_the_os() -> None:
     # In a fresh process: a 64 MiB block freed after a bigger one was mmapped and freed (which, by default, raises
-    # glibc's threshold so the next blocks come from the heap) is returned to the OS only with the thresholds fixed.
+    # glibc's threshold so the next blocks come from the heap) is all returned to the OS only with the thresholds
+    # fixed.
     script = """
 import sys, torch
 from autarky.finetune.memory import return_freed_memory
@@ -70,8 +71,10 @@ if sys.argv[1] == "fixed":
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 x = torch.ones(4 * 2**20); del x  # 16 MiB, mmapped then freed
-held = [torch.ones(2**20) for _ in range(16)]  # 16 × 4 MiB
-keep = torch.ones(16)  # a small live block above them on the heap
+held, kept = [], []
+for _ in range(16):  # 16 × 4 MiB, each followed by a live 64 KiB block (below any threshold: on the heap)
+    held.append(torch.ones(2**20))
+    kept.append(torch.ones(2**14))
 before = rss()
 del held
 print(before - rss())
@@ -80,4 +83,4 @@ print(before - rss())
     for mode in ("default", "fixed"):
         out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
         freed[mode] = float(out.stdout.split()[-1])
-    assert freed["fixed"] > 56 and freed["default"] < 8, freed
+    assert freed["fixed"] > 60 and freed["default"] < 60, freed  # all 64 MiB, against part of it at most
