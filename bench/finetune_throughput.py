@@ -7,7 +7,9 @@ clipping, and the same examples: rendered once with the base's chat template by 
 assistant tokens only. Each side otherwise runs as it does by default:
   ours      autarky.finetune: examples packed best-fit into full rows (no padding; positions reset and attention
             stopped at example borders), the head and the loss only on trained tokens (Llama.forward's
-            logits_where), FusedCrossEntropy, fused AdamW over the adapters; fp32 on CPU, bf16 autocast and
+            logits_where), FusedCrossEntropy, fused AdamW over the adapters, the SwiGLU gate recomputed in
+            backward and shared KV heads (finetune.trainer.lean_activations), glibc's malloc thresholds fixed so
+            freed activations go back to the OS (finetune.memory); fp32 on CPU, bf16 autocast and
             per-block torch.compile on CUDA (the trainer's defaults)
   trl       trl.SFTTrainer(model=FOLDER, peft_config=peft.LoraConfig(target_modules="all-linear")) with SFTConfig's
             defaults (printed at start: packing, padding_free, gradient_checkpointing, completion-only loss,
@@ -233,12 +235,15 @@ def ours_worker(spec: dict[str, Any]) -> None:
 
     from autarky.adapters import LoraConfig, apply_lora
     from autarky.finetune.config import FinetuneConfig
+    from autarky.finetune.memory import return_freed_memory
     from autarky.finetune.packing import PackedBatches, Rows
+    from autarky.finetune.trainer import lean_activations
     from autarky.model.hf import load_hf_folder
     from autarky.train.parallelize import parallelize
     from autarky.train.step import autocast_for, build_optimizer, train_step, training_loss
 
     commands, out = protocol()
+    freed = return_freed_memory()  # as autarky.finetune.finetune does
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     compile_ = device.type == "cuda"  # the trainer's default
@@ -246,6 +251,7 @@ def ours_worker(spec: dict[str, Any]) -> None:
     model, _ = load_hf_folder(Path(spec["folder"]), torch.float32, "cpu")
     model.train()
     apply_lora(model, LoraConfig(rank=spec["rank"], alpha=spec["alpha"], targets="all-linear"), seed=0)
+    lean_activations(model, device)  # as FinetuneTrainer.build_model does
     ac = spec["ac"] or FinetuneConfig().parallel.activation_checkpointing
     model = parallelize(model.to(device), None, compile=compile_, bf16=spec["bf16"],  # type: ignore[arg-type]
                         activation_checkpointing=ac)
@@ -275,6 +281,7 @@ def ours_worker(spec: dict[str, Any]) -> None:
     first = steps(1)[2]
     steps(spec["warmup"] - 1)
     describe = (f"packed rows (no padding), head+loss on trained tokens only, FusedCrossEntropy, fused AdamW, "
+                f"SwiGLU gate recomputed, shared KV heads on CPU, freed memory returned to the OS={freed}, "
                 f"compile={compile_}, activation checkpointing={ac}")  # fmt: skip
     out.write(json.dumps({"describe": describe, "first_loss": first}) + "\n")
     for command in commands:

@@ -143,3 +143,31 @@ def test_bad_input_is_one_error_line_and_no_run_dir(tiny_hf_model_dir: Path, tmp
     _refused([*base, "--data", str(tools)], out, "t.jsonl:1", "cannot render tools")
     _refused([*base, "--data", str(good), "--seq-len", "20"], out, "longer than seq_len 20")
     _refused([*base, "--data", str(good), "--lora-targets", "wq,nope"], out, "nope")
+
+
+def test_resuming_a_finished_run_says_it_is_complete(lora_run: Path) -> None:
+    before = (lora_run / "metrics.jsonl").read_text()
+    result = runner.invoke(app, ["finetune", "--config", str(lora_run / "config.toml"), "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    assert "already complete at step 8" in result.output and "tokens/s" not in result.output, result.output
+    assert (lora_run / "metrics.jsonl").read_text() == before
+
+
+def test_lora_mfu_counts_what_a_lora_step_computes(lora_run: Path, tiny_hf_model_dir: Path) -> None:
+    from autarky.finetune.trainer import finetune_flops_per_token
+    from autarky.model.llama import flops_per_token
+
+    _, cfg = load_hf_folder(tiny_hf_model_dir)
+    manifest = json.loads((lora_run / "manifest.json").read_text())["examples"]
+    from autarky.finetune.config import load_finetune_config
+
+    seq_len = load_finetune_config(lora_run / "config.toml").data.seq_len or 0
+    dense = flops_per_token(cfg, seq_len)
+    assert finetune_flops_per_token(cfg, seq_len, trained_share=1.0, adapter_params=0, full=True) == dense
+    share = manifest["train_trained_tokens"] / (manifest["train_rows"] * seq_len)
+    model, _, _ = load_lora_checkpoint(find_checkpoint(lora_run))
+    adapters = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    want = finetune_flops_per_token(cfg, seq_len, trained_share=share, adapter_params=adapters, full=False)
+    assert want < 0.75 * dense  # 4 FLOPs per frozen parameter, not 6; the head only on trained tokens
+    row = read_metrics(lora_run)[-1]
+    assert row["mfu"] * row["peak_flops"] / row["tokens_per_s"] == pytest.approx(want, rel=1e-6)

@@ -14,6 +14,7 @@ __all__, __getattr__ = public(__name__, {
     "apply_lora": "lora",
     "lora_parameters": "lora",
     "merge_lora": "lora",
+    "fuse_swiglu": "swiglu",
     "save_adapter": "peft_format",
     "load_adapter": "peft_format",
 })

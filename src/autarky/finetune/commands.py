@@ -69,8 +69,12 @@ def register(app: typer.Typer) -> None:
         run, c = summary.run, summary.counts
         val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
         loss = f"{run.loss:.4f}" if run.loss is not None else "n/a"
-        typer.echo(f"{run.run_dir}: {summary.method} fine-tune, step {run.step}, loss {loss}, val loss {val}, "
-                   f"{run.tokens_per_s:,.0f} tokens/s, {run.wall_s:.0f} s")
+        if run.already_complete:
+            typer.echo(f"{run.run_dir}: {summary.method} fine-tune already complete at step {run.step} (loss {loss}, "
+                       f"val loss {val}); nothing to do")
+        else:
+            typer.echo(f"{run.run_dir}: {summary.method} fine-tune, step {run.step}, loss {loss}, val loss {val}, "
+                       f"{run.tokens_per_s:,.0f} tokens/s, MFU {run.mfu:.1%}, {run.wall_s:.0f} s")
         typer.echo(f"examples: {c['train']} train, {c['val']} val ({c['records']} records), {c['train_rows']} rows, "
                    f"{c['truncated']} truncated, {c['dropped']} dropped")
         if run.stopped_by is not None:

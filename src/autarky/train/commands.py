@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         val = f"{summary.val_loss:.4f}" if summary.val_loss is not None else "n/a"
+        if summary.already_complete:
+            typer.echo(f"{summary.run_dir}: already complete at step {summary.step} (val loss {val}); nothing to do")
+            return
         typer.echo(
             f"{summary.run_dir}: step {summary.step}, val loss {val}, {summary.tokens_per_s:,.0f} tokens/s, "
             f"MFU {summary.mfu:.1%}, {summary.wall_s:.0f} s"

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR
+from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR, read_meta
 from autarky.data import read_manifest
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from autarky.model.llama import Llama, flops_per_token, parameter_count
@@ -73,6 +73,7 @@ class RunSummary:
     wall_s: float
     checkpoint: Path | None
     stopped_by: int | None = None  # the signal number when SIGTERM/SIGINT cut the run short
+    already_complete: bool = False  # resumed at its last step: nothing ran (losses are the checkpoint's)
 
 
 def train(cfg: TrainConfig) -> RunSummary:
@@ -259,6 +260,10 @@ class Trainer:
         if self.plan.resume_from is not None:
             state = load_checkpoint(self.plan.resume_from, self.model, self.optimizer, topo)
             start_step, tokens = int(state["step"]), int(state["tokens"])
+            if start_step >= cfg.run.steps:  # a finished run: say so rather than report an empty attempt
+                meta = read_meta(self.plan.resume_from)
+                return RunSummary(self.plan.run_dir, start_step, meta.get("loss"), meta.get("val_loss"), 0.0, 0.0,
+                                  0.0, self.plan.resume_from.path, already_complete=True)  # fmt: skip
         log = MetricsLog(self.plan.run_dir, start_step) if topo.is_main else None
         total = cfg.run.steps
         wall_start = time.perf_counter()
