@@ -54,8 +54,8 @@ QUESTIONS = ["Which items weigh less than 2 kg?", "What is the cheapest tent?", 
              "What does item 17 cost?"]
 
 
-def system_prompt(rows: int = 60, salt: str = "") -> str:
-    """The shared instructions and data sheet (rows=60 is about 1,500 SmolLM2 tokens)."""
+def system_prompt(rows: int = 33, salt: str = "") -> str:
+    """The shared instructions and data sheet (rows=33: about 1,500 SmolLM2 tokens; 60 rows are 2,700)."""
     kinds = ["tent", "backpack", "stove", "sleeping bag", "rain jacket", "headlamp", "water filter", "trekking pole"]
     lines = [f"Item {i:03d}: {kinds[i % len(kinds)]}, model NW-{1000 + 37 * i}, weight {0.4 + (i * 7 % 31) / 10:.1f} "
              f"kg, price {19 + (i * 13 % 280)} EUR, colours {1 + i % 5}, waterproof {'yes' if i % 3 else 'no'}, "
@@ -98,7 +98,7 @@ async def _shared_prefix(base_url: str, model: str, requests: int, concurrency: 
 
 
 def shared_prefix_workload(base_url: str, model: str, *, requests: int = 16, concurrency: int = 4,
-                           max_tokens: int = 16, rows: int = 60, salt: str = "") -> SharedPrefixResult:  # fmt: skip
+                           max_tokens: int = 16, rows: int = 33, salt: str = "") -> SharedPrefixResult:  # fmt: skip
     """Run the workload against an OpenAI-compatible server at base_url (ending in /v1) serving `model`."""
     return asyncio.run(_shared_prefix(base_url, model, requests, concurrency, max_tokens, rows, salt))
 
@@ -262,10 +262,14 @@ def main() -> None:
             for rep in range(args.repeats):
                 for c in args.concurrency:
                     for s in servers:
-                        rates[s.name][c] = max(rates[s.name][c], streams(s, c, args.tokens))
+                        rate = streams(s, c, args.tokens)
+                        rates[s.name][c] = max(rates[s.name][c], rate)
+                        print(f"  {s.name} {c} streams: {rate:.1f} tok/s", file=sys.stderr, flush=True)
                 if not args.skip_shared_prefix:
                     for s in servers:
                         r = shared_prefix_workload(s.url, MODEL, salt=f"{rep}-{time.time_ns()}")
+                        print(f"  {s.name} shared prefix: wall {r.wall_s:.1f} s, mean TTFT {r.mean_ttft_s:.2f} s",
+                              file=sys.stderr, flush=True)
                         if s.name not in prefix or r.wall_s < prefix[s.name].wall_s:
                             prefix[s.name] = r
                 print(f"  repeat {rep + 1} done; load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
