@@ -59,3 +59,14 @@ def test_rejection_then_mask_draws_the_masked_distribution():
         counts[sample_rows(logits, [params], [gen], allowed={0: words})[0]] += 1
     expected = torch.tensor([1.0, 0.0]).softmax(-1)
     assert counts[2:].sum() == 0 and torch.allclose(counts[:2] / 4000, expected, atol=0.03)
+
+
+def test_an_all_greedy_batch_picks_each_rows_argmax_like_a_mixed_batch():
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+    greedy = [SamplingParams(temperature=0)] * 5
+    mixed = [*greedy[:4], SamplingParams(temperature=0, logit_bias=((7, 0.0),))]  # takes the per-row path
+    expected = [int(row.argmax()) for row in logits]
+    assert sample_rows(logits, greedy, [None] * 5) == expected
+    assert sample_rows(logits, mixed, [None] * 5) == expected
+    masked = sample_rows(logits, greedy, [None] * 5, allowed={0: torch.tensor([1 << 3] + [0] * 9, dtype=torch.int32)})
+    assert masked[0] == 3 and masked[1:] == expected[1:]  # a grammar's mask still binds

@@ -66,7 +66,10 @@ def test_decode_linear_agrees_with_linear_for_decode_and_prefill_rows(dtype):
     with torch.inference_mode():
         for x in (torch.randn(1, 1, 96, dtype=dtype), torch.randn(2, 9, 96, dtype=dtype)):  # matvec, oneDNN
             torch.testing.assert_close(layer(x), linear(x), **tolerance)
-    assert layer.weight.data_ptr() == linear.weight.data_ptr()  # shared, not copied
+    if layer.blocked:  # one copy: the few-row kernels read the packed weight's memory
+        assert layer.weight.data_ptr() == torch.ops.mkldnn.data_ptr(layer.packed)
+    else:
+        assert layer.weight.data_ptr() == linear.weight.data_ptr()  # shared, not copied
 
 
 @pytest.mark.parametrize("rows", sorted({1, decode_kernels.MAX_ROWS}))
@@ -221,3 +224,36 @@ def test_quantized_serving_keeps_the_families_biases(quantize, tmp_path: Path):
     with torch.inference_mode():
         expected, got = eager(tokens).flatten(), served(tokens).flatten()
     assert F.cosine_similarity(got, expected, dim=0).item() > 0.999
+
+
+def _unique_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of distinct memory behind the model's weights and biases, oneDNN's packed copies included."""
+    memory = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if name.endswith(("weight", "bias")):
+            memory[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    for module in model.modules():
+        packed = getattr(module, "packed", None)
+        if isinstance(packed, torch.Tensor) and packed.is_mkldnn:
+            memory[torch.ops.mkldnn.data_ptr(packed)] = torch.ops.mkldnn._nbytes(packed)
+    return sum(memory.values())
+
+
+def test_served_fp32_weights_are_held_once(tiny_hf_model_dir: Path):
+    """The packed oneDNN weight is the only copy: the few-row kernels and a tied embedding read its memory."""
+    from autarky.model.llama import parameter_count
+
+    model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir)))
+    layers = [m for m in model.modules() if isinstance(m, DecodeLinear)]
+    assert layers and all(m.packed is not None for m in layers)
+    blocked = [m for m in layers if m.blocked]
+    padding = sum((m.weight.numel() - m.out_features * m.in_features) * 4 for m in blocked)  # rows up to a block
+    held = _unique_weight_bytes(model)
+    assert held == parameter_count(model.config) * 4 + padding + 4 * sum(
+        m.out_features * m.in_features for m in layers if not m.blocked)  # the packed copies of unblocked layers
+    assert len(blocked) == len(layers)  # fp32 here: every layer holds one copy
+    if model.config.tie_embeddings:
+        assert model.tok_embeddings.weight is model.output.weight
+        eager, _ = load_hf_folder(tiny_hf_model_dir)
+        tokens = torch.tensor([[0, 5, model.config.vocab_size - 1]])
+        torch.testing.assert_close(model.tok_embeddings(tokens), eager.tok_embeddings(tokens), rtol=0, atol=0)

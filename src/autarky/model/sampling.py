@@ -152,6 +152,8 @@ def sample_rows(
     sampling. `allowed` maps a row to its packed allowed-token bitmask (a grammar's; see unpack_mask);
     `histories` gives penalized rows their tokens. Neither is read for rows that do not need it, and `logits`
     is left unchanged."""
+    if not allowed and all(p.temperature == 0.0 and not p.adjusts_logits for p in params):
+        return logits.argmax(dim=-1).tolist()  # the common all-greedy step: one op, no per-row tensors or loop
     rows = list(logits.unbind(0))
     greedy = logits.argmax(dim=-1).tolist()
     adjusted = [b for b, p in enumerate(params) if p.adjusts_logits]

@@ -36,6 +36,7 @@ from autarky.serve.cache import PagedKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
     bf16_packing_supported,
+    packed_blocks,
     packed_linear,
     prepack,
     replace_linears,
@@ -68,6 +69,28 @@ PARALLEL_BYTES = 16 << 20  # weight bytes from which a product is worth the Open
 @torch.compile(dynamic=True)
 def _matvec_parallel(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _products_summed(x, weight)
+
+
+def _blocks_summed(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """x (B, K) @ the weight held as blocks (N/b, K, b) of b output channels (`packed_blocks`) → (B, N/b·b). One
+    sum per group of 16 lanes, all in one kernel: inductor fuses them into a single loop over K that reads each
+    block in memory order (a single sum over K would walk the block once per group, with a stride, and run at a
+    fraction of the memory's speed)."""
+    n_blocks, k, b = blocks.shape
+    width = min(16, b)
+    lanes = blocks.view(1, n_blocks, k, b // width, width)
+    xk = x[:, None, :, None]
+    return torch.stack([(lanes[:, :, :, j] * xk).sum(2) for j in range(b // width)], 2).flatten(1)
+
+
+@torch.compile(dynamic=True, options=_OPTIONS)
+def _matvec_blocks(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    return _blocks_summed(x, blocks)
+
+
+@torch.compile(dynamic=True)
+def _matvec_blocks_parallel(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    return _blocks_summed(x, blocks)
 
 
 def _int8_products_summed(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -115,6 +138,12 @@ def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T for a few rows."""
     kernel = _matvec_parallel if weight.numel() * weight.element_size() >= PARALLEL_BYTES else _matvec
     return kernel(_rows(x), weight).t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def matvec_blocks(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """x (..., K) @ weight (n, K).T for a few rows, the weight held as blocks (N/b, K, b) (`packed_blocks`)."""
+    kernel = _matvec_blocks_parallel if blocks.numel() * blocks.element_size() >= PARALLEL_BYTES else _matvec_blocks
+    return kernel(_rows(x), blocks)[:, :n].reshape(*x.shape[:-1], n)
 
 
 def matvec_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -228,27 +257,31 @@ class DecodeBlock(Block):
 
 
 class DecodeLinear(nn.Module):
-    """An nn.Linear for CPU serving: a few rows go through `matvec`; more rows (prefill, big decode
-    batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32, and
-    bf16 where the CPU has it natively; otherwise F.linear). The plain weight is a buffer sharing the
-    original's storage (a tied output projection stays tied); the packed copy doubles the weight memory, the
-    price of both speeds."""
+    """An nn.Linear for CPU serving: a few rows go through the compiled matrix-vector kernels; more rows (prefill,
+    big decode batches) through oneDNN with the weight prepacked once, 1.6-4x MKL's speed at 8-32 rows here (fp32,
+    and bf16 where the CPU has it natively; otherwise F.linear). The layer holds the weight once: where oneDNN
+    packs it in blocks of output channels (fp32 here), `weight` is a view of the packed memory (N/b, K, b) that
+    the few-row kernels read as well (`blocked`); otherwise `weight` is the plain (N, K) weight, sharing the
+    original's storage, and the packed copy comes on top."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # A buffer, not a Parameter: the compiled kernel then takes every matrix shape with one graph.
-        self.register_buffer("weight", linear.weight.detach())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())  # (N,) (Qwen2's q/k/v)
+        weight = linear.weight.detach()
         packable = torch.backends.mkldnn.is_available() and (
-            self.weight.dtype == torch.float32 or (self.weight.dtype == torch.bfloat16 and bf16_packing_supported())
+            weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and bf16_packing_supported())
         )
         # A plain attribute: an mkldnn-layout tensor cannot be moved, saved or cloned like a buffer.
-        self.packed = prepack(self.weight) if packable else None
+        self.packed = prepack(weight) if packable else None
+        blocks = packed_blocks(self.packed, weight) if self.packed is not None else None
+        self.blocked = blocks is not None
+        # A buffer, not a Parameter: the compiled kernel then takes every matrix shape with one graph.
+        self.register_buffer("weight", weight if blocks is None else blocks)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())  # (N,) (Qwen2's q/k/v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if decode_rows(x):
-            out = matvec(x, self.weight)
+            out = matvec_blocks(x, self.weight, self.out_features) if self.blocked else matvec(x, self.weight)
         elif self.packed is not None:
             out = packed_linear(x, self.packed)
         else:
@@ -256,9 +289,24 @@ class DecodeLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class BlockedEmbedding(nn.Module):
+    """The token embedding of a model whose output projection is tied to it, read from that projection's blocked
+    weight (row t is [t // b, :, t % b]): serving then holds the table once, where a separate packed copy for the
+    output projection would add vocabulary × dim more."""
+
+    def __init__(self, output: DecodeLinear) -> None:
+        super().__init__()
+        assert output.blocked
+        self.register_buffer("weight", output.weight)  # the same tensor: the state dict keeps its names
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b = self.weight.shape[-1]
+        return self.weight[tokens // b, :, tokens % b]  # (..., D)
+
+
 def use_decode_kernels(model: nn.Module) -> bool:
     """Route the single-row decode steps of a CPU model through the compiled kernels: each Block becomes a
-    DecodeBlock, nn.Linear becomes DecodeLinear, and quantized layers that know the kernels switch them on. False
+    DecodeBlock, nn.Linear becomes DecodeLinear (a tied embedding then reads the output projection's weight), and quantized layers that know the kernels switch them on. False
     (model unchanged) when the kernels are unavailable, or for `--quantize bf16` models, whose packed oneDNN op
     inductor cannot trace."""
     if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
@@ -269,5 +317,31 @@ def use_decode_kernels(model: nn.Module) -> bool:
     for child in model.modules():
         if isinstance(child, KernelSwitch):
             child.decode_kernels = True
+    embedding, output = getattr(model, "tok_embeddings", None), getattr(model, "output", None)
+    tied = embedding is not None and getattr(output, "weight", None) is getattr(embedding, "weight", False)
     replace_linears(model, DecodeLinear)
+    if tied and isinstance(model.output, DecodeLinear) and model.output.blocked:
+        model.tok_embeddings = BlockedEmbedding(model.output)
+    _own_storage(model)
     return True
+
+
+def _own_storage(model: nn.Module) -> None:
+    """Give the tensors the model still holds (norms, biases, an untied embedding) memory of their own.
+    safetensors maps the checkpoint file once and every tensor it loads points into that mapping, which a single
+    remaining one (a norm's weight) keeps whole after the projections have moved into packed memory: the weights
+    would be held twice again. Tensors that share memory keep sharing it (one copy per storage)."""
+    packed = {m.weight.untyped_storage().data_ptr() for m in model.modules() if isinstance(m, DecodeLinear) and m.blocked}
+    copies: dict[int, torch.UntypedStorage] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                storage = None if tensor is None else tensor.untyped_storage()
+                if storage is None or storage.data_ptr() in packed or tensor.device.type != "cpu":
+                    continue
+                copy = copies.setdefault(storage.data_ptr(), storage.clone())
+                owned = tensor.new_empty(0).set_(copy, tensor.storage_offset(), tensor.shape, tensor.stride())
+                if isinstance(tensor, nn.Parameter):
+                    tensor.data = owned
+                else:
+                    table[name] = owned

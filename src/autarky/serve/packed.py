@@ -10,6 +10,7 @@ norms, attention, KV cache and logits keep the model's dtype, so an fp32 model k
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,6 +31,29 @@ def bf16_packing_supported() -> bool:
 def prepack(weight: torch.Tensor) -> torch.Tensor:
     """The weight (N, K) reordered once into oneDNN's blocked layout for `packed_linear` (a copy)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+
+
+def packed_blocks(packed: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """The memory of `packed` (`weight` (N, K) after `prepack`) as a plain strided tensor (N/b, K, b), when oneDNN
+    laid it out in blocks of b output channels (fp32 on AVX-512: b = 64): weight row n is [n // b, :, n % b], rows
+    past N are padding. Checked against `weight`, so any other layout (bf16's interleaved pairs) gives None. The
+    view keeps `packed` alive, so a layer can drop its plain weight and still read the weights with its own
+    kernels: one copy instead of two."""
+    if not (hasattr(torch.ops.mkldnn, "data_ptr") and hasattr(torch.ops.mkldnn, "_nbytes")):
+        return None
+    (n, k), nbytes = weight.shape, torch.ops.mkldnn._nbytes(packed)
+    for block in (64, 32, 16, 8):
+        blocks = -(-n // block)
+        if blocks * block * k * weight.element_size() != nbytes:
+            continue
+        # A ctypes array over oneDNN's buffer, carrying the packed tensor so the buffer lives as long as a view.
+        memory = type("PackedWeightMemory", (ctypes.c_byte * nbytes,), {}).from_address(
+            torch.ops.mkldnn.data_ptr(packed))
+        memory.owner = packed
+        view = torch.frombuffer(memory, dtype=weight.dtype).view(blocks, k, block)
+        if torch.equal(view.transpose(1, 2).reshape(-1, k)[:n], weight):
+            return view
+    return None
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
