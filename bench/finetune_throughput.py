@@ -243,7 +243,8 @@ def ours_worker(spec: dict[str, Any]) -> None:
     from autarky.train.step import autocast_for, build_optimizer, train_step, training_loss
 
     commands, out = protocol()
-    freed = return_freed_memory()  # as autarky.finetune.finetune does
+    # as autarky.finetune.finetune does with run.return_freed_memory (off by default: it halves CPU tokens/s)
+    freed = return_freed_memory() if FinetuneConfig().run.return_freed_memory else False
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     compile_ = device.type == "cuda"  # the trainer's default

@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         ckpt_every: int = _opt("checkpoint.every", "--ckpt-every"),
         eval_every: int = _opt("run.eval_every", "--eval-every"),
         ac: str = _opt("parallel.activation_checkpointing", "--activation-checkpointing"),
+        free_memory: bool = typer.Option(None, "--return-freed-memory/--keep-freed-memory",
+                                         help=field_help(FinetuneConfig, "run.return_freed_memory")),
         config: Path = typer.Option(None, "--config", help="a fine-tuning TOML (e.g. a run's config.toml); "
                                                            "flags win"),
     ) -> None:
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
                   "data.truncation": truncation, "data.val_fraction": val_fraction, "run.seed": seed,
                   "run.device": device, "checkpoint.resume": resume, "checkpoint.every": ckpt_every,
                   "run.eval_every": eval_every, "parallel.activation_checkpointing": ac,
+                  "run.return_freed_memory": free_memory,
                   "lora.targets": [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None}
         base_cfg = load_finetune_config(config) if config is not None else FinetuneConfig()
         summary = finetune(base_cfg.with_overrides(values))

@@ -37,9 +37,10 @@ class FinetuneSummary:
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneSummary:
-    """Validate, then fine-tune (or resume) the run described by `cfg`; writes only into cfg.run.out. Fixes
-    glibc's malloc thresholds for the process (finetune/memory.py)."""
-    return_freed_memory()
+    """Validate, then fine-tune (or resume) the run described by `cfg`; writes only into cfg.run.out. With
+    run.return_freed_memory, fixes glibc's malloc thresholds for the process (finetune/memory.py)."""
+    if cfg.run.return_freed_memory:
+        return_freed_memory()
     plan = prepare(cfg)
     return FinetuneSummary(run_trainer(FinetuneTrainer, plan), plan.counts, cfg.model.method)
 
