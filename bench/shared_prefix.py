@@ -25,13 +25,14 @@ QUESTIONS = ["Which items weigh less than 2 kg?", "What is the cheapest tent?", 
              "What does item 17 cost?"]
 
 
-def system_prompt(rows: int = 60) -> str:
-    """The shared instructions and data sheet (rows=60 is about 1,500 SmolLM2 tokens)."""
+def system_prompt(rows: int = 33, salt: str = "") -> str:
+    """The shared instructions and data sheet (rows=33: about 1,500 SmolLM2 tokens; 60 rows are 2,700, past a 2,048
+    context); a salt makes the prompt new to every prefix cache (a repeat that must miss)."""
     kinds = ["tent", "backpack", "stove", "sleeping bag", "rain jacket", "headlamp", "water filter", "trekking pole"]
     lines = [f"Item {i:03d}: {kinds[i % len(kinds)]}, model NW-{1000 + 37 * i}, weight {0.4 + (i * 7 % 31) / 10:.1f} "
              f"kg, price {19 + (i * 13 % 280)} EUR, colours {1 + i % 5}, waterproof {'yes' if i % 3 else 'no'}, "
              f"warranty {1 + i % 4} years." for i in range(rows)]
-    return INSTRUCTIONS + "\n".join(lines)
+    return (f"Session {salt}. " if salt else "") + INSTRUCTIONS + "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class SharedPrefixResult:
 
 
 async def _workload(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int,
-                    rows: int) -> SharedPrefixResult:  # fmt: skip
+                    rows: int, salt: str) -> SharedPrefixResult:  # fmt: skip
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=900)
-    system, gate, ttfts = system_prompt(rows), asyncio.Semaphore(concurrency), []
+    system, gate, ttfts = system_prompt(rows, salt), asyncio.Semaphore(concurrency), []
 
     async def one(i: int) -> None:
         async with gate:
@@ -69,9 +70,9 @@ async def _workload(base_url: str, model: str, requests: int, concurrency: int, 
 
 
 def shared_prefix_workload(base_url: str, model: str, *, requests: int = 16, concurrency: int = 4,
-                           max_tokens: int = 16, rows: int = 60) -> SharedPrefixResult:  # fmt: skip
+                           max_tokens: int = 16, rows: int = 33, salt: str = "") -> SharedPrefixResult:  # fmt: skip
     """Run the workload against an OpenAI-compatible server at base_url (ending in /v1) serving `model`."""
-    return asyncio.run(_workload(base_url, model, requests, concurrency, max_tokens, rows))
+    return asyncio.run(_workload(base_url, model, requests, concurrency, max_tokens, rows, salt))
 
 
 def main() -> None:
