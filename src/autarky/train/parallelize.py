@@ -3,9 +3,12 @@ checkpointing, compile, then FSDP2 (torchtitan's order).
 
 Launch: `autarky train ...` is one process; `torchrun --nproc_per_node=N -m autarky train ...` is N. The mesh is
 (dp, tp): tensor parallel inside each tp group (Colwise q/k/v/w1/w3, Rowwise wo/w2, as in the PyTorch TP
-tutorial and torchtitan), FSDP2 `fully_shard` over the dp dimension. With `--ep N` (tp 1) a second mesh
+tutorial and torchtitan), FSDP2 `fully_shard` over the dp dimension. With `--ep N` a second mesh
 (edp, ep) = (world / N, N) holds the routed experts: Shard(0) over ep (autarky.train.expert_parallel), FSDP2 over
-edp; everything else is FSDP2 over all ranks, and the batches are split over all ranks as plain data parallelism.
+edp; everything else is FSDP2 over dp, and the batches are split over dp as plain data parallelism. With both, a
+mixture-of-experts block is tensor-parallel in its attention and shared experts, its router is replicated, and its
+routed experts are not tensor-parallel (torchtitan's ETP=1): each tp rank sends its share of the routed rows to the
+ep group (the ep ranks are carved out of dp × tp), and the tp group gathers the outputs back.
 """
 
 from __future__ import annotations
@@ -62,9 +65,6 @@ def topology_from_env(tp: int, device: str, ep: int = 1) -> Topology:
     if world % ep:
         raise UserError(f"--ep {ep} does not divide the world size {world}; run a multiple of {ep} processes "
                         "(torchrun --nproc_per_node) or use a divisor of the process count")
-    if ep > 1 and tp > 1:
-        raise UserError(f"--ep {ep} with --tp {tp} is not supported yet; use expert parallelism or tensor "
-                        "parallelism, not both")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -73,8 +73,14 @@ def topology_from_env(tp: int, device: str, ep: int = 1) -> Topology:
                     ep=ep)
 
 
-def check_model_fits_tp(cfg: ModelConfig, tp: int) -> None:
-    for name, value in (("n_heads", cfg.n_heads), ("n_kv_heads", cfg.n_kv_heads), ("ffn_dim", cfg.ffn_dim)):
+def check_model_fits_tp(cfg: ModelConfig, tp: int, ep: int = 1) -> None:
+    widths = [("n_heads", cfg.n_heads), ("n_kv_heads", cfg.n_kv_heads), ("ffn_dim", cfg.ffn_dim)]
+    if cfg.n_experts and tp > 1:
+        if ep == 1:
+            raise UserError(f"--tp {tp} with a mixture-of-experts model needs expert parallelism too: the routed "
+                            f"experts are split by --ep, not by tensor parallelism (e.g. --tp {tp} --ep {tp})")
+        widths.append(("shared experts' width", cfg.moe_ffn_dim * cfg.n_shared_experts))
+    for name, value in widths:
         if value % tp:
             raise UserError(f"--tp {tp} does not divide the model's {name} ({value}); pick a tp degree that does")
 
@@ -116,14 +122,13 @@ def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: b
                 expert_mesh: DeviceMesh | None = None) -> nn.Module:  # fmt: skip
     """Apply TP, EP, activation checkpointing, compile and FSDP2 in torchtitan's order, in place; returns the
     model. `expert_mesh` (from init_expert_mesh) shards the routed experts."""
-    if mesh is not None and mesh["tp"].size() > 1:
-        if model.config.n_experts:
-            raise UserError("tensor parallel of mixture-of-experts layers is not implemented; use --tp 1")
-        _apply_tensor_parallel(model, mesh["tp"])
+    tp_mesh = mesh["tp"] if mesh is not None and mesh["tp"].size() > 1 else None
+    if tp_mesh is not None:
+        _apply_tensor_parallel(model, tp_mesh)
     if expert_mesh is not None:
         from autarky.train.expert_parallel import apply_expert_parallel
 
-        apply_expert_parallel(model, expert_mesh["ep"])
+        apply_expert_parallel(model, expert_mesh["ep"], tp_mesh)
     apply_activation_checkpointing(model, activation_checkpointing)
     if compile:
         for block in model.layers.values():
@@ -167,16 +172,15 @@ def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
         parallelize_module,
     )
 
+    from autarky.model.moe import MoE
+
     # Biases follow their weights: a colwise bias is sharded with the output features, a rowwise one replicated.
     qk_norm = model.config.qk_norm
-    plan = {
+    plan: dict[str, Any] = {
         "attention.wq": ColwiseParallel(use_local_output=not qk_norm),
         "attention.wk": ColwiseParallel(use_local_output=not qk_norm),
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(),
-        "feed_forward.w1": ColwiseParallel(),
-        "feed_forward.w3": ColwiseParallel(),
-        "feed_forward.w2": RowwiseParallel(),
     }
     if qk_norm:
         # Each rank normalises only its own heads, so a plain norm weight would get a different gradient on each
@@ -185,7 +189,15 @@ def _apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
         plan["attention.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         plan["attention.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
     for block in model.layers.values():
-        parallelize_module(block, tp_mesh, plan)
+        # A sparse block's router stays replicated (every tp rank routes alike) and its routed experts are left to
+        # expert parallelism; its shared experts are a SwiGLU like the dense one.
+        sparse = isinstance(block.feed_forward, MoE)
+        swiglu = "feed_forward.shared" if sparse else "feed_forward"
+        block_plan = dict(plan)
+        if not sparse or hasattr(block.feed_forward, "shared"):
+            block_plan |= {f"{swiglu}.w1": ColwiseParallel(), f"{swiglu}.w3": ColwiseParallel(),
+                           f"{swiglu}.w2": RowwiseParallel()}  # fmt: skip
+        parallelize_module(block, tp_mesh, block_plan)
 
 
 def _apply_fsdp(model: Llama, dp_mesh: DeviceMesh, *, bf16: bool, expert_mesh: DeviceMesh | None = None) -> None:

@@ -47,7 +47,7 @@ def prepare(cfg: TrainConfig) -> RunPlan:
     seq_len = cfg.data.seq_len
     model_cfg = cfg.model.resolve(vocab_size_of(data_dir), seq_len)
     topo = topology_from_env(cfg.parallel.tp, cfg.run.device, cfg.parallel.ep)
-    check_model_fits_tp(model_cfg, topo.tp)
+    check_model_fits_tp(model_cfg, topo.tp, topo.ep)
     check_model_fits_ep(model_cfg, cfg.model.preset, topo.ep)
     _check_batch_layout(cfg, topo)
 
