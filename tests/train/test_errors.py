@@ -109,10 +109,10 @@ def test_cuda_asked_for_on_a_machine_without_it(
         ("1", ["--preset", "moe-nano", "--ep", "2"], ["--ep 2", "world size 1"]),
         ("3", ["--preset", "moe-nano", "--ep", "3", "--batch-size", "6"], ["--ep 3", "8 experts"]),
         ("2", ["--preset", "nano", "--ep", "2"], ["--ep 2", "no experts"]),
-        ("4", ["--preset", "moe-nano", "--ep", "2", "--tp", "2"], ["--ep 2", "--tp 2", "not supported"]),
+        ("2", ["--preset", "moe-nano", "--tp", "2"], ["--tp 2", "mixture-of-experts", "--ep"]),
         ("1", ["--preset", "moe-nano", "--ep", "0"], ["parallel.ep"]),
     ],
-    ids=["beyond-world", "not-dividing-experts", "dense-model", "with-tp", "zero"],
+    ids=["beyond-world", "not-dividing-experts", "dense-model", "tp-without-ep", "zero"],
 )
 def test_bad_expert_parallel_degree(world: str, args: list[str], fragments: list[str], tiny_data_dir: Path,
                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip

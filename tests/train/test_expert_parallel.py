@@ -1,6 +1,8 @@
 """`autarky train --ep N`: expert parallelism through the trainer. moe-nano with --ep 2 over 2 gloo processes
 (experts Shard(0) over the pair, the rest FSDP2) follows the single-process curve, resumes exactly after a worker
 is killed, and its checkpoint resumes under another EP degree with the same curve (DCP reshards the experts).
+With --tp 2 --ep 2 over 4 processes (dp 2 × tp 2, each tp pair splitting the experts and the routed rows) it follows
+the same curve too, and its checkpoint resumes with the experts split over all 4.
 """
 
 from __future__ import annotations
@@ -102,3 +104,23 @@ def test_an_ep1_checkpoint_resumes_with_ep2_over_two_processes(moe_reference: Pa
     rows = _assert_same_curve(out, moe_reference, list(range(1, 7)))
     assert [r["world"] for r in rows] == [1, 1, 1, 2, 2, 2]
     assert [read_meta(c).get("ep") for c in complete_checkpoints(out)] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ep2_with_tp2_over_four_processes_matches_ep1_and_resumes_with_ep4(moe_reference: Path, tiny_data_dir: Path,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    config = write_config(_moe_config(tiny_data_dir, out), tmp_path / "run.toml")
+    # Each ep pair is a tp pair: the two ranks of a data-parallel rank split its routed rows and the experts.
+    job = torchrun(4, config, args=["--tp", "2", "--ep", "2"])
+    assert job.returncode == 0, job.stderr[-3000:]
+    rows = _assert_same_curve(out, moe_reference, list(range(1, 7)))
+    assert all(r["world"] == 4 and r["dropped_tokens"] == 0 for r in rows)
+    assert read_meta(find_checkpoint(out)).get("ep") == 2
+    # Resumed with the experts over all 4 ranks (an ep group spanning both tp pairs): DCP reshards them.
+    shutil.rmtree(out / "checkpoints" / "step-6")
+    job = torchrun(4, config, args=["--tp", "2", "--ep", "4"])
+    assert job.returncode == 0, job.stderr[-3000:]
+    _assert_same_curve(out, moe_reference, list(range(1, 7)))
+    assert [read_meta(c).get("ep") for c in complete_checkpoints(out)] == [2, 4]
