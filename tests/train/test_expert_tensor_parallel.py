@@ -1,8 +1,9 @@
-"""Expert parallelism with tensor parallelism (torchtitan's ETP=1): over a tp pair that is also the ep pair, each
-rank sends half of the routed rows to the experts it shares with the other; the loss, the router's and shared
-experts' gradients and every expert's gradient equal one process's (a 2-rank torchrun job on gloo; this file is
-also its worker script). The trainer-level check (4 ranks, dp × tp with ep, resumed elsewhere) is in
-test_expert_parallel.py."""
+"""Expert parallelism with tensor parallelism (torchtitan's ETP=1): the ranks of a tp group split the routed rows
+and send them to the ep group holding their experts. On a tp pair that is also the ep pair, and on a tp group of 4
+split into two ep pairs (the pairs hold the same experts, so their gradients are averaged although dp is 1), the
+loss and every gradient (attention and shared experts sharded, router replicated, routed experts) equal one
+process's (torchrun jobs on gloo; this file is also their worker script). The trainer-level check (4 ranks,
+dp × tp with ep, resumed with another ep) is in test_expert_parallel.py."""
 
 from __future__ import annotations
 
@@ -22,18 +23,18 @@ def worker() -> None:
     from autarky.train.parallelize import parallelize
 
     dist.init_process_group("gloo")
-    # Uneven rows per rank (15 tokens × top 3 = 45 routed rows: 23 and 22), a
-    # shared expert, a dense first layer, and the classic balance and z losses so the router's gradient has all
-    # its terms.
-    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32,
+    # Uneven rows per rank (15 tokens × top 3 = 45 routed rows: 23 + 22, or 12 + 12 + 12 + 9), a shared expert, a
+    # dense first layer, and the classic balance and z losses so the router's gradient has all its terms.
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=4, ffn_dim=48, max_seq_len=32,
                       n_experts=4, n_active_experts=3, n_shared_experts=1, moe_ffn_dim=16, first_k_dense=1,
                       aux_loss_coef=0.1, z_loss_coef=0.01)  # fmt: skip
     reference = Llama(cfg)
     reference.init_weights(seed=0)
     model = Llama(cfg)
     model.load_state_dict(reference.state_dict())
-    mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("dp", "tp"))
-    expert_mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("edp", "ep"))
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+    expert_mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("edp", "ep"))
     parallelize(model, mesh, compile=False, bf16=False, expert_mesh=expert_mesh)
     assert expert_parallel_degree(model) == 2
     tokens = torch.randint(0, 64, (1, 15), generator=torch.Generator().manual_seed(1))
@@ -55,10 +56,11 @@ def worker() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_expert_parallel_over_a_tensor_parallel_pair_matches_one_process() -> None:
+@pytest.mark.parametrize("tp", [2, 4], ids=["ep-pair-is-tp-pair", "two-ep-pairs-in-a-tp-group"])
+def test_expert_parallel_with_tensor_parallel_matches_one_process(tp: int) -> None:
     from fixtures.train import run_cli  # not at the top: this file is also the torchrun worker script
 
-    job = run_cli(["torch.distributed.run", "--standalone", "--nproc_per_node=2", str(Path(__file__))])
+    job = run_cli(["torch.distributed.run", "--standalone", f"--nproc_per_node={tp}", str(Path(__file__))])
     assert job.returncode == 0, job.stderr[-3000:]
 
 

@@ -133,7 +133,10 @@ def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: b
     if compile:
         for block in model.layers.values():
             block.compile()  # per block, as torchtitan does: a repeated graph compiles once
-    if mesh is not None and mesh["dp"].size() > 1:
+    # The experts' edp dim can exceed dp: with ep smaller than tp and dp 1, edp ranks hold the same experts but
+    # computed different rows, so their gradients still need averaging.
+    edp = 1 if expert_mesh is None else expert_mesh["edp"].size()
+    if mesh is not None and (mesh["dp"].size() > 1 or edp > 1):
         _apply_fsdp(model, mesh["dp"], bf16=bf16, expert_mesh=expert_mesh)
     return model
 
@@ -205,14 +208,18 @@ def _apply_fsdp(model: Llama, dp_mesh: DeviceMesh, *, bf16: bool, expert_mesh: D
 
     from autarky.model.moe import moe_layers
 
-    # bf16 compute with fp32 master weights and fp32 gradient reduction (Llama 3 §3.3.2 practice).
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    # bf16 compute with fp32 master weights and fp32 gradient reduction (Llama 3 §3.3.2 practice). With dp 1 only
+    # the experts are sharded, and they compute in the precision the rest does (autocast, fp32 weights).
+    sharded = dp_mesh.size() > 1
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 and sharded else None
     kwargs = {"mesh": dp_mesh, **({"mp_policy": mp} if mp else {})}
     if expert_mesh is not None:
         # Sharded experts (DTensors on the ep dim) are data-parallel over the edp dim only; nested, so each
         # block's own fully_shard below leaves them out.
         for layer in moe_layers(model).values():
             fully_shard(layer.experts, **{**kwargs, "mesh": expert_mesh["edp"]})
+    if not sharded:
+        return
     for block in model.layers.values():
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
