@@ -187,6 +187,63 @@ def test_stream_parser_matches_whole_parse_however_the_text_is_split(cuts):
     assert "".join(content.split()) == "".join(whole_content.split())
 
 
+CUT = OUTPUT[: OUTPUT.index("<tool_call>{\"name\": \"unknown")]  # two calls, then a third block cut short
+CUT += '<tool_call>\n{"name": "get_time", "arguments": {"zo'
+
+
+def test_a_block_cut_by_the_token_limit_is_dropped_and_the_complete_calls_kept():
+    content, calls = parse_output(CUT, TOOL_USE, truncated=True)
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert content == "Let me check."
+    assert parse_output('Hm. <tool_call>{"name": "get_t', TOOL_USE, truncated=True) == ("Hm. ", [])
+    # A complete block that does not parse stays text; only the one the limit cut is dropped.
+    assert parse_output(OUTPUT, TOOL_USE, truncated=True)[0].endswith('"unknown", "arguments": {}}</tool_call>')
+    # Not cut by the limit (the model stopped): the unclosed block stays text, as before.
+    assert parse_output(CUT, TOOL_USE)[0].endswith('"arguments": {"zo')
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(CUT)), max_size=30))
+def test_stream_parser_drops_a_cut_block_too(cuts):
+    stream, deltas, bounds = ToolCallStream(TOOL_USE), [], [0, *sorted(cuts), len(CUT)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        deltas += stream.feed(CUT[a:b])
+    deltas += stream.finish(truncated=True)
+    assert "".join(d.get("content", "") for d in deltas).strip() == "Let me check."
+    assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls", []) if "name" in c["function"]] == \
+        ["get_weather", "get_time"]
+
+
+def test_parallel_calls_cut_by_max_tokens(client, served_tiny_long):
+    """max_tokens ends inside the second of parallel forced calls: the first comes back as a call, the cut block
+    not as content, and finish_reason stays "length"; streamed alike."""
+    base = {"model": served_tiny_long.model, "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required",
+            "temperature": 1.0}
+    for seed in range(20):
+        full = client.chat.completions.create(**base, seed=seed, max_tokens=400, logprobs=True)
+        if len(full.choices[0].message.tool_calls) >= 2:
+            break
+    else:
+        pytest.fail("no seed gave parallel calls")
+    tokens = [t.token for t in full.choices[0].logprobs.content]
+    limit = next(n for n in range(len(tokens)) if "".join(tokens[:n]).count("<tool_call>") == 2)  # 2nd block open
+    first = full.choices[0].message.tool_calls[0]
+    cut = client.chat.completions.create(**base, seed=seed, max_tokens=limit + 2)
+    (choice,) = cut.choices
+    assert choice.finish_reason == "length" and choice.message.content is None
+    assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == \
+        [(first.function.name, first.function.arguments)]
+    content, calls, finish = "", {}, None
+    for chunk in client.chat.completions.create(**base, seed=seed, max_tokens=limit + 2, stream=True):
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            for d in c.delta.tool_calls or []:
+                calls[d.index] = calls.get(d.index, "") + ((d.function.arguments or "") if d.function else "")
+            finish = c.finish_reason or finish
+    assert finish == "length" and not content.strip()
+    assert list(calls.values()) == [first.function.arguments]
+
+
 @pytest.mark.parametrize(("extra", "param"), [
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools"),

@@ -381,7 +381,7 @@ async def _stream_chat(job: Job, env: R.Envelope, codec, want_lp: bool, include_
         if event.finish_reason:
             finish = event.finish_reason
             if parser:
-                for delta in parser.finish():
+                for delta in parser.finish(truncated=finish == "length"):
                     yield emit(R.chat_chunk(env, event.index, delta, None, None, include_usage))
                 finish = "tool_calls" if parser.calls and finish == "stop" else finish
             yield emit(R.chat_chunk(env, event.index, {}, None, finish, include_usage))

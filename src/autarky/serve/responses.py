@@ -135,7 +135,7 @@ def chat_choice(codec: TextCodec, c: Choice, want_logprobs: bool, tools: ToolUse
     message: dict = {"role": "assistant", "content": c.text}
     finish = c.finish_reason
     if tools is not None:
-        message["content"], calls = parse_output(c.text, tools)
+        message["content"], calls = parse_output(c.text, tools, truncated=finish == "length")
         if calls:
             message["tool_calls"] = calls
             finish = "tool_calls" if finish == "stop" else finish

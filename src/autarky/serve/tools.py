@@ -174,8 +174,11 @@ def _parse_call(body: str, names: set[str]) -> dict | None:
             "function": {"name": data["name"], "arguments": json.dumps(args, ensure_ascii=False)}}
 
 
-def parse_output(text: str, tools: ToolUse) -> tuple[str | None, list[dict]]:
-    """(content, tool_calls) of a finished output; blocks that do not parse as a declared call stay text."""
+def parse_output(text: str, tools: ToolUse, truncated: bool = False) -> tuple[str | None, list[dict]]:
+    """(content, tool_calls) of a finished output; blocks that do not parse as a declared call stay text.
+    `truncated` (finish_reason "length"): a block the limit cut off is dropped, not returned as content."""
+    if truncated and (cut := _cut_call(text)) is not None:
+        text = text[:cut]
     names = {t.name for t in tools.tools}
     calls, content, last = [], [], 0
     for match in _CALL.finditer(text):
@@ -190,6 +193,14 @@ def parse_output(text: str, tools: ToolUse) -> tuple[str | None, list[dict]]:
     content.append(text[last:])
     joined = "".join(content).strip() if calls else "".join(content)
     return (joined or None) if calls else joined, calls
+
+
+def _cut_call(text: str) -> int | None:
+    """Where a `<tool_call>` block that never closes begins (None if every block closes)."""
+    start = text.find(CALL_OPEN)
+    while start >= 0 and text.find(CALL_CLOSE, start) >= 0:
+        start = text.find(CALL_OPEN, start + 1)
+    return start if start >= 0 else None
 
 
 @dataclass
@@ -230,9 +241,11 @@ class ToolCallStream:
                 self._call(call, out)
             self.buffer = self.buffer[stop:]
 
-    def finish(self) -> list[dict]:
+    def finish(self, truncated: bool = False) -> list[dict]:
+        """The held-back text; `truncated` as in parse_output (the buffer then holds the cut block, if any)."""
         out: list[dict] = []
-        self._content(self.buffer, out)
+        if not (truncated and _cut_call(self.buffer) == 0):
+            self._content(self.buffer, out)
         self.buffer = ""
         return out
 
