@@ -111,7 +111,8 @@ class TrainParallelSection(ParallelSection):
     """Pretraining's parallelism: fine-tuning's plus expert parallelism."""
 
     ep: int = Field(1, gt=0, description="expert-parallel degree: each group of ep ranks splits every MoE layer's "
-                                         "routed experts; divides the world size and the expert count (tp 1)")
+                                         "routed experts; divides the world size and the expert count (with "
+                                         "--tp, each tp group's ranks split the routed tokens)")
 
 
 class CheckpointSection(_Section):
