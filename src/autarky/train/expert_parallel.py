@@ -40,6 +40,28 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None  # type: ignore[attr-defined]
 
 
+class _TPSpan:
+    """This tp rank's contiguous share [lo, hi) of `total` rows (ceil-sized chunks, the last ones shorter)."""
+
+    def __init__(self, total: int, group: dist.ProcessGroup, size: int, rank: int) -> None:
+        self.total, self.group, self.size = total, group, size
+        self.chunk = -(-total // size)
+        self.lo, self.hi = min(rank * self.chunk, total), min((rank + 1) * self.chunk, total)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, in rank order: (total, ...)."""
+        padded = rows.new_zeros(self.chunk, *rows.shape[1:])
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat(parts)[: self.total]
+
+    def counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """Per-expert counts of this span's rows, given the counts of all rows (sorted by expert)."""
+        end = torch.cumsum(counts, 0)
+        return (end.clamp(max=self.hi) - (end - counts).clamp(min=self.lo)).clamp(min=0)
+
+
 class _RowsOfThisTPRank(torch.autograd.Function):
     """x[lo:hi] of a tensor replicated over the tp group; backward all-gathers the other ranks' row gradients, so
     the replicated input gets its full gradient on every rank (Megatron's scatter to sequence parallel)."""
@@ -67,28 +89,6 @@ class _GatherTPRows(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         span = ctx.span  # type: ignore[attr-defined]
         return grad[span.lo:span.hi], None
-
-
-class _TPSpan:
-    """This tp rank's contiguous share [lo, hi) of `total` rows (ceil-sized chunks, the last ones shorter)."""
-
-    def __init__(self, total: int, group: dist.ProcessGroup, size: int, rank: int) -> None:
-        self.total, self.group, self.size = total, group, size
-        self.chunk = -(-total // size)
-        self.lo, self.hi = min(rank * self.chunk, total), min((rank + 1) * self.chunk, total)
-
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """Every rank's rows, in rank order: (total, ...)."""
-        padded = rows.new_zeros(self.chunk, *rows.shape[1:])
-        padded[: rows.shape[0]] = rows
-        parts = [torch.empty_like(padded) for _ in range(self.size)]
-        dist.all_gather(parts, padded, group=self.group)
-        return torch.cat(parts)[: self.total]
-
-    def counts(self, counts: torch.Tensor) -> torch.Tensor:
-        """Per-expert counts of this span's rows, given the counts of all rows (sorted by expert)."""
-        end = torch.cumsum(counts, 0)
-        return (end.clamp(max=self.hi) - (end - counts).clamp(min=self.lo)).clamp(min=0)
 
 
 class ExpertParallelExperts(nn.Module):
