@@ -124,6 +124,9 @@ def parallelize(model: Llama, mesh: DeviceMesh | None, *, compile: bool, bf16: b
     model. `expert_mesh` (from init_expert_mesh) shards the routed experts."""
     tp_mesh = mesh["tp"] if mesh is not None and mesh["tp"].size() > 1 else None
     if tp_mesh is not None:
+        if model.config.n_experts and expert_mesh is None:  # e.g. fine-tuning, which has no --ep
+            raise UserError("tensor parallel of a mixture-of-experts model needs expert parallelism too, which only "
+                            "`autarky train --ep` sets up; use --tp 1")
         _apply_tensor_parallel(model, tp_mesh)
     if expert_mesh is not None:
         from autarky.train.expert_parallel import apply_expert_parallel
