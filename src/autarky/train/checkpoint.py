@@ -3,8 +3,11 @@
 Each rank writes its shard into `step-N.tmp/`; after a barrier rank 0 adds `meta.json` and renames the folder
 to `step-N/`. Only `step-N/` folders holding both `.metadata` and `meta.json` count as complete, so a
 half-written checkpoint is never loaded. The folder must be on a file system all ranks share (multi-node).
-DCP reshards on load, so a run may resume on a different number of ranks. The layout and its readers
-(`find_checkpoint`, `load_model_from_run`, ...) are the run-dir contract, `autarky.contracts.rundir`.
+DCP reshards on load, so a run may resume on a different number of ranks or parallel layout. The optimizer
+state is keyed by parameter name (DCP's flattened form), never by param-group number: the groups depend on the
+layout (tensor parallelism adds some, see `build_optimizer`). The group hyper-parameters are saved but not
+loaded: they come from the config. The layout and its readers (`find_checkpoint`, `load_model_from_run`, ...)
+are the run-dir contract, `autarky.contracts.rundir`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from autarky.contracts.rundir import (
     CHECKPOINTS,
@@ -31,11 +35,18 @@ from autarky.contracts.rundir import (
     read_meta,
     single_process_dcp,
 )
+from autarky.errors import UserError
 from autarky.train.parallelize import Topology, barrier
 
 # Readers of the layout are the contract's; re-exported for the train stage's callers.
 __all__ = ["Checkpoint", "complete_checkpoints", "find_checkpoint", "load_checkpoint", "load_model_from_run",
            "read_meta", "save_checkpoint"]
+
+
+# "state.<param>.<exp_avg|...>" as the nested form also flattens to, so checkpoints from before this form load;
+# "param_groups.<param>.<lr|...>" instead of "param_groups.<group number>.<lr|...>".
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+_GROUPS = "param_groups."
 
 
 def _rng_key(rank: int) -> str:
@@ -66,7 +77,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crash mid-save
     barrier(topo.world)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     state = {
         "model": model_sd,
         "optim": optim_sd,
@@ -106,19 +117,33 @@ def _fsync_dir(path: Path) -> None:
 def load_checkpoint(
     ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, topo: Topology
 ) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG in place; returns the saved train state."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state: dict[str, Any] = {"model": model_sd, "optim": optim_sd, "train": ""}
+    """Restore model, optimizer state and this rank's RNG in place; returns the saved train state. The param
+    groups' hyper-parameters stay the optimizer's own (the config's)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    groups = {k: v for k, v in optim_sd.items() if k.startswith(_GROUPS)}
+    moments = {k: v for k, v in optim_sd.items() if not k.startswith(_GROUPS)}
+    state: dict[str, Any] = {"model": model_sd, "optim": moments, "train": ""}
     saved_keys = dcp.FileSystemReader(ckpt.path).read_metadata().state_dict_metadata.keys()
     rng_key = _rng_key(topo.rank)
     has_rng = any(k == rng_key or k.startswith(rng_key + ".") for k in saved_keys)
     if has_rng:  # absent when resuming on more ranks than saved it
         state[rng_key] = _rng_state(topo.device)  # same shapes as the saved state
-    with single_process_dcp():
-        dcp.load(state, checkpoint_id=ckpt.path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    try:
+        with single_process_dcp():
+            dcp.load(state, checkpoint_id=ckpt.path)
+    except CheckpointException as exc:  # what DCP cannot map or reshard: names or shapes that do not match
+        raise UserError(f"cannot resume from {ckpt.path}: {_first_failure(exc)}; it was saved by another model "
+                        "or set of trained parameters (resume with the same model, or start a new run)") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict={**state["optim"], **groups},
+                   options=_OPTIONS)  # fmt: skip
     if has_rng:
         torch.set_rng_state(state[rng_key]["torch"])
         if "cuda" in state[rng_key] and topo.device.type == "cuda":
             torch.cuda.set_rng_state(state[rng_key]["cuda"], topo.device)
     return json.loads(state["train"])
+
+
+def _first_failure(exc: CheckpointException) -> str:
+    """One line from DCP's per-rank failures (its message is every rank's traceback)."""
+    error = next(iter(exc.failures.values()))[0]
+    return (str(error).splitlines() or [type(error).__name__])[0]
