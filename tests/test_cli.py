@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from autarky.cli import app
-from autarky.data.build import DataConfig
+from autarky.data.config import DataConfig
 from autarky.plan.planner import PlanRequest
 from autarky.serve.options import ServeOptions
 from autarky.serve.registry import ServedModelSpec

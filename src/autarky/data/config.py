@@ -13,8 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autarky.data.sources import DEFAULT_GLOB, STDLIB
-from autarky.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from autarky.errors import UserError
+from autarky.model.chat import SPECIAL_TOKENS
+
+# Here rather than in autarky.data.tokenizer, so that the CLI reads the config without importing tokenizers/numpy.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
+MAX_VOCAB_SIZE = 262_144
 
 _WEIGHT_TOLERANCE = 1e-6
 
