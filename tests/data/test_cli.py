@@ -100,6 +100,7 @@ def _assert_nothing_written(out: Path) -> None:
         (["--max-mb", "-1"], ["--max-mb"]),
         (["--glob", "**/*.rs"], ["no files", "**/*.rs"]),
         (["--glob", "/etc/*.py"], ["--glob", "relative"]),
+        (["--pii", "bogus"], ["--pii: ", "'redact'"]),  # the option's name, not the config field's path
     ],
 )
 def test_bad_options_are_one_line_errors(tiny_corpus_dir: Path, tmp_path: Path, extra, fragments) -> None:

@@ -124,6 +124,7 @@ def test_reusing_a_base_models_tokenizer(tiny_data_dir: Path, sources: Path, tmp
     ("setup", "fragments"),
     [
         ("weights", ["weights must sum to 1", "0.9"]),
+        ("toml-key", ["w.toml", "sources[1].corpus: Extra inputs"]),  # named as written in the file
         ("parquet", ["not a readable Parquet file"]),
         ("parquet-no-text", ["no 'text' column"]),
         ("parquet-int-text", ["'text' column holds int64, not strings"]),
@@ -138,6 +139,8 @@ def test_bad_input_is_one_line_and_leaves_no_manifest(sources: Path, tmp_path: P
     args = ["data", "build", "--out", str(out), "--vocab-size", "300"]
     if setup == "weights":
         args += ["--config", str(_write(tmp_path / "w.toml", _TOML.replace("weight = 0.4", "weight = 0.3")))]
+    elif setup == "toml-key":
+        args += ["--config", str(_write(tmp_path / "w.toml", _TOML.replace('path = "src/web.jsonl"', 'corpus = "x"')))]
     elif setup == "parquet":
         args += ["--corpus", str(_write(tmp_path / "bad.parquet", "PAR1 not really"))]
     elif setup == "parquet-no-text":
