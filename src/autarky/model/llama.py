@@ -2,6 +2,7 @@
 
 The open families built on it are configuration of this one model: Llama 3.x (scaled RoPE), Mistral (a sliding
 attention window), Qwen2/2.5 (q/k/v biases), Qwen3 (RMSNorm on each query/key head, a head width of its own).
+That configuration, `ModelConfig`, lives in autarky.model.config, which needs no torch.
 
 One file, no parallelism, no logging: FSDP2, tensor parallel, compile and checkpointing are applied from
 outside (autarky.train.parallelize). Weight names and the rotary convention (rotate-half) match Hugging Face's
