@@ -12,7 +12,7 @@ own code path:
   baseline  the standard Hugging Face recipe: model(input_ids, labels=...) → .loss, torch.optim.AdamW(fused=True),
             clip_grad_norm_; transformers' default experts implementation (printed: "grouped_mm" in 5.x)
 The two alternate in short rounds in one process so background load hits both alike; each side's best round is
-reported (as timeit does). MFU counts active-parameter FLOPs (autarky.model.llama.flops_per_token) against the
+reported (as timeit does). MFU counts active-parameter FLOPs (autarky.model.config.flops_per_token) against the
 device's peak (measured on CPU: a fp32 matmul at the bench's thread count). Both sides run the same matmuls, so
 the ratio cannot exceed 1 / transformers' MFU (printed as the bound): at ~75% MFU on CPU, ~1.3×.
 
@@ -32,8 +32,9 @@ from dataclasses import replace
 
 import torch
 
+from autarky.model.config import ModelConfig, flops_per_token
 from autarky.model.hf import hf_config_dict, hf_state_dict
-from autarky.model.llama import Llama, ModelConfig, flops_per_token
+from autarky.model.llama import Llama
 from autarky.model.sizes import preset
 from autarky.train.metrics import peak_flops
 from autarky.train.step import autocast_for, build_optimizer, train_step

@@ -28,8 +28,9 @@ from collections.abc import Callable
 import torch
 
 from autarky.errors import UserError
+from autarky.model.config import ModelConfig, flops_per_token
 from autarky.model.hf import hf_config_dict, to_hf_name
-from autarky.model.llama import Llama, ModelConfig, flops_per_token
+from autarky.model.llama import Llama
 from autarky.model.sizes import preset
 from autarky.train.config import OptimSection
 from autarky.train.metrics import peak_flops

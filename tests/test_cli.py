@@ -1,20 +1,26 @@
 """The `autarky` command tree as a whole: every parameter has help, the moved commands answer under their new
-names, the old spellings still work but are hidden, and CLI defaults are the config trees' own."""
+names, the old spellings still work but are hidden, CLI defaults are the config trees' own, and start-up does
+not import torch."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from autarky.cli import app
-from autarky.data.build import DataConfig
+from autarky.data.config import DataConfig
 from autarky.plan.planner import PlanRequest
 from autarky.serve.options import ServeOptions
 from autarky.serve.registry import ServedModelSpec
 from autarky.train.config import TrainConfig
+from fixtures.cli import run_autarky_reporting_imports
 
 runner = CliRunner()
 # old spelling -> new spelling, kept as hidden aliases for one release
@@ -106,3 +112,25 @@ def test_store_options_are_the_same_everywhere():
     assert len(helps) == 1
     for path in touching:
         assert "-c" in option(path, "--config").opts, path
+
+
+@pytest.mark.parametrize("args", [["--help"], ["data", "build", "--help"], ["train", "--help"],
+                                  ["finetune", "--help"], ["serve", "--help"], ["plan", "--help"]])
+def test_start_up_does_not_import_torch(args: list[str], tmp_path: Path):
+    # torch costs ~200 MB and seconds of start-up; only the commands that run a model may pay for it.
+    proc, imported = run_autarky_reporting_imports(args, tmp_path / "modules.json")
+    assert proc.returncode == 0 and "Usage: autarky" in proc.stdout, proc.stderr
+    assert "torch" not in imported and "autarky" in imported
+
+
+def test_the_import_report_sees_torch_when_a_command_uses_it(tmp_path: Path):
+    # The control for the test above: `model info` builds the model on the meta device, so it must import torch.
+    proc, imported = run_autarky_reporting_imports(["model", "info", "nano", "--json"], tmp_path / "modules.json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["preset"] == "nano", proc.stderr
+    assert "torch" in imported
+
+
+def test_import_of_the_cli_does_not_import_torch():
+    code = "import sys, autarky.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -14,7 +14,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from autarky.adapters import LoraConfig, apply_lora, lora_parameters, save_adapter
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Llama
 
 CFG = ModelConfig(vocab_size=128, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=32)
 

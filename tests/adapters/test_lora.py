@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from torch import nn
 
 from autarky.adapters import LoraConfig, LoraLinear, apply_lora, lora_parameters, merge_lora
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Llama
 
 CFG = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=64)
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from autarky.adapters import LoraConfig, apply_lora, fuse_swiglu, lora_parameters
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Llama
 
 CFG = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=64)
 TOKENS = torch.randint(0, CFG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(7))

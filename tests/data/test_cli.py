@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autarky.cli import app
+from fixtures.cli import run_autarky_reporting_imports
 
 runner = CliRunner()
 
@@ -71,6 +72,19 @@ def test_jsonl_corpus_with_max_mb(tmp_path: Path) -> None:
     assert all(d["relpath"].startswith("docs.jsonl:") for d in manifest["documents"])
 
 
+def test_build_process_never_imports_torch(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    # The parent holds the whole-corpus passes (dedup, selection), so its size is the build's largest process;
+    # torch would add ~200 MB to it for nothing. Its workers import a subset of what it did (spawned: only the
+    # task functions' modules).
+    out = tmp_path / "data"
+    args = ["data", "build", "--corpus", str(tiny_corpus_dir), "--glob", "json/*.py", "--out", str(out),
+            "--vocab-size", "300", "--val-fraction", "0.2", "--workers", "2", "--quiet"]  # fmt: skip
+    proc, imported = run_autarky_reporting_imports(args, tmp_path / "modules.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["documents"]
+    assert "torch" not in imported and "tokenizers" in imported
+
+
 def _assert_nothing_written(out: Path) -> None:
     assert not out.exists()
 
@@ -86,6 +100,7 @@ def _assert_nothing_written(out: Path) -> None:
         (["--max-mb", "-1"], ["--max-mb"]),
         (["--glob", "**/*.rs"], ["no files", "**/*.rs"]),
         (["--glob", "/etc/*.py"], ["--glob", "relative"]),
+        (["--pii", "bogus"], ["--pii: ", "'redact'"]),  # the option's name, not the config field's path
     ],
 )
 def test_bad_options_are_one_line_errors(tiny_corpus_dir: Path, tmp_path: Path, extra, fragments) -> None:

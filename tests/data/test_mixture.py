@@ -124,9 +124,12 @@ def test_reusing_a_base_models_tokenizer(tiny_data_dir: Path, sources: Path, tmp
     ("setup", "fragments"),
     [
         ("weights", ["weights must sum to 1", "0.9"]),
+        ("toml-key", ["w.toml", "sources[1].corpus: Extra inputs"]),  # named as written in the file
         ("parquet", ["not a readable Parquet file"]),
         ("parquet-no-text", ["no 'text' column"]),
+        ("parquet-int-text", ["'text' column holds int64, not strings"]),
         ("zst", ["not a readable zstd file"]),
+        ("zst-truncated", ["bad.jsonl.zst ends inside a zstd frame"]),
         ("ray", ["--ray-address", "no Ray cluster answers"]),
         ("tokenizer", ["--tokenizer", "no tokenizer.json"]),
     ],
@@ -136,13 +139,22 @@ def test_bad_input_is_one_line_and_leaves_no_manifest(sources: Path, tmp_path: P
     args = ["data", "build", "--out", str(out), "--vocab-size", "300"]
     if setup == "weights":
         args += ["--config", str(_write(tmp_path / "w.toml", _TOML.replace("weight = 0.4", "weight = 0.3")))]
+    elif setup == "toml-key":
+        args += ["--config", str(_write(tmp_path / "w.toml", _TOML.replace('path = "src/web.jsonl"', 'corpus = "x"')))]
     elif setup == "parquet":
         args += ["--corpus", str(_write(tmp_path / "bad.parquet", "PAR1 not really"))]
     elif setup == "parquet-no-text":
         pq.write_table(pa.table({"body": ["x"]}), tmp_path / "body.parquet")
         args += ["--corpus", str(tmp_path / "body.parquet")]
+    elif setup == "parquet-int-text":
+        pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ints.parquet")
+        args += ["--corpus", str(tmp_path / "ints.parquet")]
     elif setup == "zst":
         (tmp_path / "bad.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd garbage")
+        args += ["--corpus", str(tmp_path / "bad.jsonl.zst")]
+    elif setup == "zst-truncated":  # a cut-off copy (an interrupted download) must not build a shorter corpus
+        whole = (sources / "books.jsonl.zst").read_bytes()
+        (tmp_path / "bad.jsonl.zst").write_bytes(whole[: len(whole) // 2])
         args += ["--corpus", str(tmp_path / "bad.jsonl.zst")]
     elif setup == "ray":
         args += ["--corpus", str(sources / "web.jsonl"), "--ray-address", "127.0.0.1:9"]

@@ -155,7 +155,7 @@ def test_resuming_a_finished_run_says_it_is_complete(lora_run: Path) -> None:
 
 def test_lora_mfu_counts_what_a_lora_step_computes(lora_run: Path, tiny_hf_model_dir: Path) -> None:
     from autarky.finetune.trainer import finetune_flops_per_token
-    from autarky.model.llama import flops_per_token
+    from autarky.model.config import flops_per_token
 
     _, cfg = load_hf_folder(tiny_hf_model_dir)
     manifest = json.loads((lora_run / "manifest.json").read_text())["examples"]

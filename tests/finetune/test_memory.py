@@ -11,7 +11,8 @@ import torch
 
 from autarky.adapters import LoraConfig, apply_lora
 from autarky.finetune.trainer import lean_activations
-from autarky.model.llama import Attention, Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Attention, Llama
 
 CFG = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=64)
 TOKENS = torch.randint(0, CFG.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))

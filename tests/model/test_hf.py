@@ -9,8 +9,9 @@ import torch
 import transformers
 
 from autarky.errors import UserError
+from autarky.model.config import ModelConfig
 from autarky.model.hf import eos_token_ids, load_hf_folder, read_model_config, save_hf_folder
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.llama import Llama
 from autarky.model.tokenizer import load_hf_folder_tokenizer, render_chat
 
 

@@ -11,9 +11,10 @@ import torch
 import transformers
 
 from autarky.errors import UserError
+from autarky.model.config import ModelConfig
 from autarky.model.generate import generate_tokens
 from autarky.model.hf import load_hf_folder, model_config_from_hf, read_model_config, save_hf_folder
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.llama import Llama
 from autarky.model.moe import moe_layers, update_expert_bias
 from autarky.model.sampling import SamplingParams
 

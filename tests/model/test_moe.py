@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from autarky.model.llama import Llama, ModelConfig, active_parameter_count, parameter_count
+from autarky.model.config import ModelConfig, active_parameter_count, parameter_count
+from autarky.model.llama import Llama
 from autarky.model.moe import FeedForward, GroupedExperts, MoE, aux_loss, load_summary, update_expert_bias
 
 DENSE = ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32)

@@ -5,7 +5,8 @@ import torch
 import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from autarky.model.rope import RopeScaling, inverse_frequencies, rope_tables
+from autarky.model.config import RopeScaling
+from autarky.model.rope import inverse_frequencies, rope_tables
 
 
 @pytest.mark.parametrize(("factor", "original", "head_dim"), [(8.0, 8192, 128), (32.0, 8192, 64), (4.0, 16, 16)])

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from autarky.cli import app
 from autarky.errors import UserError
-from autarky.model.llama import parameter_count
+from autarky.model.config import parameter_count
 from autarky.model.sizes import PRESETS, build_on_meta, preset
 
 # Published totals (embeddings included): Llama 3.1 8B/70B/405B from the released configs / safetensors

@@ -7,8 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from autarky.cli import app
+from autarky.model.config import parameter_count
 from autarky.model.hf import hf_config_dict
-from autarky.model.llama import parameter_count
 from autarky.model.sizes import preset
 from autarky.plan.shape import from_hf_config, from_preset
 

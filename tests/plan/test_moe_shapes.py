@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from autarky.model.config import active_parameter_count, parameter_count
 from autarky.model.hf import hf_config_dict
-from autarky.model.llama import active_parameter_count, parameter_count
 from autarky.model.sizes import preset
 from autarky.plan.shape import from_hf_config, from_preset
 

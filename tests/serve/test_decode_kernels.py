@@ -241,7 +241,7 @@ def _unique_weight_bytes(model: torch.nn.Module) -> int:
 
 def test_served_fp32_weights_are_held_once(tiny_hf_model_dir: Path):
     """The packed oneDNN weight is the only copy: the few-row kernels and a tied embedding read its memory."""
-    from autarky.model.llama import parameter_count
+    from autarky.model.config import parameter_count
 
     model, _ = load_served_model(ServedModelSpec(str(tiny_hf_model_dir)))
     layers = [m for m in model.modules() if isinstance(m, DecodeLinear)]

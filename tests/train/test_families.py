@@ -15,7 +15,8 @@ def worker() -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.config import ModelConfig
+    from autarky.model.llama import Llama
     from autarky.train.parallelize import parallelize
 
     dist.init_process_group("gloo")

@@ -36,7 +36,7 @@ def test_metrics_rows_have_throughput_and_mfu(tiny_run_dir: Path) -> None:
 
 
 def _flops_per_token(run_dir: Path) -> float:
-    from autarky.model.llama import flops_per_token
+    from autarky.model.config import flops_per_token
 
     _, cfg, _, _ = load_model_from_run(run_dir)
     return flops_per_token(cfg, 64)

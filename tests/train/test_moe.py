@@ -65,7 +65,8 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Llama
 from torch.distributed.device_mesh import init_device_mesh
 
 from autarky.train.expert_parallel import apply_expert_parallel
@@ -103,7 +104,8 @@ def test_expert_parallel_over_two_gloo_processes_matches_ep1(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.config import ModelConfig
+    from autarky.model.llama import Llama
 
     script = tmp_path / "ep.py"
     script.write_text(_EP_SCRIPT)
@@ -138,7 +140,8 @@ def test_expert_parallel_over_two_gloo_processes_matches_ep1(tmp_path: Path) -> 
 def test_z_loss_adds_the_mean_squared_logsumexp_of_the_router_logits() -> None:
     from dataclasses import replace
 
-    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.config import ModelConfig
+    from autarky.model.llama import Llama
     from autarky.model.moe import aux_loss, moe_layers
     from autarky.train.step import batch_loss
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from autarky.errors import UserError
 
 if TYPE_CHECKING:
-    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.config import ModelConfig
+    from autarky.model.llama import Llama
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -145,7 +146,7 @@ def pinned_model_config(model: dict[str, Any]) -> ModelConfig | None:
     """The exact model shape a run trained, from its config.toml's [model] table (pinned by `autarky train`);
     None when the table does not pin a whole shape. ValueError when it does but is not a valid shape."""
     from autarky.errors import UserError
-    from autarky.model.llama import ModelConfig
+    from autarky.model.config import ModelConfig
     from autarky.model.sizes import PRESETS, preset
 
     if not isinstance(model, dict) or not all(model.get(k) for k in _SHAPE_KEYS):
@@ -175,7 +176,8 @@ def load_model_from_run(run_dir: Path | str, step: int | None = None) -> tuple[L
     """
     import torch.distributed.checkpoint as dcp  # paid for only by callers that load weights
 
-    from autarky.model.llama import Llama, ModelConfig
+    from autarky.model.config import ModelConfig
+    from autarky.model.llama import Llama
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

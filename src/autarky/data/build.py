@@ -38,7 +38,7 @@ from rich.progress import (
 )
 from tokenizers import Tokenizer
 
-from autarky.data.config import DataConfig as DataConfig
+from autarky.data.config import DataConfig
 from autarky.data.manifest import (
     FORGOTTEN_FILE,
     FORMAT,

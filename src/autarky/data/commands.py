@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from autarky.clikit import TableConsole, field_option
-from autarky.data.build import DataConfig
+from autarky.data.config import DataConfig
 
 
 def _summary(manifest: dict, out: Path) -> Table:

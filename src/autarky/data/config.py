@@ -13,17 +13,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autarky.data.sources import DEFAULT_GLOB, STDLIB
-from autarky.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from autarky.errors import UserError
+from autarky.model.chat import SPECIAL_TOKENS
+
+# Here rather than in autarky.data.tokenizer, so that the CLI reads the config without importing tokenizers/numpy.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
+MAX_VOCAB_SIZE = 262_144
 
 _WEIGHT_TOLERANCE = 1e-6
-
+# Config fields whose CLI option is not spelled after the field's path.
+_OPTION_NAMES = {("pii", "mode"): "--pii"}
 
 
 def _not_blank(cls: type, value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -113,17 +119,16 @@ class DataConfig(_Frozen):
         return self.sources or (SourceConfig(name="corpus", path=self.corpus, glob=self.glob, weight=1.0),)
 
     @classmethod
-    def create(cls, **fields: object) -> DataConfig:
-        """Like DataConfig(**fields), but bad values raise one-line UserErrors phrased as CLI options."""
+    def create(cls, toml: Path | None = None, given: frozenset[str] = frozenset(), **fields: object) -> DataConfig:
+        """Like DataConfig(**fields), but bad values raise one-line UserErrors that name what the user wrote: the
+        CLI option, or for a value from the TOML file `toml` (every field but those `given` on the command line)
+        its key there."""
         try:
             return cls(**fields)
         except ValidationError as e:
-            problems = "; ".join(
-                f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
-                if err["loc"] else err["msg"].removeprefix("Value error, ")
-                for err in e.errors()
-            )
-            raise UserError(f"bad data config: {problems}") from None
+            problems = "; ".join(_problem(err, toml if err["loc"][:1] and err["loc"][0] not in given else None)
+                                 for err in e.errors())  # fmt: skip
+            raise UserError(f"bad data config{f' {toml}' if toml else ''}: {problems}") from None
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: object) -> DataConfig:
@@ -138,4 +143,15 @@ class DataConfig(_Frozen):
             # relative source paths are relative to the config file, so a config travels with its data
             if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"] != "stdlib":
                 source["path"] = str(Path(path).parent / Path(source["path"]).expanduser())
-        return cls.create(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.create(Path(path), frozenset(given), **{**fields, **given})
+
+
+def _problem(err: dict, toml: Path | None) -> str:
+    """One validation error as `--option: message`, or as `key.path[0]: message` for a value from a TOML file."""
+    loc, msg = tuple(err["loc"]), err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    if toml is not None:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".") + f": {msg}"
+    return f"{_OPTION_NAMES.get(loc, '--' + '-'.join(str(p) for p in loc).replace('_', '-'))}: {msg}"

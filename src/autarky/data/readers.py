@@ -163,6 +163,7 @@ def plan_source(
 
 
 def _parquet_file(root: Path, label: str):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -171,6 +172,9 @@ def _parquet_file(root: Path, label: str):
         raise UserError(f"{label} is not a readable Parquet file ({type(e).__name__}: {e})") from None
     if "text" not in pf.schema_arrow.names:
         raise UserError(f"{label} has no 'text' column; a Parquet source needs one (string)")
+    kind = pf.schema_arrow.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise UserError(f"{label}'s 'text' column holds {kind}, not strings; a Parquet source needs string text")
     return pf
 
 
@@ -229,14 +233,48 @@ def _jsonl_lines(stream: io.BufferedIOBase, first_line: int, length: int, limit:
         lineno += 1
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, its frames one after another. zstandard's stream_reader ends quietly
+    where a file is cut off (a half-copied download would build half a corpus); here that is a UserError. Input is
+    fed in small pieces, so one call's output stays small however well the data compresses."""
+
+    _FEED = 16 << 10
+
+    def __init__(self, raw: io.BufferedIOBase, path: Path) -> None:
+        import zstandard
+
+        self._raw, self._path, self._new = raw, path, zstandard.ZstdDecompressor().decompressobj
+        self._frame, self._in_frame, self._out = self._new(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._out:
+            data = self._raw.read(self._FEED)
+            if not data:
+                if self._in_frame:
+                    raise UserError(f"{self._path} ends inside a zstd frame (a truncated file?); copy it again")
+                return 0
+            pieces = []
+            while data:
+                if self._frame.eof:
+                    self._frame = self._new()
+                pieces.append(self._frame.decompress(data))
+                data = self._frame.unused_data if self._frame.eof else b""
+                self._in_frame = not self._frame.eof
+            self._out = b"".join(pieces)
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
 def _read_jsonl(task: Task, limit: int, stats: ReadStats) -> Iterator[tuple[str, str]]:
     path = Path(task.root)
     with path.open("rb") as raw:
         if task.kind == "jsonl.zst":
-            import zstandard
-
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), _BLOCK)  # type: ignore[arg-type]
-            length = -1
+            stream, length = io.BufferedReader(_ZstdFrames(raw, path), _BLOCK), -1
         else:
             raw.seek(task.start)
             stream, length = raw, task.end - task.start

@@ -27,9 +27,6 @@ from autarky.model.chat import SPECIAL_TOKENS as SPECIAL_TOKENS
 
 EOT_ID = 0
 
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the specials
-MAX_VOCAB_SIZE = 262_144
-
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 

@@ -16,8 +16,9 @@ import torch.distributed.checkpoint as dcp
 
 from autarky.adapters import LoraConfig, apply_lora, merge_lora, save_adapter
 from autarky.contracts.rundir import TOKENIZER_DIR, Checkpoint, read_meta, single_process_dcp
+from autarky.model.config import ModelConfig
 from autarky.model.hf import check_output_folder, save_hf_folder
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.llama import Llama
 
 
 def is_lora_checkpoint(ckpt: Checkpoint) -> bool:

@@ -26,8 +26,8 @@ from autarky.finetune.config import FinetuneConfig
 from autarky.finetune.packing import Rows, fit_to_length, pack_rows
 from autarky.finetune.records import Record, data_files, read_records
 from autarky.finetune.render import Example, Renderer
+from autarky.model.config import ModelConfig
 from autarky.model.hf import read_model_config
-from autarky.model.llama import ModelConfig
 from autarky.train.parallelize import Topology, topology_from_env
 
 MANIFEST_FILE = "manifest.json"

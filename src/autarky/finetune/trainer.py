@@ -23,8 +23,8 @@ from autarky.finetune.config import FinetuneConfig, dump_finetune_config
 from autarky.finetune.memory import return_freed_memory
 from autarky.finetune.packing import PackedBatches
 from autarky.finetune.prepare import MANIFEST_FILE, FinetunePlan, prepare
+from autarky.model.config import ModelConfig, active_parameter_count
 from autarky.model.hf import TOKENIZER_FILES, load_hf_folder
-from autarky.model.llama import ModelConfig, active_parameter_count
 from autarky.train.loop import BatchSource, RunSummary, Trainer, run_trainer
 from autarky.train.parallelize import parallelize
 

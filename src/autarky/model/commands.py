@@ -11,7 +11,7 @@ from autarky.clikit import TableConsole
 
 def model_info(name: str) -> dict:
     # Imported here so `autarky --help` and the other stages' commands start without loading torch.
-    from autarky.model.llama import active_parameter_count, flops_per_token, parameter_count
+    from autarky.model.config import active_parameter_count, flops_per_token, parameter_count
     from autarky.model.sizes import build_on_meta, preset
 
     cfg = preset(name)

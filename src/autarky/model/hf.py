@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from autarky.errors import UserError
 from autarky.model import hf_moe
 from autarky.model.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
-from autarky.model.llama import FAMILIES, Llama, ModelConfig
-from autarky.model.rope import RopeScaling, rope_tables
+from autarky.model.config import FAMILIES, ModelConfig, RopeScaling
+from autarky.model.llama import Llama
+from autarky.model.rope import rope_tables
 
 # The eos tokens of ChatML-style tokenizers (ours and SmolLM2): end of document and end of chat turn.
 EOS_TOKENS = (ENDOFTEXT, IM_END)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig
+from autarky.model.config import ModelConfig
 from autarky.model.moe import moe_layers
 
 MOE_FAMILIES = ("qwen3_moe", "mixtral", "dots1", "glm4_moe")

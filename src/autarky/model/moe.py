@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from autarky.model.llama import ModelConfig
+    from autarky.model.config import ModelConfig
 
 
 class FeedForward(nn.Module):

@@ -8,23 +8,10 @@ frequencies. The formula is the one of Meta's reference code and transformers' `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """`rope_scaling` with `rope_type = "llama3"` in a Hugging Face config.json."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
-
-    def __post_init__(self) -> None:
-        if not (self.factor > 0 and 0 < self.low_freq_factor < self.high_freq_factor):
-            raise ValueError(f"rope_scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {self}")
+from autarky.model.config import RopeScaling
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:

@@ -5,12 +5,13 @@ published frontier shapes (for planning; `autarky model info` gives their exact 
 from __future__ import annotations
 
 from dataclasses import replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from autarky.errors import UserError
-from autarky.model.llama import Llama, ModelConfig
-from autarky.model.rope import RopeScaling
+from autarky.model.config import ModelConfig, RopeScaling
+
+if TYPE_CHECKING:
+    from autarky.model.llama import Llama
 
 # rope_scaling of Llama 3.1 (factor 8) and Llama 3.2 (factor 32), from their config.json.
 _LLAMA31_ROPE = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -103,5 +104,9 @@ def preset(name: str, **overrides: object) -> ModelConfig:
 
 def build_on_meta(cfg: ModelConfig) -> Llama:
     """The model with no storage: for counting parameters and planning layouts of any size."""
+    import torch  # here, so that the presets (read by configs and the planner) stay torch-free
+
+    from autarky.model.llama import Llama
+
     with torch.device("meta"):
         return Llama(cfg)

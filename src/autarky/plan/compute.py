@@ -5,7 +5,7 @@ FLOPs rules (the numerator of MFU must match the rule, so the plan records which
 - "6nd+attn": C = (6·N + 12·L·H·Q·T)·D (PaLM App. B model FLOPs; the numerator of autarky's measured MFU)
 - "8nd":      C = 8·N·D, full activation recompute (Megatron eq. 4, time ≈ 8·T·P/(n·X)); utilisation is then HFU
 - "autarky":  (6·N_matmul + 12·L·H·Q·T)·D with N_matmul = N less an untied input embedding (a lookup): exactly
-              `autarky.model.llama.flops_per_token`, the numerator of the MFU `autarky train` logs
+              `autarky.model.config.flops_per_token`, the numerator of the MFU `autarky train` logs
 N is the active parameter count (MoE: compute scales with the parameters a token touches), counting every
 parameter (PaLM / nanoGPT convention) except under "autarky".
 """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig, active_parameter_count, parameter_count
+from autarky.model.config import ModelConfig, active_parameter_count, parameter_count
 from autarky.model.sizes import preset
 
 

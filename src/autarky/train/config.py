@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig
+from autarky.model.config import ModelConfig
 from autarky.model.sizes import preset
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

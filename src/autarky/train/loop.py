@@ -29,7 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autarky.contracts.rundir import CONFIG_FILE, TOKENIZER_DIR, read_meta
 from autarky.data import read_manifest
 from autarky.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
-from autarky.model.llama import Llama, flops_per_token, parameter_count
+from autarky.model.config import flops_per_token, parameter_count
+from autarky.model.llama import Llama
 from autarky.model.moe import load_summary, update_expert_bias
 from autarky.train.batches import SequentialCursor, WindowSampler, make_train_sampler
 from autarky.train.checkpoint import load_checkpoint, save_checkpoint

@@ -24,7 +24,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from autarky.errors import UserError
-from autarky.model.llama import Llama, ModelConfig
+from autarky.model.config import ModelConfig
+from autarky.model.llama import Llama
 
 ActivationCheckpointing = Literal["none", "full", "selective"]
 

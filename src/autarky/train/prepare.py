@@ -15,7 +15,7 @@ import torch
 from autarky.contracts.rundir import CONFIG_FILE, Checkpoint, complete_checkpoints
 from autarky.data import open_tokens, verify_data_dir, vocab_size_of
 from autarky.errors import UserError
-from autarky.model.llama import ModelConfig, parameter_count
+from autarky.model.config import ModelConfig, parameter_count
 from autarky.train.config import ModelSection, TrainConfig, load_config
 from autarky.train.parallelize import Topology, check_model_fits_ep, check_model_fits_tp, topology_from_env
 
