@@ -32,6 +32,7 @@ from torch import nn
 
 from autarky.model.llama import Block, KVCache, sliding_window_mask
 from autarky.model.moe import MoE
+from autarky.serve import paged_kernel
 from autarky.serve.cache import PagedKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
@@ -185,8 +186,11 @@ _paged_attention_parallel = torch.compile(_paged_attention, dynamic=True)
 
 def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """One query per row (B, 1, H, E) over the pool in place → (B, 1, H·E); all threads only when the keys and
-    values read are worth an OpenMP start-up (see PARALLEL_BYTES)."""
+    """One query per row (B, 1, H, E) over the pool in place → (B, 1, H·E): the C kernel where it applies (fp32,
+    several times faster), else compiled, all threads only when the keys and values read are worth an OpenMP
+    start-up (see PARALLEL_BYTES)."""
+    if paged_kernel.supports(q, k_pool):
+        return paged_kernel.paged_decode_attention(q, k_pool, v_pool, slots, mask)
     read = 2 * slots.numel() * k_pool[0].numel() * k_pool.element_size()
     kernel = _paged_attention_parallel if read >= PARALLEL_BYTES else _paged_attention_serial
     return kernel(q, k_pool, v_pool, slots, mask)
