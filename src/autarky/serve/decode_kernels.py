@@ -176,7 +176,10 @@ def _paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
                      mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """_one_query_attention over the keys/values at `slots` (B, S) of a paged cache's pools (N, K, E): compiled,
     the indexing becomes indirect loads inside the attention loops, so no row's keys are copied out of the pool
-    (a gather per layer per step would move every row's whole context through memory once more)."""
+    (a gather per layer per step would move every row's whole context through memory once more). The C kernel
+    (autarky.serve.paged_kernel) where it applies."""
+    if paged_kernel.supports(q, k_pool):
+        return paged_kernel.paged_decode_attention_op(q, k_pool, v_pool, slots, mask)
     return _one_query_attention(q, k_pool[slots], v_pool[slots], mask)
 
 
@@ -315,6 +318,7 @@ def use_decode_kernels(model: nn.Module) -> bool:
     inductor cannot trace."""
     if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
         return False
+    paged_kernel.available()  # built (or found) now: compiled graphs only read whether it is
     # MoE blocks decline: their routed experts (gather, grouped matmul, scatter) are not the fused SwiGLU of
     # `_block_tail`, so they keep Block.forward; their router and shared experts still get the few-row kernels.
     replace_modules(model, Block, lambda block: block if isinstance(block.feed_forward, MoE) else DecodeBlock(block))

@@ -134,8 +134,14 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
+_available: bool | None = None  # set once, eagerly: compiled graphs read it (they cannot build the library)
+
+
 def available() -> bool:
-    return _library() is not None
+    global _available
+    if _available is None:
+        _available = _library() is not None
+    return _available
 
 
 def supports(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
@@ -162,3 +168,16 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     library.paged_decode_attention(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), slots.data_ptr(),
                                    mask.data_ptr(), out.data_ptr(), B, S, H, K, E, E**-0.5, threads)  # fmt: skip
     return out
+
+
+@torch.library.custom_op("autarky::paged_decode_attention", mutates_args=())
+def paged_decode_attention_op(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """`paged_decode_attention` as one opaque call inside a compiled graph."""
+    return paged_decode_attention(q, k_pool, v_pool, slots, mask)
+
+
+@paged_decode_attention_op.register_fake
+def _paged_decode_attention_shape(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                                  mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    return q.new_empty((q.shape[0], 1, q.shape[2] * q.shape[3]))
