@@ -109,10 +109,17 @@ class PagedKVCache:
         """Store this step's keys/values (B, T, K, E); return the layer's pools (N, K, E), the slots (B, S) each
         row attends to and the mask (B, 1, T, S): attention that reads the pool in place needs no gathered copy
         (autarky.serve.decode_kernels.paged_attention)."""
-        assert self._write is not None, "begin() first"
-        self.k[layer][self._write] = k
-        self.v[layer][self._write] = v
-        return self.k[layer], self.v[layer], self._read, self._mask
+        k_pool, v_pool, write, read, mask = self.layer_slots(layer)
+        k_pool[write] = k
+        v_pool[write] = v
+        return k_pool, v_pool, read, mask
+
+    def layer_slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                               torch.Tensor | None]:  # fmt: skip
+        """The layer's pools (N, K, E), the slots (B, T) this step writes, the slots (B, S) each row attends to
+        and the mask (B, 1, T, S), for kernels that write the pool themselves (autarky.serve.cpu_kernels)."""
+        assert self._write is not None and self._read is not None, "begin() first"
+        return self.k[layer], self.v[layer], self._write, self._read, self._mask
 
     def copy_block(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of block src into block dst (a choice's own copy of a shared
