@@ -6,7 +6,8 @@ nothing else: it is known at start-up and never grows.
 
 Before each forward the engine says, per row, which positions the step writes (`begin`); every layer then stores
 its new keys/values at their slots and attends over the row's whole context, gathered from the pool (decode steps on
-CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
+CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention; fp32 ones write and
+read it from C: `layer_slots`, autarky.serve.cpu_kernels). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
 read from it, and the boolean mask hides them from every real query (masked scores get zero weight, which is why
 batched output equals unbatched output). A step whose rows all start at position 0 attends to its own keys with
 plain causal attention (no gather).
