@@ -73,6 +73,27 @@ def test_serve_two_named_models_and_finish_in_flight_on_sigterm(tiny_hf_model_di
     assert sum(1 for c in chunks if c["choices"][0]["text"]) > 0
 
 
+@pytest.mark.parametrize("policy", [None, "ACTIVE"])
+def test_serve_runs_with_passive_openmp_threads_unless_told_otherwise(tiny_hf_model_dir, tmp_path, policy):
+    """libgomp's spinning threads starve a server on shared cores: `autarky serve` re-runs itself with
+    OMP_WAIT_POLICY=PASSIVE (same process id, read back from the environment it runs with), unless the operator
+    set a policy, which it keeps."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {**env, "OMP_WAIT_POLICY": policy} if policy else env
+    home = {"AUTARKY_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autarky", "serve", str(tiny_hf_model_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, **home})
+    try:
+        base = wait_for_url(proc)
+        assert httpx.get(f"{base}/models").status_code == 200
+        environ = dict(item.split("=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_text().split("\0")
+                       if "=" in item)  # fmt: skip
+        assert environ.get("OMP_WAIT_POLICY") == (policy or "PASSIVE")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def test_serve_bad_model_exits_with_a_clear_error(tmp_path):
     proc = start([str(tmp_path / "missing"), "--port", "0"], tmp_path)
     out, _ = proc.communicate(timeout=120)

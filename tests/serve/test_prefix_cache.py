@@ -39,6 +39,28 @@ def test_hits_give_the_outputs_of_misses(tiny_model):
         assert_same(got, expected)
 
 
+def test_requests_arriving_together_compute_a_new_shared_prefix_once(tiny_model):
+    """The first request computes the shared prefix; the others wait for its blocks and reuse them (as vLLM
+    does), rather than each computing the same blocks in the same step, with the outputs they would have had."""
+    _, codec = tiny_model
+    jobs = [(p, greedy(6)) for p in prompts(codec)]
+    common = next(i for i, column in enumerate(zip(*(p for p, _ in jobs), strict=False)) if len(set(column)) > 1)
+    shared = common // BLOCK_SIZE  # full blocks every prompt starts with
+    cold = engine_for(tiny_model, enable_prefix_caching=False)
+    try:
+        expected = [run(cold, [job])[0] for job in jobs]
+    finally:
+        cold.shutdown(timeout=30)
+    warm = engine_for(tiny_model)
+    try:
+        together = run(warm, jobs)  # nothing cached beforehand
+        hits = warm.metrics.prefix_cache_hits._value.get()
+    finally:
+        warm.shutdown(timeout=30)
+    assert hits >= (len(jobs) - 1) * shared * BLOCK_SIZE
+    assert_same(together, expected)
+
+
 def test_prompt_logprobs_and_echo_see_every_position_even_when_cached(tiny_model):
     _, codec = tiny_model
     ids = prompts(codec)[0]

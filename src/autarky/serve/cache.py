@@ -6,7 +6,8 @@ nothing else: it is known at start-up and never grows.
 
 Before each forward the engine says, per row, which positions the step writes (`begin`); every layer then stores
 its new keys/values at their slots and attends over the row's whole context, gathered from the pool (decode steps on
-CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
+CPU read the pool in place instead: `store`, autarky.serve.decode_kernels.paged_attention; fp32 ones write and
+read it from C: `layer_slots`, autarky.serve.cpu_kernels). Rows are padded to the longest: padded queries write to a scratch block past the pool's end and padded keys
 read from it, and the boolean mask hides them from every real query (masked scores get zero weight, which is why
 batched output equals unbatched output). A step whose rows all start at position 0 attends to its own keys with
 plain causal attention (no gather).
@@ -109,10 +110,17 @@ class PagedKVCache:
         """Store this step's keys/values (B, T, K, E); return the layer's pools (N, K, E), the slots (B, S) each
         row attends to and the mask (B, 1, T, S): attention that reads the pool in place needs no gathered copy
         (autarky.serve.decode_kernels.paged_attention)."""
-        assert self._write is not None, "begin() first"
-        self.k[layer][self._write] = k
-        self.v[layer][self._write] = v
-        return self.k[layer], self.v[layer], self._read, self._mask
+        k_pool, v_pool, write, read, mask = self.layer_slots(layer)
+        k_pool[write] = k
+        v_pool[write] = v
+        return k_pool, v_pool, read, mask
+
+    def layer_slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                               torch.Tensor | None]:  # fmt: skip
+        """The layer's pools (N, K, E), the slots (B, T) this step writes, the slots (B, S) each row attends to
+        and the mask (B, 1, T, S), for kernels that write the pool themselves (autarky.serve.cpu_kernels)."""
+        assert self._write is not None and self._read is not None, "begin() first"
+        return self.k[layer], self.v[layer], self._write, self._read, self._mask
 
     def copy_block(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of block src into block dst (a choice's own copy of a shared

@@ -32,6 +32,7 @@ from torch import nn
 
 from autarky.model.llama import Block, KVCache, sliding_window_mask
 from autarky.model.moe import MoE
+from autarky.serve import cpu_kernels
 from autarky.serve.cache import PagedKVCache
 from autarky.serve.packed import (
     PackedBF16Linear,
@@ -175,7 +176,10 @@ def _paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
                      mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """_one_query_attention over the keys/values at `slots` (B, S) of a paged cache's pools (N, K, E): compiled,
     the indexing becomes indirect loads inside the attention loops, so no row's keys are copied out of the pool
-    (a gather per layer per step would move every row's whole context through memory once more)."""
+    (a gather per layer per step would move every row's whole context through memory once more). The C kernel
+    (autarky.serve.cpu_kernels) where it applies."""
+    if cpu_kernels.supports(q, k_pool):
+        return cpu_kernels.paged_decode_attention_op(q, k_pool, v_pool, slots, mask)
     return _one_query_attention(q, k_pool[slots], v_pool[slots], mask)
 
 
@@ -185,8 +189,11 @@ _paged_attention_parallel = torch.compile(_paged_attention, dynamic=True)
 
 def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """One query per row (B, 1, H, E) over the pool in place → (B, 1, H·E); all threads only when the keys and
-    values read are worth an OpenMP start-up (see PARALLEL_BYTES)."""
+    """One query per row (B, 1, H, E) over the pool in place → (B, 1, H·E): the C kernel where it applies (fp32,
+    several times faster), else compiled, all threads only when the keys and values read are worth an OpenMP
+    start-up (see PARALLEL_BYTES)."""
+    if cpu_kernels.supports(q, k_pool):
+        return cpu_kernels.paged_decode_attention(q, k_pool, v_pool, slots, mask)
     read = 2 * slots.numel() * k_pool[0].numel() * k_pool.element_size()
     kernel = _paged_attention_parallel if read >= PARALLEL_BYTES else _paged_attention_serial
     return kernel(q, k_pool, v_pool, slots, mask)
@@ -216,10 +223,13 @@ def _stored(block: Block, k: torch.Tensor, v: torch.Tensor,
     """cache.store for a decode step, the mask narrowed to the block's sliding window if it has one."""
     k_pool, v_pool, slots, mask = cache.store(block.attention.layer, k, v)
     assert mask is not None, "decode steps need a cache in decode mode (begin)"
+    return k_pool, v_pool, slots, _narrowed(block, mask, slots.shape[1])
+
+
+def _narrowed(block: Block, mask: torch.Tensor, keys: int) -> torch.Tensor:
+    """A decode step's mask (B, 1, 1, S) narrowed to the block's sliding window, if it has one."""
     window = block.attention.sliding_window
-    if window is not None:
-        mask = sliding_window_mask(mask, 1, slots.shape[1], window, mask.device)
-    return k_pool, v_pool, slots, mask
+    return mask if window is None else sliding_window_mask(mask, 1, keys, window, mask.device)
 
 
 class KernelSwitch:
@@ -243,6 +253,9 @@ class DecodeBlock(Block):
         self.attention_norm, self.attention = block.attention_norm, block.attention
         self.ffn_norm, self.feed_forward = block.ffn_norm, block.feed_forward
 
+    def _window(self, mask: torch.Tensor, keys: int) -> torch.Tensor:
+        return _narrowed(self, mask, keys)
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
     ) -> torch.Tensor:
@@ -250,7 +263,10 @@ class DecodeBlock(Block):
             return super().forward(x, cos, sin, cache)
         if x.shape[0] <= MAX_ROWS and not (self.lora is not None and self.lora.active):
             return decode_block(self, x, cos, sin, cache)
-        # More rows (or adapter rows): the block's own projections, attention reading the pool in place.
+        # More rows (or adapter rows): the block's own projections, the rest in C where it applies, else eager
+        # with the attention reading the pool in place.
+        if cpu_kernels.rows_supported(self, x, cache.k):
+            return cpu_kernels.decode_rows_block(self, x, cos, sin, cache, self._window)
         q, k, v = self.attention.project(self.attention_norm(x), cos, sin)
         h = x + self.attention.wo(paged_attention(q, *_stored(self, k, v, cache)))
         return h + self.feed_forward(self.ffn_norm(h))
@@ -311,6 +327,7 @@ def use_decode_kernels(model: nn.Module) -> bool:
     inductor cannot trace."""
     if any(isinstance(m, PackedBF16Linear) for m in model.modules()) or not kernels_available():
         return False
+    cpu_kernels.available()  # built (or found) now: compiled graphs only read whether it is
     # MoE blocks decline: their routed experts (gather, grouped matmul, scatter) are not the fused SwiGLU of
     # `_block_tail`, so they keep Block.forward; their router and shared experts still get the few-row kernels.
     replace_modules(model, Block, lambda block: block if isinstance(block.feed_forward, MoE) else DecodeBlock(block))

@@ -131,6 +131,7 @@ class Scheduler:
             chunk = Chunk(seq, seq.computed, length)
             (plan.decode if length == 1 and seq.generated else plan.prefill).append(chunk)
             budget -= length
+        pending = self._pending_blocks() if self.waiting and self.pool.caching else set()
         while not plan.preempted and self.waiting and budget > 0:
             head = self.waiting[0]
             seq = head if isinstance(head, Sequence) else None
@@ -138,7 +139,7 @@ class Scheduler:
             rows = 1 if seq and seq.prompt_done else request.params.n
             if self.rows_used + rows > self.max_batch:
                 break
-            chunk = self._admit(seq or new_sequence(request), budget, forks=rows - 1)
+            chunk = self._admit(seq or new_sequence(request), budget, rows - 1, pending)
             if chunk is None:
                 break
             self.waiting.popleft()
@@ -146,12 +147,21 @@ class Scheduler:
             budget -= chunk.length
         return plan
 
-    def _admit(self, seq: Sequence, budget: int, forks: int) -> Chunk | None:
+    def _pending_blocks(self) -> set[int]:
+        """Hashes of the full blocks running sequences have yet to compute (this step or a later one)."""
+        bs = self.pool.block_size
+        return {h for s in self.running for h in s.hashes[s.computed // bs :]}
+
+    def _admit(self, seq: Sequence, budget: int, forks: int, pending: set[int]) -> Chunk | None:
         """Take the prefix cache's blocks for seq and room for its first chunk, or None (nothing taken) when
-        the pool cannot hold that chunk now."""
+        the pool cannot hold that chunk now, or when the next block seq would compute is one a running sequence
+        is computing: it waits for those blocks and reuses them, as vLLM does, instead of computing them twice
+        (requests that share a new prefix and arrive together)."""
         bs = self.pool.block_size
         seq.hashes = block_hashes(seq.tokens, bs, seq.adapter_key, seq.hashes)
         hits = [] if seq.needs_all_logits else self.pool.cached_prefix(seq.hashes)
+        if not seq.needs_all_logits and len(hits) < len(seq.hashes) and seq.hashes[len(hits)] in pending:
+            return None
         if len(hits) * bs >= len(seq.tokens):
             hits = hits[:-1]  # recompute the last block: its logits sample the next token
         computed = len(hits) * bs
@@ -167,6 +177,7 @@ class Scheduler:
             self.pool.acquire(block)
         seq.blocks, seq.computed = list(hits), computed
         seq.cached_tokens = computed
+        pending.update(seq.hashes[len(hits) :])
         self._grow(seq, computed + length)
         self.running.append(seq)
         return Chunk(seq, computed, length)
