@@ -26,8 +26,12 @@ def _with_passive_openmp_threads() -> None:
     cores are shared the spinning threads take the CPU from the threads with work: measured at load ~11-15 on 2
     cores, 8 streams 7.7-10.9 tok/s spinning vs 63-65 passive, 32 streams 10 vs 133; perf showed 87% of the
     server's time in libgomp's spin loop. libgomp reads the policy once, when torch loads it, so only a new
-    process can change it. Only the `autarky` command itself is re-run, never a process that merely imports it."""
+    process can change it: the CLI starts without torch, so setting it first is enough; a process that already
+    loaded torch is re-run, and only if it is the `autarky` command itself, never a process that imports it."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         return
     argv = sys.orig_argv
     command = argv[1:3] == ["-m", "autarky"] or (len(argv) > 1 and Path(argv[1]).name == "autarky")
@@ -115,8 +119,8 @@ def register(app: typer.Typer) -> None:
         if not 0 <= port <= 65535:
             raise UserError(f"--port {port} is not a port (0-65535)")
         loras = tuple(parse_lora_arg(arg, max_lora_rank) for arg in lora)
-        _check_device(device)
         _with_passive_openmp_threads()
+        _check_device(device)
         if threads:
             torch.set_num_threads(threads)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
