@@ -7,10 +7,11 @@ clipping, and the same examples: rendered once with the base's chat template by 
 assistant tokens only. Each side otherwise runs as it does by default:
   ours      autarky.finetune: examples packed best-fit into full rows (no padding; positions reset and attention
             stopped at example borders), the head and the loss only on trained tokens (Llama.forward's
-            logits_where), FusedCrossEntropy, fused AdamW over the adapters, the SwiGLU gate recomputed in
-            backward and shared KV heads (finetune.trainer.lean_activations), glibc's malloc thresholds fixed so
-            freed activations go back to the OS (finetune.memory); fp32 on CPU, bf16 autocast and
-            per-block torch.compile on CUDA (the trainer's defaults)
+            logits_where), fused with the cross-entropy a block of rows at a time on CPU (model.head_loss: the
+            whole (N, V) logits never exist), fused AdamW over the adapters, the SwiGLU gate recomputed in
+            backward and shared KV heads (finetune.trainer.lean_activations), glibc's malloc thresholds as
+            finetune's run.return_freed_memory says (off by default: finetune.memory); fp32 on CPU, bf16
+            autocast and per-block torch.compile on CUDA (the trainer's defaults)
   trl       trl.SFTTrainer(model=FOLDER, peft_config=peft.LoraConfig(target_modules="all-linear")) with SFTConfig's
             defaults (printed at start: packing, padding_free, gradient_checkpointing, completion-only loss,
             optimizer; in TRL 1.16: no packing, padding to the batch's longest example, gradient checkpointing
@@ -281,7 +282,8 @@ def ours_worker(spec: dict[str, Any]) -> None:
 
     first = steps(1)[2]
     steps(spec["warmup"] - 1)
-    describe = (f"packed rows (no padding), head+loss on trained tokens only, FusedCrossEntropy, fused AdamW, "
+    head = "fused with the loss in row blocks" if not compile_ else "whole logits, compiled loss"
+    describe = (f"packed rows (no padding), head+loss on trained tokens only ({head}), fused AdamW, "
                 f"SwiGLU gate recomputed, shared KV heads on CPU, freed memory returned to the OS={freed}, "
                 f"compile={compile_}, activation checkpointing={ac}")  # fmt: skip
     out.write(json.dumps({"describe": describe, "first_loss": first}) + "\n")
