@@ -108,4 +108,5 @@ def _head_pass(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dty
                     grad_w.addmm_(logits.T, x)
                 else:
                     grad_w += (logits.T @ x).float()
+            del logits  # before the next block's logits are made: one block alive, not two
     return losses
