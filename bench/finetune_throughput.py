@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 master weights)")
     parser.add_argument("--ac", choices=("none", "full", "selective"), help="our activation checkpointing "
                         "(default: autarky finetune's)")
+    parser.add_argument("--return-freed-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="our run.return_freed_memory (default: autarky finetune's)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="TRL's venv (made when missing)")
     parser.add_argument("--skip-trl", action="store_true", help="ours only (no baseline venv)")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -244,8 +246,9 @@ def ours_worker(spec: dict[str, Any]) -> None:
     from autarky.train.step import autocast_for, build_optimizer, train_step, training_loss
 
     commands, out = protocol()
-    # as autarky.finetune.finetune does with run.return_freed_memory (off by default: it halves CPU tokens/s)
-    freed = return_freed_memory() if FinetuneConfig().run.return_freed_memory else False
+    # as autarky.finetune.finetune does with run.return_freed_memory (off by default: it costs CPU tokens/s)
+    wanted = spec["return_freed_memory"]
+    freed = return_freed_memory() if (FinetuneConfig().run.return_freed_memory if wanted is None else wanted) else False
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     compile_ = device.type == "cuda"  # the trainer's default
