@@ -7,10 +7,11 @@ clipping, and the same examples: rendered once with the base's chat template by 
 assistant tokens only. Each side otherwise runs as it does by default:
   ours      autarky.finetune: examples packed best-fit into full rows (no padding; positions reset and attention
             stopped at example borders), the head and the loss only on trained tokens (Llama.forward's
-            logits_where), FusedCrossEntropy, fused AdamW over the adapters, the SwiGLU gate recomputed in
-            backward and shared KV heads (finetune.trainer.lean_activations), glibc's malloc thresholds fixed so
-            freed activations go back to the OS (finetune.memory); fp32 on CPU, bf16 autocast and
-            per-block torch.compile on CUDA (the trainer's defaults)
+            logits_where), fused with the cross-entropy a block of rows at a time on CPU (model.head_loss: the
+            whole (N, V) logits never exist), fused AdamW over the adapters, the SwiGLU gate recomputed in
+            backward and shared KV heads (finetune.trainer.lean_activations), glibc's malloc thresholds as
+            finetune's run.return_freed_memory says (off by default: finetune.memory); fp32 on CPU, bf16
+            autocast and per-block torch.compile on CUDA (the trainer's defaults)
   trl       trl.SFTTrainer(model=FOLDER, peft_config=peft.LoraConfig(target_modules="all-linear")) with SFTConfig's
             defaults (printed at start: packing, padding_free, gradient_checkpointing, completion-only loss,
             optimizer; in TRL 1.16: no packing, padding to the batch's longest example, gradient checkpointing
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 master weights)")
     parser.add_argument("--ac", choices=("none", "full", "selective"), help="our activation checkpointing "
                         "(default: autarky finetune's)")
+    parser.add_argument("--return-freed-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="our run.return_freed_memory (default: autarky finetune's)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="TRL's venv (made when missing)")
     parser.add_argument("--skip-trl", action="store_true", help="ours only (no baseline venv)")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -243,8 +246,9 @@ def ours_worker(spec: dict[str, Any]) -> None:
     from autarky.train.step import autocast_for, build_optimizer, train_step, training_loss
 
     commands, out = protocol()
-    # as autarky.finetune.finetune does with run.return_freed_memory (off by default: it halves CPU tokens/s)
-    freed = return_freed_memory() if FinetuneConfig().run.return_freed_memory else False
+    # as autarky.finetune.finetune does with run.return_freed_memory (off by default: it costs CPU tokens/s)
+    wanted = spec["return_freed_memory"]
+    freed = return_freed_memory() if (FinetuneConfig().run.return_freed_memory if wanted is None else wanted) else False
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     compile_ = device.type == "cuda"  # the trainer's default
@@ -281,7 +285,8 @@ def ours_worker(spec: dict[str, Any]) -> None:
 
     first = steps(1)[2]
     steps(spec["warmup"] - 1)
-    describe = (f"packed rows (no padding), head+loss on trained tokens only, FusedCrossEntropy, fused AdamW, "
+    head = "fused with the loss in row blocks" if not compile_ else "whole logits, compiled loss"
+    describe = (f"packed rows (no padding), head+loss on trained tokens only ({head}), fused AdamW, "
                 f"SwiGLU gate recomputed, shared KV heads on CPU, freed memory returned to the OS={freed}, "
                 f"compile={compile_}, activation checkpointing={ac}")  # fmt: skip
     out.write(json.dumps({"describe": describe, "first_loss": first}) + "\n")

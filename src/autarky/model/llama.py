@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autarky.model.config import ModelConfig
+from autarky.model.head_loss import linear_cross_entropy
 from autarky.model.moe import FeedForward, MoE
 from autarky.model.rope import apply_rope, rope_tables
 
@@ -207,10 +208,13 @@ class Llama(nn.Module):
         logits_at: torch.Tensor | list[int] | None = None,  # (B,) one position per row; None = every position
         segments: torch.Tensor | None = None,  # (B, T) example ids of packed rows: no attention across examples
         logits_where: torch.Tensor | None = None,  # (N,) indices into the B·T flattened positions
+        targets: torch.Tensor | None = None,  # (N,) or (B·T,): the next tokens where logits would be
     ) -> torch.Tensor:
         """Logits (B, T, V), or (B, V) at position logits_at[b] of each row b, or (N, V) at the flat positions
         logits_where: the vocabulary-sized head then runs only where it is used (a decode step, a prompt's last
-        token, the trained tokens of a fine-tuning batch)."""
+        token, the trained tokens of a fine-tuning batch). With `targets`, instead of those logits their mean
+        fp32 cross-entropy against the targets, the head and loss fused a block of rows at a time
+        (autarky.model.head_loss): training never holds the whole (N, V) logits or their gradient."""
         B, T = tokens.shape
         if segments is not None:
             if cache is not None:
@@ -229,6 +233,8 @@ class Llama(nn.Module):
         elif logits_at is not None:
             # (B, D); one new token per row needs no index (the common decode step).
             h = h[:, 0] if T == 1 else h[torch.arange(B, device=h.device), torch.as_tensor(logits_at, device=h.device)]
+        if targets is not None:
+            return linear_cross_entropy(self.norm(h).flatten(0, -2), self.output.weight, targets)
         return self.output(self.norm(h))  # (B, T, V), (B, V) or (N, V)
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

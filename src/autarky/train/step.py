@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autarky.model.head_loss import cross_entropy_rows
 from autarky.model.moe import aux_loss
 from autarky.train.config import OptimSection
 from autarky.train.parallelize import clip_grad_norm
@@ -40,8 +41,8 @@ def autocast_for(device: torch.device, bf16: bool) -> Callable[[], AbstractConte
 
 
 class FusedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy whose gradient, softmax − one-hot, is produced during the forward pass, a cache-sized
-    block of rows at a time, in fp32 whatever the logits' dtype.
+    """Mean cross-entropy of given logits whose gradient, softmax − one-hot, is produced during the forward pass,
+    a cache-sized block of rows at a time, in fp32 whatever the logits' dtype (autarky.model.head_loss).
 
     The usual log_softmax + nll_loss pair sweeps the (N, V) logits about six times (max, exp-sum, write
     log-probs; then a zero-filled (N, V) nll gradient and a log_softmax backward with another exp) and keeps
@@ -51,23 +52,8 @@ class FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (N, V), (N,)
-        n, vocab = logits.shape
         grad = torch.empty_like(logits)
-        losses = torch.empty(n, device=logits.device, dtype=torch.float32)
-        budget = (1 << 30) if logits.is_cuda else (1 << 20)  # bytes of fp32 work per block: L2 on CPU
-        rows = max(1, budget // (4 * vocab))
-        for start in range(0, n, rows):
-            x = logits[start : start + rows].float()  # (r, V)
-            t = targets[start : start + rows, None]  # (r, 1)
-            g = grad[start : start + rows]
-            p = g if g.dtype == torch.float32 else torch.empty_like(x)  # fp32 logits: work in the output
-            peak = x.amax(dim=1, keepdim=True)
-            torch.sub(x, peak, out=p).exp_()
-            total = p.sum(dim=1, keepdim=True)
-            losses[start : start + rows] = (peak + total.log() - x.gather(1, t)).squeeze(1)
-            p.div_(total).scatter_add_(1, t, torch.full_like(t, -1, dtype=p.dtype))
-            if p is not g:
-                g.copy_(p)
+        losses = cross_entropy_rows(logits, targets, grad)
         ctx.save_for_backward(grad)
         return losses.mean()
 
@@ -84,37 +70,34 @@ def fp32_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def training_loss(compile: bool) -> LossFn:
     """The loss the train step differentiates. Compiled, inductor folds the upcast, log-sum-exp and gradient
     into a couple of passes over the (N, V) logits (on an H100 the eager passes were ~12% of a 1b step);
-    eager, FusedCrossEntropy is the fastest we have."""
+    eager, FusedCrossEntropy, which batch_loss runs fused with the model's head (`fuses_with_head`)."""
     if compile:
         return torch.compile(fp32_cross_entropy)
     return FusedCrossEntropy.apply  # type: ignore[return-value]
 
 
-def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                    loss_fn: LossFn = FusedCrossEntropy.apply) -> torch.Tensor:  # fmt: skip
-    """Mean cross-entropy of the model's logits against the targets (taken in fp32)."""
-    with autocast():
-        logits = model(inputs)  # (b, T, V)
-    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
-    if torch.is_grad_enabled() and flat_logits.requires_grad:
-        return loss_fn(flat_logits, flat_targets)
-    return fp32_cross_entropy(flat_logits, flat_targets)
+def fuses_with_head(loss_fn: LossFn) -> bool:
+    """Whether batch_loss hands this loss to the model's head instead of taking logits: FusedCrossEntropy is then
+    computed with the head a block of rows at a time (Llama.forward's `targets`, autarky.model.head_loss), the
+    same loss and gradients without ever holding the whole (N, V) logits or their gradient (on SmolLM2 with
+    2,048 trained tokens: 800 MB). Compiled losses keep whole logits, which inductor fuses."""
+    return loss_fn == FusedCrossEntropy.apply  # a classmethod: a new bound method per access, equal not identical
 
 
 def batch_loss(model: nn.Module, batch: Batch | MicroBatch,
                autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
                loss_fn: LossFn = FusedCrossEntropy.apply) -> torch.Tensor:  # fmt: skip
-    """The weighted mean cross-entropy of one micro-batch over its trained positions (all, for windows)."""
+    """The weighted mean cross-entropy (fp32) of one micro-batch over its trained positions (all, for windows)."""
     inputs, targets, positions, segments, trained, weight = MicroBatch(*batch)
-    if positions is None and segments is None and trained is None:
-        loss = next_token_loss(model, inputs, targets, autocast, loss_fn)
+    flat_targets = targets.flatten() if trained is None else targets.flatten()[trained]
+    # The head (and the loss) only where a target is trained: prompts are often most tokens.
+    if fuses_with_head(loss_fn):
+        with autocast():
+            loss = model(inputs, positions=positions, segments=segments, logits_where=trained, targets=flat_targets)
     else:
-        with autocast():  # the head (and the loss) only where a target is trained: prompts are often most tokens
-            flat_logits = model(inputs, positions=positions, segments=segments, logits_where=trained)
-        flat_targets = targets.flatten() if trained is None else targets.flatten()[trained]
-        if trained is None:
-            flat_logits = flat_logits.flatten(0, 1)  # (b·T, V)
+        with autocast():
+            logits = model(inputs, positions=positions, segments=segments, logits_where=trained)
+        flat_logits = logits if trained is not None else logits.flatten(0, 1)  # (N, V)
         if torch.is_grad_enabled() and flat_logits.requires_grad:
             loss = loss_fn(flat_logits, flat_targets)
         else:
