@@ -186,3 +186,25 @@ def test_streaming_echo_completion(client, served_tiny_model):
                                        temperature=0, echo=True, stream=True)
     text = "".join(c.choices[0].text for c in stream)
     assert text.startswith("import os")
+
+
+def _prefix_cache_hits(served) -> float:
+    metrics = httpx.get(f"{served.root_url}/metrics", timeout=30).text
+    (line,) = [ln for ln in metrics.splitlines() if ln.startswith("vllm:prefix_cache_hits_total{")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_echo_without_logprobs_reuses_the_prefix_cache(client, served_tiny_model):
+    """Echo alone needs the prompt's text, not its logits: the prompt goes through the prefix cache like any other
+    (only prompt logprobs must compute every position), and the answer is the prompt plus the same completion."""
+    prompt = "def add(a, b):\n    return a + b\n\n" * 8
+    plain = client.completions.create(model=served_tiny_model.model, prompt=prompt, max_tokens=4, temperature=0)
+    before = _prefix_cache_hits(served_tiny_model)
+    echoed = client.completions.create(model=served_tiny_model.model, prompt=prompt, max_tokens=4, temperature=0,
+                                       echo=True)
+    stream = client.completions.create(model=served_tiny_model.model, prompt=prompt, max_tokens=4, temperature=0,
+                                       echo=True, stream=True)
+    streamed = "".join(c.choices[0].text for c in stream)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text == streamed
+    assert echoed.choices[0].logprobs is None
+    assert _prefix_cache_hits(served_tiny_model) - before >= 2 * 16  # both echoes reused the cached blocks

@@ -244,15 +244,15 @@ def create_app(registry: ModelRegistry, on_ready: Callable[[], None] | None = No
 
         def params_for(ids: list[int]) -> SamplingParams:
             return _sampling(body, served, _default_max_tokens(body.max_tokens, served, ids),
-                             logprobs=body.logprobs, prompt_logprobs=(body.logprobs or 0) if body.echo else None)
+                             logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None)
 
         job = await _start(served, prompts, params_for, body.grammar())
         env = R.Envelope("cmpl", served.name)
         want_lp = body.logprobs is not None
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return _sse_response(_stream_completion(job, env, codec, echo_texts, want_lp, include_usage,
-                                                     _continuous_usage(body)))
+            return _sse_response(_stream_completion(job, env, codec, echo_texts if body.echo else None, want_lp,
+                                                     include_usage, _continuous_usage(body)))
         choices = await _collect(job, raw)
         out = env.head("text_completion")
         out["choices"] = [R.completion_choice(codec, c, echo_texts[i] if body.echo else None, want_lp)
@@ -334,18 +334,21 @@ def _emitter(job: Job, choices: dict[int, R.Choice], continuous: bool) -> Callab
     return emit
 
 
-async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[str], want_lp: bool,
+async def _stream_completion(job: Job, env: R.Envelope, codec, echo_texts: list[str] | None, want_lp: bool,
                              include_usage: bool, continuous: bool = False) -> AsyncIterator[bytes]:
     choices = {i: R.Choice(i) for i in range(job.n_choices)}
     emit = _emitter(job, choices, continuous)
+    if echo_texts is not None and not want_lp:  # the prompt's logits are computed only when logprobs ask for them
+        for i in range(job.n_choices):
+            yield emit(R.completion_chunk(env, i, echo_texts[i], None, None, include_usage))
     async for event in job.events():
         if isinstance(event, ErrorEvent):
             yield R.sse(error_envelope(event.message, "server_error"))
             yield R.DONE
             return
         R.apply_event(choices, event)
-        if isinstance(event, PromptEvent):  # echo: the prompt first, with its logprobs
-            lp = R.legacy_logprobs(codec, event.token_ids, event.logprobs, event.top_logprobs) if want_lp else None
+        if isinstance(event, PromptEvent) and echo_texts is not None:  # echo with logprobs: the prompt first
+            lp = R.legacy_logprobs(codec, event.token_ids, event.logprobs, event.top_logprobs)
             for i in range(event.index, event.index + event.count):
                 yield emit(R.completion_chunk(env, i, echo_texts[i], lp, None, include_usage))
         elif event.finish_reason:
